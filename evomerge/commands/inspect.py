@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import sys
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -182,7 +183,33 @@ def plot(
             typer.echo(str(path))
 
 
+# ----- dashboard ------------------------------------------------------------------------------
+def dashboard(
+    run: Path | None = RUN_ARG,
+    storage: str | None = STORAGE_OPT,
+    study: str | None = STUDY_OPT,
+    port: int = typer.Option(8080, "--port", help="Port to serve on."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Interface to bind (0.0.0.0 exposes it to the network)."
+    ),
+) -> None:
+    """Open the run in optuna-dashboard (the study's trials, Pareto front, history); Ctrl-C stops."""
+    import optuna
+    import optuna_dashboard
+
+    store, view = _open(run, storage, study)
+    backend = store.study._storage  # the study's own storage object: no second connection string to trust
+    # Name the objectives after the tasks, so the dashboard's axes read "arith", not "Objective 0".
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        store.study.set_metric_names(view.objectives)
+    study_id = backend.get_study_id_from_name(view.name)
+    typer.echo(f"optuna-dashboard for study {view.name!r}: http://{host}:{port}/dashboard/studies/{study_id}")
+    optuna_dashboard.run_server(backend, host=host, port=port)
+
+
 def register(app: typer.Typer) -> None:
     app.command("status")(status)
     app.command("front")(front)
     app.command("plot")(plot)
+    app.command("dashboard")(dashboard)
