@@ -119,16 +119,24 @@ def _hso(points: np.ndarray, reference: np.ndarray) -> float:
 
 
 def hypervolume_history(points: np.ndarray, reference: Sequence[float]) -> np.ndarray:
-    """Hypervolume of the first k rows, for every k (rows in the order trials completed)."""
+    """Hypervolume of the first k rows, for every k (rows in the order trials completed).
+
+    Incremental: a new point p adds its exclusive volume, the box [p, reference] minus the part
+    of it the current front already covers, which is the hypervolume of the front's points
+    clipped to p (max(q, p)); clipped sets are small, so each step stays cheap.
+    """
     points = np.asarray(points, dtype=float)
+    reference = np.asarray(reference, dtype=float)
     history = np.zeros(len(points))
-    front = np.empty((0, points.shape[1] if points.ndim == 2 else len(reference)))
+    front = np.empty((0, len(reference)))
     current = 0.0
     for k, point in enumerate(points):
-        # A point dominated by the current front cannot change the volume: skip the recomputation.
-        if not _dominated(point[None, :], front)[0]:
+        inside = bool(np.all(point < reference))
+        # A point dominated by the current front (or outside the box) cannot change the volume.
+        if inside and not _dominated(point[None, :], front)[0]:
+            box = float(np.prod(reference - point))
+            current += box - hypervolume(np.maximum(front, point), reference)
             front = np.vstack([front, point])
             front = front[non_dominated_mask(front)]
-            current = hypervolume(front, reference)
         history[k] = current
     return history
