@@ -102,7 +102,9 @@ def build_base(root: Path = DEFAULT_ROOT, force: bool = False) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_ROOT, help="cache root (env EVOMERGE_SMOLLM2_CACHE)")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_ROOT, help="cache root (env EVOMERGE_SMOLLM2_CACHE)"
+    )
     parser.add_argument("--force", action="store_true", help="rebuild even when the cache is current")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("EVOMERGE_THREADS", "2")))

@@ -1,0 +1,74 @@
+"""The expert fine-tuning loop of the SmolLM2 experiment, on a tiny model and in-memory bank items."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+sys.path.insert(0, str(Path(__file__).parents[2] / "experiments" / "smollm2_skills"))
+sys.path.insert(0, str(Path(__file__).parents[1]))
+
+from finetune import TrainConfig, answer_loss, encode_pairs, make_batch, train  # noqa: E402
+from tiny import make_tokenizer  # noqa: E402
+
+PAIRS = [(f"Q: What is {a} plus {b}?\nA:", f" {a + b}") for a in range(6) for b in range(5)]
+
+
+def test_batch_marks_only_answer_tokens():
+    tok = make_tokenizer()
+    encoded = encode_pairs(tok, [("Q: 1+1?\nA:", " 2"), ("Q: 10+10?\nA:", " 20")], max_length=64)
+    batch = make_batch(encoded, pad_id=tok.pad_token_id)
+    # byte-level tokenizer: one token per byte, so the answer spans are known exactly
+    assert batch["target_mask"].sum(dim=1).tolist() == [2, 3]
+    first_ids, first_start = encoded[0]
+    assert tok.decode(first_ids[first_start:]) == " 2"
+    assert batch["attention_mask"][0].sum().item() == len(first_ids)
+    assert batch["input_ids"][0, len(first_ids) :].eq(tok.pad_token_id).all()
+
+
+def test_long_prompt_is_cut_from_the_left_keeping_the_answer():
+    tok = make_tokenizer()
+    ((ids, start),) = encode_pairs(tok, [("x" * 100 + "END", " 7")], max_length=10)
+    assert len(ids) == 10
+    assert tok.decode(ids[start:]) == " 7" and tok.decode(ids[:start]).endswith("END")
+
+
+def test_training_lowers_answer_loss(tiny_family):
+    base_dir, _ = tiny_family
+    tok = make_tokenizer()
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    batch = make_batch(encode_pairs(tok, PAIRS, 64), tok.pad_token_id)
+    with torch.no_grad():
+        before = answer_loss(model, batch).item()
+    # a random tiny model needs its output head to learn; SmolLM2's pretrained head stays frozen
+    config = TrainConfig(steps=40, batch_size=8, lr=3e-3, warmup_steps=2, freeze_embeddings=False)
+    log = train(model, tok, PAIRS, config)
+    with torch.no_grad():
+        after = answer_loss(model, batch).item()
+    assert len(log.losses) == 40 and len(log.step_seconds) == 40
+    assert after < 0.6 * before
+    assert not model.training
+
+
+def test_frozen_embeddings_stay_and_layers_move(tiny_family):
+    base_dir, _ = tiny_family
+    tok = make_tokenizer()
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train(model, tok, PAIRS, TrainConfig(steps=3, batch_size=4, lr=1e-3))
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, frozen[n])}
+    assert "model.embed_tokens.weight" not in moved and "lm_head.weight" not in moved
+    assert "model.layers.0.mlp.down_proj.weight" in moved
+
+
+def test_training_is_seeded(tiny_family):
+    base_dir, _ = tiny_family
+    tok = make_tokenizer()
+    runs = []
+    for _ in range(2):
+        model = AutoModelForCausalLM.from_pretrained(base_dir)
+        runs.append(train(model, tok, PAIRS, TrainConfig(steps=5, batch_size=4, lr=1e-3, seed=3)).losses)
+    assert runs[0] == runs[1]
