@@ -1,0 +1,1 @@
+"""Fitness: item banks, batched scoring, IRT calibration and subsampled accuracy estimation."""

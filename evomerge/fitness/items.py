@@ -1,0 +1,179 @@
+"""Item banks: the JSONL format of benchmark items, its validation, and bank I/O.
+
+One JSON object per line:
+
+    id        unique string within the bank
+    task      the source task (e.g. "arithmetic"); a suite groups banks into objectives
+    group     optional finer stratum (e.g. "2_digit_addition"); stratified sampling uses it
+    prompt    the text the model continues
+    choices   + answer: multiple choice, scored by the log-likelihood of each choice after the prompt
+    target    generative: greedy continuation compared by exact match after normalization
+    split     optional "train" (used to make experts, never scored) or "eval"
+    meta      optional free-form dict (source, licence, original fields)
+
+An item has either `choices` + `answer` or `target` (or both: the scorer then uses the choices).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evomerge.errors import ConfigError
+
+SPLITS = ("train", "eval")
+_KNOWN_FIELDS = {"id", "task", "group", "prompt", "choices", "answer", "target", "split", "meta"}
+
+
+@dataclass(frozen=True)
+class Item:
+    """One benchmark item; construct with `Item.from_dict` to get validation."""
+
+    id: str
+    task: str
+    prompt: str
+    choices: tuple[str, ...] | None = None
+    answer: int | None = None
+    target: str | None = None
+    split: str | None = None
+    group: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def is_choice(self) -> bool:
+        return self.choices is not None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "item") -> Item:
+        """Validate one raw item; `where` (e.g. "bank.jsonl:12") prefixes every error."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: an item must be a JSON object, got {type(data).__name__}")
+        unknown = set(data) - _KNOWN_FIELDS
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(_KNOWN_FIELDS)} "
+                "(put extra data under 'meta')"
+            )
+        for name in ("id", "task", "prompt"):
+            value = data.get(name)
+            if not isinstance(value, str) or (name != "prompt" and not value):
+                raise ConfigError(f"{where}: field {name!r} must be a non-empty string, got {value!r}")
+        item_id = data["id"]
+        choices = data.get("choices")
+        answer = data.get("answer")
+        target = data.get("target")
+        if choices is None and target is None:
+            raise ConfigError(
+                f"{where}: item {item_id!r} has neither 'choices' + 'answer' (multiple choice) "
+                "nor 'target' (generative); add one of them"
+            )
+        if choices is not None:
+            if not isinstance(choices, list) or not choices:
+                raise ConfigError(
+                    f"{where}: item {item_id!r} has empty or non-list 'choices' ({choices!r}); "
+                    "give at least two choice strings"
+                )
+            if not all(isinstance(c, str) and c for c in choices):
+                raise ConfigError(f"{where}: item {item_id!r}: every choice must be a non-empty string")
+            if len(choices) < 2:
+                raise ConfigError(f"{where}: item {item_id!r} has a single choice; give at least two")
+            if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
+                raise ConfigError(
+                    f"{where}: item {item_id!r}: answer index {answer!r} is out of range for "
+                    f"{len(choices)} choices (use 0..{len(choices) - 1})"
+                )
+        elif answer is not None:
+            raise ConfigError(f"{where}: item {item_id!r} has an 'answer' but no 'choices'")
+        if target is not None and (not isinstance(target, str) or not target.strip()):
+            raise ConfigError(f"{where}: item {item_id!r}: 'target' must be a non-empty string")
+        split = data.get("split")
+        if split is not None and split not in SPLITS:
+            raise ConfigError(f"{where}: item {item_id!r}: split {split!r} is not one of {SPLITS}")
+        group = data.get("group")
+        if group is not None and not isinstance(group, str):
+            raise ConfigError(f"{where}: item {item_id!r}: 'group' must be a string")
+        meta = data.get("meta") or {}
+        if not isinstance(meta, dict):
+            raise ConfigError(f"{where}: item {item_id!r}: 'meta' must be an object")
+        return cls(
+            id=item_id,
+            task=data["task"],
+            prompt=data["prompt"],
+            choices=tuple(choices) if choices is not None else None,
+            answer=answer,
+            target=target,
+            split=split,
+            group=group,
+            meta=meta,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.choices is not None:
+            data["choices"] = list(self.choices)
+        return {key: value for key, value in data.items() if value not in (None, {})}
+
+
+def check_unique(items: Iterable[Item], where: str) -> None:
+    seen: set[str] = set()
+    for item in items:
+        if item.id in seen:
+            raise ConfigError(f"{where}: duplicate item id {item.id!r}; item ids must be unique in a bank")
+        seen.add(item.id)
+
+
+def load_bank(path: str | Path) -> list[Item]:
+    """Read and validate a JSONL bank (duplicate ids, answer range, empty choices, ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"item bank {str(path)!r} does not exist; give the path of a .jsonl bank")
+    items = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ConfigError(
+                    f"{where}: not valid JSON ({error.msg}); one JSON object per line"
+                ) from None
+            items.append(Item.from_dict(raw, where))
+    if not items:
+        raise ConfigError(f"item bank {str(path)!r} holds no items")
+    check_unique(items, str(path))
+    return items
+
+
+def write_bank(items: Iterable[Item], path: str | Path) -> Path:
+    """Write a bank atomically (temporary file + rename), after checking id uniqueness."""
+    items = list(items)
+    path = Path(path)
+    check_unique(items, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for item in items:
+                handle.write(json.dumps(item.to_dict(), ensure_ascii=False, sort_keys=True) + "\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; banks are ordinary data files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
