@@ -1,0 +1,234 @@
+"""Batched log-likelihood scoring of a `transformers` causal LM on benchmark items.
+
+Multiple-choice items: each choice's score is the log-probability of its tokens after the
+prompt, reduced per token (`mean`) or summed (`sum`); the item is correct when the answer has
+the best score. The prompt of an item is run once and its KV cache is shared by all of the
+item's choices (prefix sharing): the choices are then scored as one batch continuing from the
+cache, expanded to one row per choice. Items are length-sorted into padding-aware batches
+(prompts left-padded, so every prompt ends at the same column; choices right-padded).
+
+Generative items: greedy decoding, cut at the first newline (the stop rule), exact match after
+normalization (case, surrounding whitespace and trailing punctuation ignored).
+
+Non-finite scores mean a broken candidate: `CandidateError`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from evomerge.errors import CandidateError
+from evomerge.fitness.items import Item
+
+NORMALIZATIONS = ("mean", "sum")
+
+
+@dataclass
+class ScoreResult:
+    """Per-item correctness (0/1), per-choice scores (normalized), generated texts, token count."""
+
+    correct: dict[str, int] = field(default_factory=dict)
+    choice_scores: dict[str, list[float]] = field(default_factory=dict)
+    generations: dict[str, str] = field(default_factory=dict)
+    n_tokens: int = 0  # tokens run through the model (prompt + continuation positions, unpadded)
+
+    def update(self, other: ScoreResult) -> None:
+        self.correct.update(other.correct)
+        self.choice_scores.update(other.choice_scores)
+        self.generations.update(other.generations)
+        self.n_tokens += other.n_tokens
+
+
+def normalize_answer(text: str) -> str:
+    """Exact-match normalization: first line, lower case, single spaces, no trailing punctuation."""
+    first_line = text.strip().split("\n", 1)[0] if text.strip() else ""
+    return re.sub(r"\s+", " ", first_line).strip().rstrip(".!?,;:").strip().lower()
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    prompt: list[int]
+    choices: list[list[int]]
+
+
+class Scorer:
+    """Scores items with one tokenizer; token ids are cached per item id across calls."""
+
+    def __init__(
+        self, tokenizer: Any, *, batch_size: int = 32, share_prefix: bool = True, max_new_tokens: int = 16
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.share_prefix = share_prefix
+        self.max_new_tokens = max_new_tokens
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if self.pad_id is None:
+            self.pad_id = 0  # padded positions are masked out, so any id works
+        self._cache: dict[str, _Encoded] = {}
+
+    def encode(self, item: Item) -> _Encoded:
+        """Prompt and choices tokenized separately, so the prompt's tokens are a shared prefix."""
+        encoded = self._cache.get(item.id)
+        if encoded is None:
+            prompt = self.tokenizer(item.prompt, add_special_tokens=True)["input_ids"]
+            if not prompt:  # an empty prompt still needs one position to predict from
+                prompt = [
+                    self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.pad_id
+                ]
+            choices = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in item.choices or ()]
+            encoded = self._cache[item.id] = _Encoded(prompt, choices)
+        return encoded
+
+    @torch.no_grad()
+    def score(
+        self,
+        model: torch.nn.Module,
+        items: Sequence[Item],
+        normalization: str | dict[str, str] = "mean",
+        generate: set[str] | None = None,
+    ) -> ScoreResult:
+        """Score `items`; ids in `generate` (or items without choices) are scored generatively."""
+        generate = generate or set()
+        norm_of = (lambda _: normalization) if isinstance(normalization, str) else normalization.__getitem__
+        choice_items = [i for i in items if i.is_choice and i.id not in generate]
+        gen_items = [i for i in items if not (i.is_choice and i.id not in generate)]
+        result = ScoreResult()
+        # Longest first: memory peaks early (fail fast) and batches hold similar lengths.
+        choice_items.sort(key=lambda i: -(len(self.encode(i).prompt) + max(map(len, self.encode(i).choices))))
+        for start in range(0, len(choice_items), self.batch_size):
+            batch = choice_items[start : start + self.batch_size]
+            scorer = self._choice_batch_shared if self.share_prefix else self._choice_batch_naive
+            sums, counts, n_tokens = scorer(model, [self.encode(i) for i in batch])
+            result.n_tokens += n_tokens
+            self._collect(batch, sums, counts, norm_of, result)
+        for start in range(0, len(gen_items), self.batch_size):
+            self._generate_batch(model, gen_items[start : start + self.batch_size], result)
+        return result
+
+    def _collect(
+        self,
+        batch: list[Item],
+        sums: list[torch.Tensor],
+        counts: list[torch.Tensor],
+        norm_of: Any,
+        result: ScoreResult,
+    ) -> None:
+        for item, total, count in zip(batch, sums, counts, strict=True):
+            if not torch.isfinite(total).all():
+                raise CandidateError(f"non-finite log-likelihood on item {item.id!r} (NaN/inf in the model)")
+            norm = norm_of(item.id)
+            if norm not in NORMALIZATIONS:
+                raise ValueError(f"normalization {norm!r} is not one of {NORMALIZATIONS}")
+            scores = total / count if norm == "mean" else total
+            result.choice_scores[item.id] = scores.tolist()
+            result.correct[item.id] = int(int(torch.argmax(scores)) == item.answer)
+
+    def _device(self, model: torch.nn.Module) -> torch.device:
+        return next(model.parameters()).device
+
+    def _left_pad(self, rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            ids[r, width - len(row) :] = torch.tensor(row)
+            mask[r, width - len(row) :] = 1
+        return ids.to(device), mask.to(device)
+
+    def _right_pad(self, rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            ids[r, : len(row)] = torch.tensor(row)
+            mask[r, : len(row)] = 1
+        return ids.to(device), mask.to(device)
+
+    def _choice_batch_shared(
+        self, model: torch.nn.Module, encoded: list[_Encoded]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+        device = self._device(model)
+        prompt_ids, prompt_mask = self._left_pad([e.prompt for e in encoded], device)
+        positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True)
+        first_logp = torch.log_softmax(
+            out.logits[:, -1, :].float(), dim=-1
+        )  # predicts each first choice token
+        # One row per (item, choice): the cache rows are repeated for the item's choices.
+        owner = torch.tensor([r for r, e in enumerate(encoded) for _ in e.choices], device=device)
+        cache = out.past_key_values
+        cache.reorder_cache(owner)
+        rows = [c for e in encoded for c in e.choices]
+        cont_ids, cont_mask = self._right_pad(rows, device)
+        prompt_len = prompt_mask.sum(-1)[owner]
+        cont_positions = prompt_len[:, None] + torch.arange(cont_ids.shape[1], device=device)[None, :]
+        mask = torch.cat([prompt_mask[owner], cont_mask], dim=1)
+        cont = model(
+            input_ids=cont_ids, attention_mask=mask, position_ids=cont_positions, past_key_values=cache
+        )
+        # Token t of a choice is predicted by the prompt's last position (t = 0) or choice token t - 1.
+        logp_rest = torch.log_softmax(cont.logits[:, :-1, :].float(), dim=-1)
+        token_logp = torch.cat(
+            [
+                first_logp[owner].gather(1, cont_ids[:, :1]),
+                logp_rest.gather(2, cont_ids[:, 1:, None]).squeeze(-1),
+            ],
+            dim=1,
+        )
+        n_tokens = int(prompt_mask.sum()) + int(cont_mask.sum())
+        return self._per_item(encoded, token_logp * cont_mask, cont_mask, n_tokens)
+
+    def _choice_batch_naive(
+        self, model: torch.nn.Module, encoded: list[_Encoded]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+        """Reference path: every (prompt + choice) sequence run in full, no sharing."""
+        device = self._device(model)
+        rows = [e.prompt + c for e in encoded for c in e.choices]
+        prompt_lens = [len(e.prompt) for e in encoded for _ in e.choices]
+        choice_lens = [len(c) for e in encoded for c in e.choices]
+        ids, mask = self._right_pad(rows, device)
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+        width = max(choice_lens)
+        token_logp = torch.zeros((len(rows), width), device=device)
+        choice_mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+        for r, (start, length) in enumerate(zip(prompt_lens, choice_lens, strict=True)):
+            targets = ids[r, start : start + length]
+            token_logp[r, :length] = logp[r, start - 1 : start + length - 1].gather(1, targets[:, None])[:, 0]
+            choice_mask[r, :length] = 1
+        return self._per_item(encoded, token_logp, choice_mask, int(mask.sum()))
+
+    @staticmethod
+    def _per_item(
+        encoded: list[_Encoded], token_logp: torch.Tensor, mask: torch.Tensor, n_tokens: int
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+        sums = (token_logp * mask).sum(-1).cpu()
+        counts = mask.sum(-1).cpu().to(sums.dtype)
+        sizes = [len(e.choices) for e in encoded]
+        return list(sums.split(sizes)), list(counts.split(sizes)), n_tokens
+
+    def _generate_batch(self, model: Any, batch: list[Item], result: ScoreResult) -> None:
+        device = self._device(model)
+        prompt_ids, prompt_mask = self._left_pad([self.encode(i).prompt for i in batch], device)
+        output = model.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.pad_id,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+        if not all(torch.isfinite(step).all() for step in output.scores):
+            raise CandidateError(f"non-finite logits while generating for items {[i.id for i in batch]}")
+        new_tokens = output.sequences[:, prompt_ids.shape[1] :]
+        result.n_tokens += int(prompt_mask.sum()) + int(new_tokens.numel())
+        for item, tokens in zip(batch, new_tokens, strict=True):
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            result.generations[item.id] = text
+            target = item.target or ""
+            result.correct[item.id] = int(normalize_answer(text) == normalize_answer(target))

@@ -1,0 +1,107 @@
+"""The scorer: prefix-shared batches equal naive full-sequence scoring; normalization; errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tiny import make_tokenizer
+from transformers import AutoModelForCausalLM
+
+from evomerge.errors import CandidateError
+from evomerge.fitness.items import Item
+from evomerge.fitness.scoring import Scorer, normalize_answer
+
+
+@pytest.fixture(scope="module")
+def model(tiny_family: tuple[Path, list[Path]]) -> torch.nn.Module:
+    return AutoModelForCausalLM.from_pretrained(tiny_family[0]).eval()
+
+
+def _items() -> list[Item]:
+    prompts = [
+        "Q: What is 12 plus 7?\nA:",
+        "Yesterday was 04/30/2021. Today is",
+        "Hi",
+        "A longer prompt " * 6,
+    ]
+    choice_sets = [
+        [" 19", " 5", " banana", " 1234"],
+        [" 05/01/2021", " 04/29/2021"],
+        [" a", " bb", " c"],
+        [" x", " yz"],
+    ]
+    return [
+        Item.from_dict({"id": f"i{k}", "task": "t", "prompt": p, "choices": c, "answer": k % len(c)})
+        for k, (p, c) in enumerate(zip(prompts, choice_sets, strict=True))
+    ]
+
+
+def _one_by_one(model: torch.nn.Module, scorer: Scorer, item: Item) -> list[float]:
+    """Unbatched, unpadded reference: sum of choice-token log-probs, one sequence at a time."""
+    encoded = scorer.encode(item)
+    sums = []
+    for choice in encoded.choices:
+        ids = torch.tensor([encoded.prompt + choice])
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+        start = len(encoded.prompt)
+        sums.append(sum(float(logp.detach()[start + t - 1, tok]) for t, tok in enumerate(choice)))
+    return sums
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_prefix_sharing_equals_naive_and_unbatched(model: torch.nn.Module, batch_size: int) -> None:
+    items = _items()
+    shared = Scorer(make_tokenizer(), batch_size=batch_size, share_prefix=True).score(model, items, "sum")
+    naive = Scorer(make_tokenizer(), batch_size=batch_size, share_prefix=False).score(model, items, "sum")
+    reference = Scorer(make_tokenizer())
+    for item in items:
+        expected = _one_by_one(model, reference, item)
+        assert shared.choice_scores[item.id] == pytest.approx(expected, abs=1e-4)
+        assert naive.choice_scores[item.id] == pytest.approx(expected, abs=1e-4)
+        best = max(range(len(expected)), key=expected.__getitem__)
+        assert shared.correct[item.id] == int(best == item.answer)
+    assert shared.n_tokens < naive.n_tokens  # prompts are run once per item, not once per choice
+
+
+def test_mean_normalization_divides_by_token_count(model: torch.nn.Module) -> None:
+    items = _items()
+    tokenizer = make_tokenizer()
+    sums = Scorer(tokenizer).score(model, items, "sum")
+    scorer = Scorer(tokenizer)
+    means = scorer.score(model, items, {item.id: "mean" for item in items})
+    for item in items:
+        lengths = [len(c) for c in scorer.encode(item).choices]
+        expected = [s / n for s, n in zip(sums.choice_scores[item.id], lengths, strict=True)]
+        assert means.choice_scores[item.id] == pytest.approx(expected, rel=1e-5)
+    assert lengths != [lengths[0]] * len(lengths)  # the test covers choices of different lengths
+
+
+def test_nan_weights_raise_candidate_error(tiny_family: tuple[Path, list[Path]]) -> None:
+    broken = AutoModelForCausalLM.from_pretrained(tiny_family[0]).eval()
+    with torch.no_grad():
+        broken.model.layers[0].mlp.up_proj.weight.fill_(float("nan"))
+    with pytest.raises(CandidateError, match="non-finite"):
+        Scorer(make_tokenizer()).score(broken, _items())
+    generative = Item.from_dict({"id": "g", "task": "t", "prompt": "2+2=", "target": "4"})
+    with pytest.raises(CandidateError, match="non-finite"):
+        Scorer(make_tokenizer(), max_new_tokens=2).score(broken, [generative])
+
+
+def test_generative_exact_match(model: torch.nn.Module) -> None:
+    probe = Item.from_dict({"id": "g0", "task": "t", "prompt": "Say:", "target": "zzz"})
+    scorer = Scorer(make_tokenizer(), max_new_tokens=4)
+    first = scorer.score(model, [probe])
+    assert first.correct == {"g0": 0}
+    said = first.generations["g0"].split("\n")[0].strip()
+    assert said  # the seeded tiny model continues with a few (random) characters
+    # The same greedy continuation, written with surrounding spaces and a trailing period: a match.
+    match = Item.from_dict({"id": "g1", "task": "t", "prompt": "Say:", "target": f"  {said}. "})
+    assert scorer.score(model, [match]).correct == {"g1": 1}
+
+
+def test_normalize_answer() -> None:
+    assert normalize_answer("  The  Answer.\nmore") == "the answer"
+    assert normalize_answer("109") == normalize_answer(" 109 \n") == "109"
+    assert normalize_answer("") == ""
