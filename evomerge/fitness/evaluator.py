@@ -1,0 +1,161 @@
+"""FitnessEvaluator: what a search worker calls to turn a model into per-task estimates.
+
+The anchors are chosen once, at construction: k-means anchors from the calibration when one is
+given (or a stored anchor file), else a seeded stratified random sample of the suite's eval
+items. Every candidate is then scored on the same anchors (a paired design: comparisons between
+candidates are much less noisy than with independent random subsets), and the suite's
+estimator (or the one given) turns the answers into estimates.
+
+mp-IRT needs the parents' abilities: pass `parents`, the parents' names or model paths as
+calibration subjects (`evomerge calibrate ... --subjects BASE PARENT_1 ...`), or their
+abilities directly as `parent_thetas`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evomerge.errors import ConfigError
+from evomerge.fitness.anchors import AnchorSet, select_for_suite
+from evomerge.fitness.calibration import Calibration
+from evomerge.fitness.estimators import ESTIMATORS, NEEDS_IRT, NEEDS_PARENTS, EstimationContext, interval
+from evomerge.fitness.items import Item
+from evomerge.fitness.scoring import Scorer, ScoreResult
+from evomerge.fitness.suite import FitnessSuite
+
+
+@dataclass
+class FitnessResult:
+    estimates: dict[str, float]
+    intervals: dict[str, tuple[float, float]]
+    answers: dict[str, int]
+    n_items: int
+    estimator: str
+    seconds: float
+
+
+def load_tokenizer(tokenizer: Any) -> Any:
+    if isinstance(tokenizer, str | Path):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(tokenizer))
+    return tokenizer
+
+
+class FitnessEvaluator:
+    def __init__(
+        self,
+        suite: FitnessSuite | str | Path,
+        tokenizer: Any,
+        *,
+        calibration: Calibration | str | Path | None = None,
+        device: str = "cpu",
+        batch_size: int = 32,
+        seed: int = 0,
+        anchors: AnchorSet | str | Path | None = None,
+        estimator: str | None = None,
+        parents: Sequence[str | Path] | None = None,
+        parent_thetas: np.ndarray | None = None,
+    ) -> None:
+        self.suite = suite if isinstance(suite, FitnessSuite) else FitnessSuite.load(suite)
+        self.device = device
+        self.estimator = estimator or self.suite.estimator
+        self._estimate = ESTIMATORS.get(self.estimator)
+        if isinstance(calibration, str | Path):
+            calibration = Calibration.load(calibration)
+        self.calibration = calibration
+        if calibration is not None:
+            calibration.check_suite(self.suite)
+        elif self.estimator in NEEDS_IRT:
+            raise ConfigError(
+                f"estimator {self.estimator!r} of suite {self.suite.name!r} needs a calibration: run "
+                f"`evomerge calibrate {self.suite.source} --subjects BASE PARENTS... --out CALIB` and "
+                "pass it, or choose estimator 'mean'"
+            )
+        self.anchors = self._anchors(anchors, seed)
+        self.anchor_ids: dict[str, list[str]] = {
+            task: list(self.anchors.ids[task]) for task in self.suite.tasks
+        }
+        self._anchor_items = [self.suite.items[i] for task in self.suite.tasks for i in self.anchor_ids[task]]
+        thetas = self._parent_thetas(parents, parent_thetas)
+        self.context = EstimationContext(
+            task_items=self.suite.eval_ids,
+            anchors=self.anchors,
+            irt=calibration.irt if calibration else None,
+            item_index=calibration.item_index if calibration else None,
+            parent_thetas=thetas,
+        )
+        max_new = max(spec.max_new_tokens for spec in self.suite.spec.banks.values())
+        self.scorer = Scorer(load_tokenizer(tokenizer), batch_size=batch_size, max_new_tokens=max_new)
+
+    def _anchors(self, anchors: AnchorSet | str | Path | None, seed: int) -> AnchorSet:
+        if isinstance(anchors, str | Path):
+            anchors = AnchorSet.load(anchors, self.calibration)
+        if anchors is None:
+            groups = {i.id: i.group or "" for i in self.suite.items.values()}
+            n = {task: self.suite.n_anchors(task) for task in self.suite.tasks}
+            anchors = select_for_suite(self.suite.eval_ids, n, groups, self.calibration, seed)
+        for task in self.suite.tasks:
+            unknown = [i for i in anchors.ids.get(task, []) if i not in self.suite.items]
+            if task not in anchors.ids or unknown:
+                raise ConfigError(
+                    f"anchors do not match suite {self.suite.name!r}: task {task!r} "
+                    + (f"has unknown items {unknown[:3]}" if unknown else "is missing")
+                )
+        return anchors
+
+    def _parent_thetas(
+        self, parents: Sequence[str | Path] | None, parent_thetas: np.ndarray | None
+    ) -> np.ndarray | None:
+        if parent_thetas is not None:
+            return np.atleast_2d(np.asarray(parent_thetas, dtype=float))
+        if parents:
+            if self.calibration is None:
+                raise ConfigError("parents= needs a calibration holding their abilities")
+            for parent in parents:
+                if Path(parent).is_dir():
+                    self.calibration.check_subject(parent)
+            return np.array([self.calibration.theta_of(p) for p in parents])
+        if self.estimator in NEEDS_PARENTS:
+            raise ConfigError(
+                f"estimator {self.estimator!r} needs parents=[...] (calibration subject names or paths)"
+            )
+        return None
+
+    def _score(self, model: Any, items: list[Item]) -> ScoreResult:
+        normalization = {item.id: self.suite.bank_spec_of(item.id).normalization for item in items}
+        generate = {item.id for item in items if self.suite.bank_spec_of(item.id).mode == "generate"}
+        return self.scorer.score(model, items, normalization, generate)
+
+    def evaluate(self, model: Any) -> FitnessResult:
+        """Score the anchors and estimate every task; CandidateError on NaN/inf scores."""
+        start = time.perf_counter()
+        answers = self._score(model, self._anchor_items).correct
+        estimates = {task: float(value) for task, value in self._estimate(self.context, answers).items()}
+        intervals = {task: interval(estimates[task], len(self.anchor_ids[task])) for task in self.suite.tasks}
+        return FitnessResult(
+            estimates={task: estimates[task] for task in self.suite.tasks},
+            intervals=intervals,
+            answers=answers,
+            n_items=len(self._anchor_items),
+            estimator=self.estimator,
+            seconds=time.perf_counter() - start,
+        )
+
+    def score_eval_split(self, model: Any) -> dict[str, int]:
+        """0/1 answers of the model on every eval item of the suite."""
+        items = [self.suite.items[i] for task in self.suite.tasks for i in self.suite.eval_ids[task]]
+        return self._score(model, items).correct
+
+    def evaluate_full(self, model: Any) -> dict[str, float]:
+        """Measured accuracy on the full eval split, per task (for audits and --verify)."""
+        answers = self.score_eval_split(model)
+        return {
+            task: float(np.mean([answers[i] for i in self.suite.eval_ids[task]])) for task in self.suite.tasks
+        }

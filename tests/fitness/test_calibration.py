@@ -1,0 +1,150 @@
+"""Calibration artifacts and the FitnessEvaluator on tiny models: round trip, staleness, contract."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM
+
+from evomerge.errors import CandidateError, ConfigError
+from evomerge.fitness.calibration import Calibration, read_responses_csv
+from evomerge.fitness.evaluator import FitnessEvaluator, FitnessResult
+from evomerge.fitness.items import load_bank, write_bank
+from evomerge.fitness.population import calibrate_suite
+from evomerge.fitness.suite import FitnessSuite
+
+FITNESS = Path(__file__).resolve().parents[2] / "fitness"
+
+
+def _suite(root: Path) -> Path:
+    """Two tasks of 10 real eval items each (arithmetic, dates), 4 anchors per task."""
+    arithmetic = [i for i in load_bank(FITNESS / "bigbench_arithmetic.jsonl") if i.split == "eval"][:10]
+    dates = [i for i in load_bank(FITNESS / "bigbench_date_understanding.jsonl") if i.split == "eval"][:10]
+    write_bank(arithmetic, root / "arith.jsonl")
+    write_bank(dates, root / "dates.jsonl")
+    spec = {
+        "name": "mini",
+        "banks": {"arith": {"path": "arith.jsonl"}, "dates": {"path": "dates.jsonl", "normalization": "sum"}},
+        "tasks": {
+            "arithmetic": {"banks": ["arith"], "anchors": 4},
+            "dates": {"banks": ["dates"], "anchors": 4},
+        },
+        "estimator": "gpirt",
+    }
+    (root / "mini.yaml").write_text(yaml.safe_dump(spec))
+    return root / "mini.yaml"
+
+
+@pytest.fixture(scope="module")
+def calibrated(
+    tiny_family: tuple[Path, list[Path]], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("calib")
+    subjects = []
+    for source in [tiny_family[0], *tiny_family[1]]:  # copies: the staleness test edits one
+        subjects.append(Path(shutil.copytree(source, root / "models" / source.name)))
+    suite_path = _suite(root)
+    calibration = calibrate_suite(FitnessSuite.load(suite_path), subjects, dims=(1,))
+    calibration.save(root / "calib.json")
+    return suite_path, root / "calib.json"
+
+
+def test_calibration_round_trip(calibrated: tuple[Path, Path]) -> None:
+    suite_path, calib_path = calibrated
+    calibration = Calibration.load(calib_path)
+    assert calibration.subject_names() == ["base", "parent_0", "parent_1"]
+    assert calibration.responses.shape == (3, 20)
+    assert set(np.unique(calibration.responses)) <= {0.0, 1.0}
+    assert calibration.tasks == FitnessSuite.load(suite_path).eval_ids
+    assert calibration.suite == "mini" and set(calibration.bank_hashes) == {"arith", "dates"}
+    copy = calibration.save(calib_path.parent / "copy.json")
+    assert Calibration.load(copy).sha256() == calibration.sha256()
+
+
+def test_evaluator_contract_with_calibration(
+    calibrated: tuple[Path, Path], tiny_family: tuple[Path, list[Path]]
+) -> None:
+    suite_path, calib_path = calibrated
+    parents = [calib_path.parent / "models" / "parent_0", calib_path.parent / "models" / "parent_1"]
+    model = AutoModelForCausalLM.from_pretrained(tiny_family[1][0]).eval()
+    for estimator in ("gpirt", "gmpirt", "anchor"):
+        evaluator = FitnessEvaluator(
+            suite_path,
+            tiny_family[0],
+            calibration=calib_path,
+            estimator=estimator,
+            parents=parents,
+            batch_size=3,
+        )
+        result = evaluator.evaluate(model)
+        assert isinstance(result, FitnessResult) and result.estimator == estimator
+        assert list(result.estimates) == ["arithmetic", "dates"]
+        assert all(0.0 <= v <= 1.0 for v in result.estimates.values())
+        assert all(lo <= result.estimates[t] <= hi for t, (lo, hi) in result.intervals.items())
+        assert set(result.answers) == {i for ids in evaluator.anchor_ids.values() for i in ids}
+        assert result.n_items == 8 and result.seconds > 0
+    full = evaluator.evaluate_full(model)
+    answers = evaluator.score_eval_split(model)
+    assert full["dates"] == pytest.approx(np.mean([answers[i] for i in evaluator.suite.eval_ids["dates"]]))
+
+
+def test_stale_calibration_is_detected(
+    calibrated: tuple[Path, Path], tiny_family: tuple[Path, list[Path]]
+) -> None:
+    suite_path, calib_path = calibrated
+    root = suite_path.parent
+    items = load_bank(root / "arith.jsonl")
+    backup = (root / "arith.jsonl").read_bytes()
+    try:
+        write_bank(items[:-1], root / "arith.jsonl")  # the bank changed after calibration
+        with pytest.raises(ConfigError, match="does not match bank 'arith'.*re-run evomerge calibrate"):
+            FitnessEvaluator(suite_path, tiny_family[0], calibration=calib_path)
+    finally:
+        (root / "arith.jsonl").write_bytes(backup)
+    parent = root / "models" / "parent_1"
+    weights = next(parent.glob("*.safetensors"))
+    original = weights.read_bytes()
+    try:
+        weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        with pytest.raises(ConfigError, match="changed since calibration"):
+            FitnessEvaluator(suite_path, tiny_family[0], calibration=calib_path, parents=[parent])
+    finally:
+        weights.write_bytes(original)
+    with pytest.raises(ConfigError, match="not a subject of calibration"):
+        FitnessEvaluator(suite_path, tiny_family[0], calibration=calib_path, parents=["nobody"])
+
+
+def test_evaluator_without_calibration(tiny_family: tuple[Path, list[Path]]) -> None:
+    quick = FITNESS / "quickstart.yaml"
+    first = FitnessEvaluator(quick, tiny_family[0], seed=5)
+    assert first.anchor_ids == FitnessEvaluator(quick, tiny_family[0], seed=5).anchor_ids
+    assert first.anchor_ids != FitnessEvaluator(quick, tiny_family[0], seed=6).anchor_ids
+    assert {t: len(v) for t, v in first.anchor_ids.items()} == {"arithmetic": 8, "dates": 8}
+    broken = AutoModelForCausalLM.from_pretrained(tiny_family[0]).eval()
+    with torch.no_grad():
+        broken.lm_head.weight.fill_(float("inf"))
+    with pytest.raises(CandidateError):
+        first.evaluate(broken)
+    with pytest.raises(ConfigError, match="needs a calibration"):
+        FitnessEvaluator(FITNESS / "skills.yaml", tiny_family[0])
+
+
+def test_responses_csv_errors(tmp_path: Path) -> None:
+    good = tmp_path / "ok.csv"
+    good.write_text("subject,i1,i2\nm1,1,0\nm2,,1\n")
+    subjects, items, matrix = read_responses_csv(good)
+    assert subjects == ["m1", "m2"] and items == ["i1", "i2"] and np.isnan(matrix[1, 0])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("subject,i1,i2\nm1,1,0.5\n")
+    with pytest.raises(
+        ConfigError, match="subject 'm1', item 'i2' has value '0.5'; responses must be 0, 1 or empty"
+    ):
+        read_responses_csv(bad)
+    bad.write_text("model,i1\nm1,1\n")
+    with pytest.raises(ConfigError, match="first column must be named 'subject'"):
+        read_responses_csv(bad)

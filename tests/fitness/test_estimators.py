@@ -1,0 +1,76 @@
+"""Estimators: registry, exactness at full coverage, error shrinking with n, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from evomerge.errors import ConfigError, EvomergeError
+from evomerge.fitness.anchors import AnchorSet, cluster_anchors
+from evomerge.fitness.calibration import Calibration
+from evomerge.fitness.estimators import ESTIMATORS, EstimationContext
+from evomerge.fitness.fidelity import evaluate_estimators
+
+ALL = ["mean", "anchor", "pirt", "gpirt", "mpirt", "gmpirt"]
+
+
+def _context(
+    calibration: Calibration, anchors: AnchorSet, parents: np.ndarray | None = None
+) -> EstimationContext:
+    return EstimationContext(calibration.tasks, anchors, calibration.irt, calibration.item_index, parents)
+
+
+def test_registry() -> None:
+    assert ESTIMATORS.names() == sorted(ALL)
+    with pytest.raises(ConfigError, match="unknown estimator 'tiny'; available: anchor, gmpirt"):
+        ESTIMATORS.get("tiny")
+
+
+def test_every_estimator_is_exact_when_every_item_is_an_anchor(
+    synthetic_calibration: Calibration, heldout: np.ndarray
+) -> None:
+    tasks = synthetic_calibration.tasks
+    anchors = AnchorSet(
+        "all",
+        0,
+        {t: list(v) for t, v in tasks.items()},
+        {t: [1 / len(v)] * len(v) for t, v in tasks.items()},
+        gp_lambda={t: 0.3 for t in tasks},
+    )
+    ctx = _context(synthetic_calibration, anchors, synthetic_calibration.thetas[:2])
+    row = heldout[0]
+    answers = {i: int(row[k]) for k, i in enumerate(synthetic_calibration.item_ids)}
+    truth = {t: np.mean([answers[i] for i in v]) for t, v in tasks.items()}
+    for name in ALL:
+        assert ESTIMATORS.get(name)(ctx, answers) == pytest.approx(truth), name
+
+
+def test_error_shrinks_with_n_and_irt_beats_subsampling(
+    synthetic_calibration: Calibration, heldout: np.ndarray
+) -> None:
+    rows = evaluate_estimators(synthetic_calibration, heldout, [5, 40], ALL, parents=["s0", "s1"], seed=0)
+    mae = {(r.estimator, r.n): r.mae for r in rows}
+    for name in ALL:
+        assert mae[(name, 40)] < mae[(name, 5)], name
+    assert mae[("pirt", 5)] < mae[("mean", 5)]
+    assert mae[("gpirt", 5)] < mae[("mean", 5)]
+    tau = {(r.estimator, r.n): r.tau for r in rows}
+    assert tau[("pirt", 40)] > 0.6
+
+
+def test_subject_without_answered_anchors(synthetic_calibration: Calibration) -> None:
+    anchors = cluster_anchors(synthetic_calibration, 4, "irt", seed=0)
+    only_alpha = {i: 1 for i in anchors.ids["alpha"]}
+    for name in ("mean", "anchor", "pirt"):
+        with pytest.raises(EvomergeError, match="no answered anchors for task 'beta'"):
+            ESTIMATORS.get(name)(_context(synthetic_calibration, anchors), only_alpha)
+
+
+def test_irt_estimators_need_calibration_and_parents(synthetic_calibration: Calibration) -> None:
+    anchors = cluster_anchors(synthetic_calibration, 4, "irt", seed=0)
+    answers = {i: 1 for ids in anchors.ids.values() for i in ids}
+    bare = EstimationContext(synthetic_calibration.tasks, anchors)
+    with pytest.raises(ConfigError, match="needs a calibration"):
+        ESTIMATORS.get("gpirt")(bare, answers)
+    with pytest.raises(ConfigError, match="parents' abilities"):
+        ESTIMATORS.get("mpirt")(_context(synthetic_calibration, anchors), answers)
