@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
+from suites import FITNESS, write_mini_suite
 from transformers import AutoModelForCausalLM
 
 from evomerge.errors import CandidateError, ConfigError
@@ -17,27 +17,6 @@ from evomerge.fitness.evaluator import FitnessEvaluator, FitnessResult
 from evomerge.fitness.items import load_bank, write_bank
 from evomerge.fitness.population import calibrate_suite
 from evomerge.fitness.suite import FitnessSuite
-
-FITNESS = Path(__file__).resolve().parents[2] / "fitness"
-
-
-def _suite(root: Path) -> Path:
-    """Two tasks of 10 real eval items each (arithmetic, dates), 4 anchors per task."""
-    arithmetic = [i for i in load_bank(FITNESS / "bigbench_arithmetic.jsonl") if i.split == "eval"][:10]
-    dates = [i for i in load_bank(FITNESS / "bigbench_date_understanding.jsonl") if i.split == "eval"][:10]
-    write_bank(arithmetic, root / "arith.jsonl")
-    write_bank(dates, root / "dates.jsonl")
-    spec = {
-        "name": "mini",
-        "banks": {"arith": {"path": "arith.jsonl"}, "dates": {"path": "dates.jsonl", "normalization": "sum"}},
-        "tasks": {
-            "arithmetic": {"banks": ["arith"], "anchors": 4},
-            "dates": {"banks": ["dates"], "anchors": 4},
-        },
-        "estimator": "gpirt",
-    }
-    (root / "mini.yaml").write_text(yaml.safe_dump(spec))
-    return root / "mini.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +27,7 @@ def calibrated(
     subjects = []
     for source in [tiny_family[0], *tiny_family[1]]:  # copies: the staleness test edits one
         subjects.append(Path(shutil.copytree(source, root / "models" / source.name)))
-    suite_path = _suite(root)
+    suite_path = write_mini_suite(root)
     calibration = calibrate_suite(FitnessSuite.load(suite_path), subjects, dims=(1,))
     calibration.save(root / "calib.json")
     return suite_path, root / "calib.json"

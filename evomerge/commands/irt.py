@@ -1,0 +1,182 @@
+"""IRT commands: `evomerge irt fit|anchors|estimate` for your own response data, and `evomerge calibrate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from evomerge.errors import ConfigError, EvomergeError
+
+irt_app = typer.Typer(
+    help="Fit IRT models, pick anchors, estimate accuracy from anchor answers.", no_args_is_help=True
+)
+
+
+def _dims(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--dims {text!r}: give comma-separated integers, e.g. 1,2,3,5") from None
+    if not dims or min(dims) < 1:
+        raise ConfigError(f"--dims {text!r}: every dimension must be >= 1")
+    return dims
+
+
+@irt_app.command("fit")
+def fit(
+    responses: Path = typer.Argument(
+        ..., help="CSV: column `subject`, then one column per item id (0/1/empty)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Calibration file to write (JSON)."),
+    items: Path | None = typer.Option(None, "--items", help="Bank JSONL mapping item ids to tasks."),
+    dims: str = typer.Option(
+        "1,2,3,5", "--dims", help="IRT dimensions to choose from (held-out likelihood)."
+    ),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Fit a (multidimensional) 2PL model to a response matrix."""
+    from evomerge.fitness.calibration import fit_calibration, read_responses_csv
+    from evomerge.fitness.items import file_sha256, load_bank
+
+    subjects, item_ids, matrix = read_responses_csv(responses)
+    if items is None:
+        tasks, groups, hashes = {"all": item_ids}, {}, {}
+    else:
+        bank = {item.id: item for item in load_bank(items)}
+        unknown = [i for i in item_ids if i not in bank]
+        if unknown:
+            raise ConfigError(
+                f"{responses} does not match bank {items}: {len(unknown)} item column(s) are not in the bank "
+                f"(e.g. {unknown[0]!r}); give the bank the responses were collected on"
+            )
+        tasks = {}
+        for item_id in item_ids:
+            tasks.setdefault(bank[item_id].task, []).append(item_id)
+        groups = {i: bank[i].group or "" for i in item_ids}
+        hashes = {items.name: file_sha256(items)}
+    calibration = fit_calibration(
+        matrix,
+        item_ids,
+        tasks,
+        [{"name": s} for s in subjects],
+        dims=_dims(dims),
+        groups=groups,
+        bank_hashes=hashes,
+        seed=seed,
+    )
+    calibration.save(out)
+    typer.echo(
+        f"{out}: {len(subjects)} subjects x {len(item_ids)} items, tasks {list(tasks)}, "
+        f"IRT dimension {calibration.irt.dim}"
+    )
+
+
+@irt_app.command("anchors")
+def anchors(
+    calib: Path = typer.Argument(..., help="Calibration file (evomerge irt fit / evomerge calibrate)."),
+    n: int = typer.Option(..., "-n", "--n", help="Anchors per task."),
+    out: Path = typer.Option(..., "--out", help="Anchors file to write (JSON)."),
+    method: str = typer.Option("irt", "--method", help="irt | responses (k-means) or random (stratified)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Select n anchor items per task, with weights."""
+    from evomerge.fitness.anchors import cluster_anchors
+    from evomerge.fitness.calibration import Calibration
+
+    chosen = cluster_anchors(Calibration.load(calib), n, method, seed)
+    chosen.save(out)
+    typer.echo(f"{out}: {n} anchors per task ({method}) for tasks {list(chosen.ids)}")
+
+
+@irt_app.command("estimate")
+def estimate(
+    calib: Path = typer.Argument(..., help="Calibration file."),
+    anchors_path: Path = typer.Argument(..., metavar="ANCHORS", help="Anchors file (evomerge irt anchors)."),
+    responses: Path = typer.Option(
+        ..., "--responses", help="CSV of the subjects' answers (subject, item ids...)."
+    ),
+    estimator: str = typer.Option("gpirt", "--estimator", help="mean, anchor, pirt, gpirt, mpirt, gmpirt."),
+    parent: list[str] = typer.Option([], "--parent", help="Calibration subject that is a parent (mp-IRT)."),
+) -> None:
+    """Print JSON {subject: {task: {"estimate": ..., "interval": [lo, hi], "anchors_answered": k}}}."""
+    import numpy as np
+
+    from evomerge.fitness.anchors import AnchorSet
+    from evomerge.fitness.calibration import Calibration, read_responses_csv
+    from evomerge.fitness.estimators import ESTIMATORS, EstimationContext, interval
+
+    calibration = Calibration.load(calib)
+    chosen = AnchorSet.load(anchors_path, calibration)
+    estimate_fn = ESTIMATORS.get(estimator)
+    subjects, item_ids, matrix = read_responses_csv(responses)
+    unknown = [i for i in item_ids if i not in calibration.item_index]
+    if unknown:
+        raise ConfigError(
+            f"{responses} does not match calibration {calib}: item(s) {unknown[:3]} are not calibrated"
+        )
+    thetas = np.array([calibration.theta_of(p) for p in parent]) if parent else None
+    context = EstimationContext(calibration.tasks, chosen, calibration.irt, calibration.item_index, thetas)
+    anchor_set = {i for ids in chosen.ids.values() for i in ids}
+    output = {}
+    for subject, row in zip(subjects, matrix, strict=True):
+        answers = {
+            i: int(v) for i, v in zip(item_ids, row, strict=True) if i in anchor_set and not np.isnan(v)
+        }
+        try:
+            values = estimate_fn(context, answers)
+        except EvomergeError as error:
+            raise type(error)(f"subject {subject!r}: {error}") from None
+        output[subject] = {
+            task: {
+                "estimate": value,
+                "interval": list(interval(value, sum(i in answers for i in chosen.ids[task]))),
+                "anchors_answered": sum(i in answers for i in chosen.ids[task]),
+                "estimator": estimator,
+            }
+            for task, value in values.items()
+        }
+    typer.echo(json.dumps(output, indent=2))
+
+
+def calibrate(
+    ctx: typer.Context,
+    suite: Path = typer.Argument(..., help="Fitness suite YAML (e.g. fitness/skills.yaml)."),
+    subjects: list[Path] = typer.Option(
+        ..., "--subjects", help="Model directories (base, parents, variants...)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Calibration file to write (JSON)."),
+    device: str = typer.Option("cpu", "--device"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    dims: str = typer.Option("1,2,3,5", "--dims", help="IRT dimensions to choose from."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Score every subject on the suite's full eval split, fit IRT, write the calibration."""
+    from evomerge.fitness.population import calibrate_suite
+    from evomerge.fitness.suite import FitnessSuite
+
+    # `--subjects A B C`: the directories after the first arrive as extra arguments.
+    all_subjects = [*subjects, *(Path(arg) for arg in ctx.args)]
+    missing = [str(s) for s in all_subjects if not s.is_dir()]
+    if missing:
+        raise ConfigError(f"--subjects: {missing} are not directories; give Hugging Face model directories")
+    calibration = calibrate_suite(
+        FitnessSuite.load(suite),
+        all_subjects,
+        device=device,
+        batch_size=batch_size,
+        dims=_dims(dims),
+        seed=seed,
+        progress=lambda message: typer.echo(message, err=True),
+    )
+    calibration.save(out)
+    typer.echo(
+        f"{out}: {len(all_subjects)} subjects x {len(calibration.item_ids)} items, "
+        f"IRT dimension {calibration.irt.dim}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(irt_app, name="irt")
+    app.command("calibrate", context_settings={"allow_extra_args": True})(calibrate)
