@@ -1,0 +1,313 @@
+"""Merge methods: small pure functions over the tensors of one weight, registered by name.
+
+Each method declares its parameters (`ParamSpec`, mergekit's names and semantics); the
+declaration is what recipe validation and the search space's genes read. Methods compute in
+the tensors' dtype (float32 in practice) and return the merged tensor.
+
+Task-vector methods (mergekit's "generalized task arithmetic") share one pipeline:
+delta_i = model_i - base; sparsify each delta; weight; optionally keep only the entries that
+agree with the majority sign (TIES, Yadav et al. 2023); sum, optionally divide by the summed
+weights ("normalize"), scale by lambda, add to the base.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from evomerge.errors import CandidateError, ConfigError
+from evomerge.registry import Registry
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One declared merge parameter (mergekit name; scope 'model' = per model, 'global' = recipe-wide)."""
+
+    name: str
+    scope: Literal["model", "global"]
+    kind: Literal["float", "bool"]
+    default: float | bool | None = None
+    low: float | None = None
+    high: float | None = None
+    search_low: float | None = None
+    search_high: float | None = None
+
+    def check(self, value: object, where: str) -> None:
+        """Raise ConfigError (a ValueError) when `value` is not a valid setting of this parameter."""
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}: {self.name!r} must be true or false, got {value!r}")
+            return
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ConfigError(f"{where}: {self.name!r} must be a finite number, got {value!r}")
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            raise ConfigError(
+                f"{where}: {self.name!r} = {value} is out of range [{self.low}, {self.high}]; "
+                f"use a value inside it"
+            )
+
+
+class DeltaStats:
+    """What a candidate merge needs from one model's tensor that does not depend on the candidate.
+
+    The task vector and its magnitude order statistics are computed on first use and kept, so a
+    resident parent (LiveMerger) pays for them once and a streamed tensor only when needed.
+    """
+
+    def __init__(self, tensor: Tensor, base: Tensor) -> None:
+        self.tensor = tensor
+        self.base = base
+        self._delta: Tensor | None = None
+        self._sorted_abs: Tensor | None = None
+        self._row_rank: Tensor | None = None
+
+    @property
+    def delta(self) -> Tensor:
+        if self._delta is None:
+            self._delta = self.tensor - self.base
+        return self._delta
+
+    @property
+    def sorted_abs(self) -> Tensor:
+        """|delta| flattened, ascending: the k-th magnitude is a lookup, not a top-k."""
+        if self._sorted_abs is None:
+            self._sorted_abs = self.delta.abs().flatten().sort().values
+        return self._sorted_abs
+
+    @property
+    def row_rank(self) -> Tensor:
+        """Rank of |delta| within its row (last dim; whole tensor for vectors), scaled to [0, 1]."""
+        if self._row_rank is None:
+            rows = self.delta.abs().reshape(-1, self.delta.shape[-1]) if self.delta.dim() > 1 else None
+            rows = rows if rows is not None else self.delta.abs().reshape(1, -1)
+            ranks = rows.argsort(dim=1).argsort(dim=1).to(self.delta.dtype)
+            width = max(rows.shape[1] - 1, 1)
+            self._row_rank = (ranks / width).reshape(self.delta.shape)
+        return self._row_rank
+
+
+@dataclass
+class TensorInputs:
+    """Everything a method sees for one output tensor."""
+
+    name: str
+    base: Tensor | None
+    tensors: list[Tensor]  # the merged models' tensors (the base excluded for base-relative methods)
+    model_params: list[dict[str, Any]]  # resolved per-model parameters, aligned with `tensors`
+    global_params: dict[str, Any]
+    stats: list[DeltaStats] = field(default_factory=list)  # aligned with `tensors` when a base exists
+    generator: torch.Generator | None = None
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    name: str
+    params: tuple[ParamSpec, ...]
+    needs_base: bool
+    random: bool
+    fn: Callable[[TensorInputs], Tensor]
+    n_models: int | None = None  # exact number of merged models (besides the base), if fixed
+
+    def param(self, name: str) -> ParamSpec:
+        for spec in self.params:
+            if spec.name == name:
+                return spec
+        raise ConfigError(f"merge method {self.name!r} has no parameter {name!r}")
+
+    def merge(self, inputs: TensorInputs) -> Tensor:
+        return self.fn(inputs)
+
+
+METHODS: Registry[MergeMethod] = Registry("merge method")
+
+# --- parameter declarations ----------------------------------------------------------------
+
+WEIGHT = ParamSpec("weight", "model", "float", None, search_low=0.0, search_high=1.0)
+DENSITY = ParamSpec("density", "model", "float", 1.0, 0.0, 1.0, 0.1, 1.0)
+GAMMA = ParamSpec("gamma", "model", "float", 0.01, 0.0, 1.0, 0.0, 0.1)
+EPSILON = ParamSpec("epsilon", "model", "float", 0.15, 0.0, 1.0, 0.01, 0.2)
+LAMBDA = ParamSpec("lambda", "global", "float", 1.0, search_low=0.5, search_high=1.5)
+T = ParamSpec("t", "global", "float", None, 0.0, 1.0, 0.0, 1.0)
+
+
+def _normalize(default: bool) -> ParamSpec:
+    return ParamSpec("normalize", "global", "bool", default)
+
+
+def _rescale(default: bool) -> ParamSpec:
+    return ParamSpec("rescale", "global", "bool", default)
+
+
+# --- sparsification (one task vector at a time) ---------------------------------------------
+
+
+def _l1_rescaled(delta: Tensor, kept: Tensor) -> Tensor:
+    """Rescale the kept entries so the task vector keeps its L1 norm."""
+    new = kept.abs().sum()
+    if new < 1e-7:
+        return kept
+    return kept * (delta.abs().sum() / new)
+
+
+def _magnitude(stats: DeltaStats, p: dict[str, Any], _: torch.Generator | None) -> Tensor:
+    """TIES trim: keep the top `density` fraction of entries by magnitude."""
+    density, delta = p["density"], stats.delta
+    if density >= 1:
+        return delta
+    k = int(density * delta.numel())
+    if k == 0:
+        return torch.zeros_like(delta)
+    threshold = stats.sorted_abs[delta.numel() - k]
+    kept = delta * (delta.abs() >= threshold)
+    return _l1_rescaled(delta, kept) if p["rescale"] else kept
+
+
+def _magnitude_outliers(stats: DeltaStats, p: dict[str, Any], _: torch.Generator | None) -> Tensor:
+    """Model Breadcrumbs (Davari & Belilovsky 2023): drop the largest `gamma` fraction and the
+    smallest entries so that a `density` fraction remains."""
+    density, delta = p["density"], stats.delta
+    if density >= 1:
+        return delta
+    n = delta.numel()
+    n_top = int(p["gamma"] * n)
+    n_bottom = n - int(density * n) - n_top
+    if n_bottom < 0:  # gamma larger than what density leaves: cut less from the top
+        n_top += n_bottom
+        n_bottom = 0
+    if n - n_top <= n_bottom:
+        return torch.zeros_like(delta)
+    low, high = stats.sorted_abs[n_bottom], stats.sorted_abs[n - n_top - 1]
+    magnitude = delta.abs()
+    kept = delta * ((magnitude >= low) & (magnitude <= high))
+    return _l1_rescaled(delta, kept) if p["rescale"] else kept
+
+
+def _random_drop(stats: DeltaStats, p: dict[str, Any], generator: torch.Generator | None) -> Tensor:
+    """DARE (Yu et al. 2024): keep each entry with probability `density`, rescale by 1/density."""
+    density, delta = p["density"], stats.delta
+    if density >= 1:
+        return delta
+    keep = torch.rand(delta.shape, generator=generator, device=delta.device, dtype=delta.dtype) < density
+    kept = delta * keep
+    return kept / density if p["rescale"] and density > 0 else kept
+
+
+def _magnitude_prune(stats: DeltaStats, p: dict[str, Any], generator: torch.Generator | None) -> Tensor:
+    """DELLA MAGPRUNE (Deep et al. 2024): keep probability rises linearly with the entry's magnitude
+    rank in its row, from density - epsilon to density + epsilon; survivors rescaled by 1/p."""
+    density, epsilon, delta = p["density"], p["epsilon"], stats.delta
+    if density >= 1:
+        return delta
+    if density - epsilon <= 0 or density + epsilon > 1:
+        raise ConfigError(
+            f"della needs 0 < density - epsilon and density + epsilon <= 1, got density={density}, "
+            f"epsilon={epsilon}; lower epsilon"
+        )
+    probability = (density - epsilon) + 2 * epsilon * stats.row_rank
+    keep = torch.rand(delta.shape, generator=generator, device=delta.device, dtype=delta.dtype) < probability
+    kept = delta * keep
+    return kept / probability if p["rescale"] else kept
+
+
+Sparsifier = Callable[[DeltaStats, dict[str, Any], torch.Generator | None], Tensor]
+
+
+def _task_arithmetic(sparsify: Sparsifier | None, sign_consensus: bool) -> Callable[[TensorInputs], Tensor]:
+    """Task arithmetic (Ilharco et al. 2023) with optional sparsification and TIES sign election."""
+
+    def merge(inputs: TensorInputs) -> Tensor:
+        assert inputs.base is not None  # guaranteed by needs_base
+        weighted = []
+        weights = []
+        for stats, params in zip(inputs.stats, inputs.model_params, strict=True):
+            settings = inputs.global_params | params
+            delta = sparsify(stats, settings, inputs.generator) if sparsify else stats.delta
+            weights.append(float(params["weight"]))
+            weighted.append(delta * weights[-1])
+        if sign_consensus:
+            # Majority sign of the summed weighted deltas (ties go positive); keep agreeing entries.
+            majority = torch.where(torch.stack(weighted).sum(dim=0) >= 0, 1.0, -1.0).to(inputs.base.dtype)
+            agree = [torch.sign(x) == majority for x in weighted]
+            mixed = sum(x * m for x, m in zip(weighted, agree, strict=True))
+            divisor = sum(w * m.to(inputs.base.dtype) for w, m in zip(weights, agree, strict=True))
+            divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+        else:
+            mixed = torch.stack(weighted).sum(dim=0)
+            total = sum(weights)
+            divisor = 1.0 if abs(total) < 1e-8 else total
+        if inputs.global_params["normalize"]:
+            mixed = mixed / divisor
+        if inputs.global_params["lambda"] != 1:
+            mixed = mixed * inputs.global_params["lambda"]
+        return inputs.base + mixed
+
+    return merge
+
+
+def _linear(inputs: TensorInputs) -> Tensor:
+    """Weighted average of the models' weights (Wortsman et al. 2022, model soups)."""
+    weights = [float(p["weight"]) for p in inputs.model_params]
+    merged = sum(w * x for w, x in zip(weights, inputs.tensors, strict=True))
+    if inputs.global_params["normalize"]:
+        total = sum(weights)
+        if total == 0:
+            raise CandidateError(
+                f"linear merge of {inputs.name!r}: the weights sum to 0, cannot normalize; "
+                f"change the weights or set normalize: false"
+            )
+        merged = merged / total
+    return merged
+
+
+def _slerp(inputs: TensorInputs, dot_threshold: float = 0.9995, eps: float = 1e-8) -> Tensor:
+    """Spherical interpolation from the base (t=0) to the other model (t=1) (Shoemake 1985);
+    falls back to linear interpolation for nearly parallel tensors."""
+    assert inputs.base is not None
+    t = float(inputs.global_params["t"])
+    v0, v1 = inputs.base, inputs.tensors[0]
+    n0, n1 = v0.norm(), v1.norm()
+    u0 = v0 / n0 if n0 > eps else v0
+    u1 = v1 / n1 if n1 > eps else v1
+    dot = float((u0 * u1).sum())
+    if abs(dot) > dot_threshold:
+        return (1 - t) * v0 + t * v1
+    theta = math.acos(dot)
+    sin_theta = math.sin(theta)
+    return (math.sin((1 - t) * theta) / sin_theta) * v0 + (math.sin(t * theta) / sin_theta) * v1
+
+
+# --- the registry ---------------------------------------------------------------------------
+
+METHODS.add("linear", MergeMethod("linear", (WEIGHT, _normalize(True)), False, False, _linear))
+METHODS.add("slerp", MergeMethod("slerp", (T,), True, False, _slerp, n_models=1))
+
+
+def _add_task_method(
+    name: str,
+    sparsify: Sparsifier | None,
+    consensus: bool,
+    normalize: bool,
+    rescale: bool | None,
+    extra: tuple[ParamSpec, ...] = (),
+) -> None:
+    params = (WEIGHT,)
+    if sparsify is not None:
+        params += (DENSITY, *extra, _rescale(bool(rescale)))
+    params += (_normalize(normalize), LAMBDA)
+    random = sparsify in (_random_drop, _magnitude_prune)
+    METHODS.add(name, MergeMethod(name, params, True, random, _task_arithmetic(sparsify, consensus)))
+
+
+_add_task_method("task_arithmetic", None, False, False, None)
+_add_task_method("ties", _magnitude, True, True, False)
+_add_task_method("dare_ties", _random_drop, True, False, True)
+_add_task_method("dare_linear", _random_drop, False, False, True)
+_add_task_method("breadcrumbs", _magnitude_outliers, False, False, False, (GAMMA,))
+_add_task_method("breadcrumbs_ties", _magnitude_outliers, True, False, False, (GAMMA,))
+_add_task_method("della", _magnitude_prune, True, True, True, (EPSILON,))
+_add_task_method("della_linear", _magnitude_prune, False, False, True, (EPSILON,))

@@ -1,0 +1,200 @@
+"""From a recipe and the reference architecture to one job per output tensor.
+
+Both materializers (on disk, `io.py`; in memory, `live.py`) run the same jobs through the same
+method functions, which is why they give the same tensors. Layer tensors are renumbered by the
+slices; embeddings come from the first slice's sources, the final norm and head from the last
+slice's, with their parameters read at layer position t = 0 (as mergekit 0.1.5 does).
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from evomerge.errors import ConfigError
+from evomerge.merge.methods import METHODS, DeltaStats, MergeMethod, TensorInputs
+from evomerge.recipe import MergeRecipe, SliceSource
+
+LAYER_NAME = re.compile(r"^(?P<head>.*\.layers\.)(?P<index>\d+)(?P<tail>\..*)$")
+
+
+@dataclass(frozen=True)
+class TensorJob:
+    """One output tensor: where its inputs come from and its resolved parameters."""
+
+    name: str
+    base: tuple[str, str] | None  # (model, tensor name)
+    sources: tuple[tuple[str, str], ...]  # merged models, aligned with model_params
+    model_params: tuple[dict[str, Any], ...]
+    global_params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    method: MergeMethod
+    jobs: tuple[TensorJob, ...]
+    num_layers: int
+    seed: int
+
+    def generator(self, job: TensorJob, device: torch.device | str) -> torch.Generator | None:
+        """A generator seeded from the recipe seed and the tensor name: streamed and in-memory merges
+        draw the same numbers for the same tensor whatever the order they run in."""
+        if not self.method.random:
+            return None
+        key = (self.seed * 1_000_003 + zlib.crc32(job.name.encode())) % (2**63)
+        return torch.Generator(device=device).manual_seed(key)
+
+    def inputs(
+        self,
+        job: TensorJob,
+        tensor: Any,
+        stats: Any,
+        device: torch.device | str,
+    ) -> TensorInputs:
+        """Assemble a method's inputs; `tensor(model, name)` fetches a tensor, `stats(model, name, base)`
+        gives its DeltaStats (fresh when streaming, cached when resident)."""
+        base = tensor(*job.base) if job.base else None
+        tensors = [tensor(model, name) for model, name in job.sources]
+        delta_stats: list[DeltaStats] = []
+        if base is not None and self.method.needs_base:
+            delta_stats = [
+                stats(model, name, tensors[i], base) for i, (model, name) in enumerate(job.sources)
+            ]
+        return TensorInputs(
+            name=job.name,
+            base=base,
+            tensors=tensors,
+            model_params=list(job.model_params),
+            global_params=job.global_params,
+            stats=delta_stats,
+            generator=self.generator(job, device),
+        )
+
+
+def _split_layer(name: str) -> tuple[str, int, str] | None:
+    match = LAYER_NAME.match(name)
+    return (match["head"], int(match["index"]), match["tail"]) if match else None
+
+
+def build_plan(recipe: MergeRecipe, tensor_names: list[str], layer_counts: dict[str, int]) -> MergePlan:
+    """`tensor_names`: the reference model's tensors; `layer_counts`: num_hidden_layers per model."""
+    method = METHODS.get(recipe.merge_method)
+    n_ref = layer_counts[recipe.model_paths()[0]]
+    if recipe.slices is not None:
+        slices = [piece.sources for piece in recipe.slices]
+    else:
+        slices = [[SliceSource(model=m.model, layer_range=(0, n_ref)) for m in recipe.models or []]]
+    for s_index, sources in enumerate(slices):
+        for source in sources:
+            count = layer_counts[source.model]
+            if source.layer_range[1] > count:
+                raise ConfigError(
+                    f"slices.{s_index}: layer_range {list(source.layer_range)} of {source.model!r} goes past "
+                    f"its {count} layers; use an end <= {count}"
+                )
+    layer_templates: dict[tuple[str, str], None] = {}
+    outer: list[str] = []
+    for name in tensor_names:
+        parts = _split_layer(name)
+        if parts is None:
+            outer.append(name)
+        else:
+            layer_templates[(parts[0], parts[2])] = None
+    ref_layer0 = sorted({t for (h, t) in layer_templates})  # stable order of a layer's tensors
+
+    jobs: list[TensorJob] = []
+    pre = [n for n in outer if "embed" in n]
+    post = [n for n in outer if "embed" not in n]
+    for name in pre:
+        jobs.append(_job(recipe, method, name, name, slices[0], None, None))
+    out_layer = 0
+    heads = sorted({h for (h, _) in layer_templates})
+    for sources in slices:
+        length = sources[0].layer_range[1] - sources[0].layer_range[0]
+        for offset in range(length):
+            for head in heads:
+                for tail in ref_layer0:
+                    if (head, tail) not in layer_templates:
+                        continue
+                    out_name = f"{head}{out_layer}{tail}"
+                    jobs.append(_job(recipe, method, out_name, (head, tail), sources, offset, length))
+            out_layer += 1
+    for name in post:
+        jobs.append(_job(recipe, method, name, name, slices[-1], None, None))
+    return MergePlan(method=method, jobs=tuple(jobs), num_layers=out_layer, seed=recipe.seed or 0)
+
+
+def _job(
+    recipe: MergeRecipe,
+    method: MergeMethod,
+    out_name: str,
+    source_name: str | tuple[str, str],
+    sources: list[SliceSource],
+    offset: int | None,
+    length: int | None,
+) -> TensorJob:
+    def input_name(source: SliceSource) -> str:
+        if isinstance(source_name, str):
+            return source_name
+        return f"{source_name[0]}{source.layer_range[0] + (offset or 0)}{source_name[1]}"
+
+    layer = offset
+    n_layers = length or 1  # unused for non-layer tensors (they sit at t = 0)
+    base: tuple[str, str] | None = None
+    merged = list(sources)
+    if method.needs_base:
+        base_sources = [s for s in sources if s.model == recipe.base_model]
+        if base_sources:
+            base = (recipe.base_model, input_name(base_sources[0]))
+        elif recipe.slices is None and recipe.base_model:
+            base = (recipe.base_model, input_name(SliceSource(model=recipe.base_model, layer_range=(0, 1))))
+        else:
+            raise ConfigError(
+                f"base_model {recipe.base_model!r} is not a source of the slice holding {out_name!r}; "
+                f"add it to that slice's sources"
+            )
+        merged = [s for s in sources if s.model != recipe.base_model]
+    if method.n_models is not None and len(merged) != method.n_models:
+        raise ConfigError(
+            f"{method.name} merges exactly {method.n_models} model(s) besides base_model, got "
+            f"{len(merged)} ({', '.join(s.model for s in merged) or 'none'}); list them under 'models'"
+        )
+    if not merged:
+        raise ConfigError(f"{method.name}: no model to merge besides base_model; add models")
+
+    def resolve(spec_name: str, model: str | None, source: SliceSource | None) -> Any:
+        return recipe.resolve_param(
+            spec_name, model=model, tensor=out_name, layer=layer, n_layers=n_layers, source=source
+        )
+
+    def value(spec: Any, model: str | None, source: SliceSource | None) -> Any:
+        found = resolve(spec.name, model, source)
+        if found is None:
+            found = spec.default
+        if found is None:
+            who = f" for model {model!r}" if model else ""
+            raise ConfigError(
+                f"{method.name}: no value of {spec.name!r}{who} applies to tensor {out_name!r}; "
+                f"add a fallback entry (without 'filter') or a global value"
+            )
+        if spec.kind == "float":
+            spec.check(found, f"{spec.name} on {out_name}")
+        return found
+
+    model_specs = [s for s in method.params if s.scope == "model"]
+    global_specs = [s for s in method.params if s.scope == "global"]
+    model_params = []
+    for source in merged:
+        model_params.append({spec.name: value(spec, source.model, source) for spec in model_specs})
+    global_params = {spec.name: value(spec, None, None) for spec in global_specs}
+    return TensorJob(
+        name=out_name,
+        base=base,
+        sources=tuple((s.model, input_name(s)) for s in merged),
+        model_params=tuple(model_params),
+        global_params=global_params,
+    )

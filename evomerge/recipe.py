@@ -1,0 +1,274 @@
+"""MergeRecipe: the validated, frozen subset of mergekit's YAML merge configuration.
+
+Supported keys: `models` (each `model` + `parameters`), or `slices` (each with `sources`:
+`model`, `layer_range`, `parameters`), `base_model`, `merge_method`, global `parameters`,
+`dtype`, `tokenizer_source` and `seed` (for the random methods; mergekit ignores it).
+A parameter value is a scalar, a per-layer list (interpolated linearly across the layers,
+mergekit's "gradient") or a list of `{filter, value}` entries (first entry whose filter is a
+substring of the tensor name wins; an entry without filter is the fallback).
+
+Precedence (as in mergekit): slice-source parameters > `models[]` parameters > global
+parameters. `resolve_param` is the one place this is decided.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
+
+from evomerge.errors import ConfigError
+
+Scalar = StrictBool | float
+Gradient = list[float]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FilterEntry(_Frozen):
+    filter: str | None = None
+    value: Scalar | Gradient
+
+
+ParamValue = Scalar | Gradient | list[FilterEntry]
+Params = dict[str, ParamValue]
+
+
+class ModelEntry(_Frozen):
+    model: str
+    parameters: Params = Field(default_factory=dict)
+
+
+class SliceSource(_Frozen):
+    model: str
+    layer_range: tuple[int, int]
+    parameters: Params = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _ordered_range(self) -> SliceSource:
+        start, end = self.layer_range
+        if not 0 <= start < end:
+            raise ValueError(
+                f"layer_range {list(self.layer_range)} of {self.model!r} must satisfy 0 <= start < end"
+            )
+        return self
+
+
+class Slice(_Frozen):
+    sources: list[SliceSource]
+
+    @model_validator(mode="after")
+    def _same_lengths(self) -> Slice:
+        if not self.sources:
+            raise ValueError("a slice needs at least one entry under 'sources'")
+        lengths = {s.layer_range[1] - s.layer_range[0] for s in self.sources}
+        if len(lengths) > 1:
+            raise ValueError(
+                f"the sources of a slice must span the same number of layers, got {sorted(lengths)}"
+            )
+        return self
+
+    @property
+    def num_layers(self) -> int:
+        start, end = self.sources[0].layer_range
+        return end - start
+
+
+def _leaf_values(value: ParamValue) -> list[float | bool]:
+    """Every scalar a parameter value can take (for range checks)."""
+    if isinstance(value, bool | float | int):
+        return [value]
+    leaves: list[float | bool] = []
+    for item in value:
+        leaves.extend(_leaf_values(item.value) if isinstance(item, FilterEntry) else [item])
+    return leaves
+
+
+def _interpolate(values: list[float], t: float) -> float:
+    """mergekit's gradient: a list spread evenly over [0, 1], read at t by linear interpolation."""
+    scaled = t * (len(values) - 1)
+    low = math.floor(scaled)
+    high = min(low + 1, len(values) - 1)
+    frac = scaled - low
+    return (1 - frac) * values[low] + frac * values[high]
+
+
+def evaluate_value(value: ParamValue, tensor: str, t: float) -> float | bool | None:
+    """The value of one parameter setting for `tensor` at layer position t in [0, 1]."""
+    if isinstance(value, bool | float | int):
+        return value
+    if value and isinstance(value[0], FilterEntry):
+        for entry in value:
+            if entry.filter is None or entry.filter in tensor:
+                return evaluate_value(entry.value, tensor, t)
+        return None
+    return _interpolate(list(value), t)
+
+
+def layer_position(layer: int | None, n_layers: int) -> float:
+    """t in [0, 1] for layer `layer` of a slice of `n_layers`; non-layer tensors (embeddings, final
+    norm, head) are read at t = 0, as mergekit 0.1.5 does."""
+    if layer is None or n_layers <= 1:
+        return 0.0
+    return layer / (n_layers - 1)
+
+
+class MergeRecipe(_Frozen):
+    merge_method: str
+    models: list[ModelEntry] | None = None
+    slices: list[Slice] | None = None
+    base_model: str | None = None
+    parameters: Params = Field(default_factory=dict)
+    dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    tokenizer_source: str | None = None
+    seed: int | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> MergeRecipe:
+        if (self.models is None) == (self.slices is None):
+            raise ValueError("give exactly one of 'models' or 'slices'")
+        if self.models is not None and not self.models:
+            raise ValueError("'models' is empty; list at least one model")
+        if self.slices is not None and not self.slices:
+            raise ValueError("'slices' is empty; list at least one slice")
+        _validate_parameters(self)
+        return self
+
+    # --- construction and serialization -------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MergeRecipe:
+        if not isinstance(data, dict):
+            raise ConfigError(f"a recipe must be a mapping of mergekit keys, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            raise ConfigError(_describe(error)) from None
+
+    @classmethod
+    def from_yaml(cls, text_or_path: str | Path) -> MergeRecipe:
+        text = str(text_or_path)
+        if isinstance(text_or_path, Path) or ("\n" not in text and text.endswith((".yaml", ".yml"))):
+            path = Path(text_or_path)
+            if not path.is_file():
+                raise ConfigError(f"recipe file {str(path)!r} does not exist; pass a mergekit YAML file")
+            text = path.read_text()
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"recipe is not valid YAML: {error}") from None
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True, exclude_defaults=True) | {
+            "merge_method": self.merge_method
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    # --- queries ---------------------------------------------------------------------------
+
+    def model_paths(self) -> list[str]:
+        """Every model referenced, base first (if any), each once."""
+        paths = [self.base_model] if self.base_model else []
+        for name in self._input_models():
+            if name not in paths:
+                paths.append(name)
+        return paths
+
+    def _input_models(self) -> list[str]:
+        if self.models is not None:
+            return [m.model for m in self.models]
+        names: list[str] = []
+        for piece in self.slices or []:
+            names.extend(s.model for s in piece.sources if s.model not in names)
+        return names
+
+    def resolve_param(
+        self,
+        name: str,
+        *,
+        model: str | None,
+        tensor: str,
+        layer: int | None,
+        n_layers: int,
+        source: SliceSource | None = None,
+    ) -> float | bool | None:
+        """The value of parameter `name` for `model` on `tensor` (layer index within its slice, or
+        None for embeddings/norm/head), or None when no setting applies.
+
+        Precedence: the slice source's parameters, then the `models[]` entry, then the globals.
+        """
+        t = layer_position(layer, n_layers)
+        scopes: list[Params] = []
+        if source is not None:
+            scopes.append(source.parameters)
+        if model is not None and self.models is not None:
+            scopes.extend(m.parameters for m in self.models if m.model == model)
+        scopes.append(self.parameters)
+        for scope in scopes:
+            if name in scope:
+                value = evaluate_value(scope[name], tensor, t)
+                if value is not None:
+                    return value
+        return None
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "recipe"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (not in the supported mergekit subset; remove it)"
+        parts.append(f"{where}: {message}")
+    return "invalid recipe: " + "; ".join(parts)
+
+
+def _validate_parameters(recipe: MergeRecipe) -> None:
+    """Method known, parameter names and scopes declared by the method, values in range."""
+    from evomerge.merge.methods import METHODS
+
+    method = METHODS.get(recipe.merge_method)
+    specs = {spec.name: spec for spec in method.params}
+    if method.needs_base and not recipe.base_model:
+        raise ValueError(f"merge_method {method.name!r} needs 'base_model'; add the model the parents share")
+
+    def check(params: Params, where: str, allowed_scope: str | None) -> None:
+        for key, value in params.items():
+            spec = specs.get(key)
+            if spec is None:
+                known = ", ".join(specs) or "(none)"
+                raise ValueError(f"{where}.{key}: unknown parameter of {method.name!r}; known: {known}")
+            if allowed_scope is not None and spec.scope != allowed_scope:
+                raise ValueError(f"{where}.{key}: {key!r} is a global parameter; move it to 'parameters'")
+            for leaf in _leaf_values(value):
+                spec.check(leaf, f"{where}.{key}")
+
+    check(recipe.parameters, "parameters", None)
+    sources: list[tuple[str, Params, str]] = []
+    if recipe.models is not None:
+        sources = [(m.model, m.parameters, f"models.{i}.parameters") for i, m in enumerate(recipe.models)]
+    for s_index, piece in enumerate(recipe.slices or []):
+        for i, source in enumerate(piece.sources):
+            sources.append((source.model, source.parameters, f"slices.{s_index}.sources.{i}.parameters"))
+    for _, params, where in sources:
+        check(params, where, "model")
+    # A required per-model parameter must be set somewhere for every merged (non-base) model.
+    for spec in method.params:
+        if spec.default is not None or spec.scope != "model":
+            continue
+        for model, params, where in sources:
+            if model == recipe.base_model and method.needs_base:
+                continue
+            if spec.name not in params and spec.name not in recipe.parameters:
+                raise ValueError(
+                    f"{where}: {method.name!r} needs {spec.name!r} for model {model!r}; "
+                    f"set it there or under the global 'parameters'"
+                )

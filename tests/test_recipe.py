@@ -1,0 +1,141 @@
+"""MergeRecipe: validation of the mergekit subset, YAML round trip, parameter precedence."""
+
+from __future__ import annotations
+
+import pytest
+
+from evomerge.errors import ConfigError
+from evomerge.recipe import MergeRecipe
+
+TIES = {
+    "merge_method": "ties",
+    "base_model": "base",
+    "parameters": {"density": 0.5, "weight": 0.25, "normalize": False},
+    "models": [
+        {"model": "a", "parameters": {"weight": [0.0, 1.0], "density": 0.9}},
+        {
+            "model": "b",
+            "parameters": {
+                "weight": [{"filter": "self_attn", "value": 0.7}, {"filter": "mlp", "value": [1.0, 0.0]}]
+            },
+        },
+    ],
+    "dtype": "bfloat16",
+    "seed": 7,
+}
+
+SLICES = {
+    "merge_method": "task_arithmetic",
+    "base_model": "base",
+    "parameters": {"weight": 0.5},
+    "slices": [
+        {
+            "sources": [
+                {"model": "base", "layer_range": [0, 3]},
+                {"model": "a", "layer_range": [0, 3], "parameters": {"weight": [0.1, 0.3]}},
+                {"model": "b", "layer_range": [0, 3]},
+            ]
+        }
+    ],
+    "tokenizer_source": "base",
+}
+
+
+@pytest.mark.parametrize("data", [TIES, SLICES])
+def test_yaml_round_trip_is_stable(data: dict) -> None:
+    recipe = MergeRecipe.from_dict(data)
+    text = recipe.to_yaml()
+    again = MergeRecipe.from_yaml(text)
+    assert again == recipe
+    assert again.to_yaml() == text
+    assert MergeRecipe.from_dict(recipe.to_dict()) == recipe
+
+
+def test_recipe_is_frozen() -> None:
+    recipe = MergeRecipe.from_dict(TIES)
+    with pytest.raises(Exception, match="frozen"):
+        recipe.seed = 3  # type: ignore[misc]
+
+
+def test_model_paths_lists_base_first_once() -> None:
+    assert MergeRecipe.from_dict(TIES).model_paths() == ["base", "a", "b"]
+    assert MergeRecipe.from_dict(SLICES).model_paths() == ["base", "a", "b"]
+
+
+def test_precedence_model_over_global_and_gradient() -> None:
+    recipe = MergeRecipe.from_dict(TIES)
+
+    def weight(model: str, tensor: str, layer: int | None) -> object:
+        return recipe.resolve_param("weight", model=model, tensor=tensor, layer=layer, n_layers=5)
+
+    # per-layer list [0, 1] interpolated over 5 layers
+    assert weight("a", "model.layers.0.mlp.up_proj.weight", 0) == 0.0
+    assert weight("a", "model.layers.2.mlp.up_proj.weight", 2) == pytest.approx(0.5)
+    assert weight("a", "model.layers.4.mlp.up_proj.weight", 4) == 1.0
+    # filters: first matching entry wins; mlp entry is itself a gradient
+    assert weight("b", "model.layers.3.self_attn.q_proj.weight", 3) == 0.7
+    assert weight("b", "model.layers.1.mlp.up_proj.weight", 1) == pytest.approx(0.75)
+    # no filter matches (and no fallback entry) -> the global value applies
+    assert weight("b", "model.norm.weight", None) == 0.25
+    # density: model-level beats global; global otherwise
+    assert recipe.resolve_param("density", model="a", tensor="x", layer=0, n_layers=5) == 0.9
+    assert recipe.resolve_param("density", model="b", tensor="x", layer=0, n_layers=5) == 0.5
+    assert recipe.resolve_param("lambda", model=None, tensor="x", layer=0, n_layers=5) is None
+
+
+def test_precedence_slice_source_over_global() -> None:
+    recipe = MergeRecipe.from_dict(SLICES)
+    source_a, source_b = recipe.slices[0].sources[1], recipe.slices[0].sources[2]
+    tensor = "model.layers.1.mlp.up_proj.weight"
+    assert recipe.resolve_param("weight", model="a", tensor=tensor, layer=1, n_layers=3, source=source_a) == (
+        pytest.approx(0.2)
+    )
+    assert (
+        recipe.resolve_param("weight", model="b", tensor=tensor, layer=1, n_layers=3, source=source_b) == 0.5
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"merge_method": "nope"}, "unknown merge method 'nope'"),
+        ({"frobnicate": 1}, "frobnicate: unknown key"),
+        (
+            {"models": [{"model": "a", "parameters": {"weight": 1.0, "colour": 1.0}}]},
+            "colour: unknown parameter",
+        ),
+        (
+            {"models": [{"model": "a", "parameters": {"weight": 1.0, "density": 1.5}}]},
+            "density.*out of range",
+        ),
+        ({"models": [{"model": "a", "parameters": {"weight": 1.0, "normalize": True}}]}, "global parameter"),
+        ({"models": [{"model": "a", "parameters": {"density": 0.5}}], "parameters": {}}, "needs 'weight'"),
+        ({"base_model": None}, "needs 'base_model'"),
+        ({"dtype": "float8"}, "dtype"),
+        ({"slices": []}, "exactly one of 'models' or 'slices'"),
+    ],
+)
+def test_bad_recipes_name_the_key(change: dict, message: str) -> None:
+    data = {**TIES, **change}
+    data = {k: v for k, v in data.items() if v is not None}
+    with pytest.raises(ConfigError, match=message):
+        MergeRecipe.from_dict(data)
+
+
+def test_slerp_t_out_of_range_and_bad_layer_range() -> None:
+    slerp = {
+        "merge_method": "slerp",
+        "base_model": "base",
+        "models": [{"model": "base"}, {"model": "a"}],
+        "parameters": {"t": [0.0, 1.2]},
+    }
+    with pytest.raises(ConfigError, match=r"parameters.t.*out of range \[0.0, 1.0\]"):
+        MergeRecipe.from_dict(slerp)
+    bad_slice = {**SLICES, "slices": [{"sources": [{"model": "a", "layer_range": [3, 1]}]}]}
+    with pytest.raises(ConfigError, match="layer_range"):
+        MergeRecipe.from_dict(bad_slice)
+
+
+def test_from_yaml_missing_file(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        MergeRecipe.from_yaml(tmp_path / "none.yaml")
