@@ -1,0 +1,87 @@
+"""Recipes over a tiny family (base, parent_0, parent_1) covering every method, per-layer lists,
+filters and slices; shared by the live-vs-disk and mergekit conformance tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def recipes(base: Path, parents: list[Path]) -> dict[str, dict[str, Any]]:
+    b, p0, p1 = str(base), str(parents[0]), str(parents[1])
+    filtered = [{"filter": "self_attn", "value": [0.2, 0.9]}, {"filter": "mlp", "value": 0.6}, {"value": 0.4}]
+
+    def task(method: str, sparse: bool = True, **extra: Any) -> dict[str, Any]:
+        density = {"density": 0.4} if sparse else {}
+        return {
+            "merge_method": method,
+            "base_model": b,
+            "parameters": ({"density": 0.6} if sparse else {}) | extra,
+            "models": [
+                {"model": b},
+                {"model": p0, "parameters": {"weight": [0.3, 1.0, 0.5], **density}},
+                {"model": p1, "parameters": {"weight": filtered}},
+            ],
+            "seed": 11,
+        }
+
+    def sliced(method: str, params: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "merge_method": method,
+            "base_model": b,
+            "parameters": params,
+            "slices": [
+                {
+                    "sources": [
+                        {"model": b, "layer_range": [0, 2]},
+                        {"model": p0, "layer_range": [0, 2], "parameters": {"weight": [0.1, 0.9]}},
+                        {"model": p1, "layer_range": [0, 2]},
+                    ]
+                },
+                {
+                    "sources": [
+                        {"model": b, "layer_range": [2, 4]},
+                        {"model": p0, "layer_range": [2, 4], "parameters": {"weight": 0.7}},
+                        {"model": p1, "layer_range": [2, 4], "parameters": {"weight": filtered}},
+                    ]
+                },
+            ],
+            "seed": 5,
+        }
+
+    return {
+        "linear": {
+            "merge_method": "linear",
+            "models": [
+                {"model": p0, "parameters": {"weight": [0.1, 0.9, 0.3]}},
+                {"model": p1, "parameters": {"weight": filtered}},
+            ],
+        },
+        "task_arithmetic": task("task_arithmetic", sparse=False, **{"lambda": 0.9}),
+        "ties": task("ties"),
+        "ties_unnormalized": task("ties", normalize=False, rescale=True),
+        "breadcrumbs": task("breadcrumbs", gamma=0.05),
+        "breadcrumbs_ties": task("breadcrumbs_ties", gamma=0.02),
+        "dare_ties": task("dare_ties"),
+        "dare_linear": task("dare_linear", rescale=False),
+        "della": task("della", epsilon=0.1),
+        "della_linear": task("della_linear", epsilon=0.05),
+        "slerp": {
+            "merge_method": "slerp",
+            "base_model": b,
+            "parameters": {"t": [{"filter": "self_attn", "value": [0.0, 0.5, 1.0]}, {"value": 0.3}]},
+            "models": [{"model": b}, {"model": p1}],
+        },
+        "task_arithmetic_slices": sliced("task_arithmetic", {"weight": 0.5}),
+        "ties_slices": sliced("ties", {"weight": 0.5, "density": [0.3, 0.8]}),
+        "dare_ties_slices": sliced("dare_ties", {"weight": 0.5, "density": 0.5}),
+        "slerp_slices": {
+            "merge_method": "slerp",
+            "base_model": b,
+            "parameters": {"t": [0.0, 1.0]},
+            "slices": [
+                {"sources": [{"model": b, "layer_range": [0, 3]}, {"model": p0, "layer_range": [0, 3]}]},
+                {"sources": [{"model": b, "layer_range": [1, 3]}, {"model": p0, "layer_range": [1, 3]}]},
+            ],
+        },
+    }
