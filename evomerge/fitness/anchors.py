@@ -186,29 +186,26 @@ def gp_lambdas(calibration: Calibration, anchors: AnchorSet) -> dict[str, float]
     """lambda* per task from the calibration subjects (see the module docstring)."""
     index = calibration.item_index
     anchor_cols = np.array([index[i] for ids in anchors.ids.values() for i in ids])
+    # Each subject's ability from the anchors it answered (all tasks), as the estimators do.
+    thetas: list[np.ndarray | None] = []
+    for row in calibration.responses:
+        seen = anchor_cols[~np.isnan(row[anchor_cols])]
+        thetas.append(estimate_ability(calibration.irt, seen, row[seen]) if len(seen) else None)
     lambdas = {}
     for task, items in calibration.tasks.items():
         cols = np.array([index[i] for i in items])
         rest = np.setdiff1d(cols, anchor_cols)
         errors, variances = [], []
-        for row in calibration.responses:
-            seen = anchor_cols[~np.isnan(row[anchor_cols])]
+        for row, theta in zip(calibration.responses, thetas, strict=True):
             observed = cols[~np.isnan(row[cols])]
-            if len(seen) == 0 or len(observed) == 0:
+            if theta is None or len(observed) == 0:
                 continue
             accuracy = float(np.mean(row[observed]))
             variances.append(accuracy * (1 - accuracy))
-            if len(rest):
-                theta = estimate_ability(calibration.irt, seen, row[seen])
-                target = row[rest]
-                known = ~np.isnan(target)
-                if known.any():
-                    errors.append(
-                        abs(
-                            float(np.mean(calibration.irt.prob(theta, rest[known])))
-                            - float(np.mean(target[known]))
-                        )
-                    )
+            known = rest[~np.isnan(row[rest])]
+            if len(known):
+                predicted = float(np.mean(calibration.irt.prob(theta, known)))
+                errors.append(abs(predicted - float(np.mean(row[known]))))
         bias = float(np.mean(errors)) if errors else 0.0
         variance = float(np.mean(variances)) if variances else 0.25
         n = len(anchors.ids[task])
