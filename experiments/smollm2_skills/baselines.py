@@ -1,0 +1,77 @@
+"""Untuned merge baselines of the experts, measured on the full eval split.
+
+- task_arithmetic: every expert's task vector added at weight 1.0 (lambda 1, no normalization):
+  task arithmetic as Ilharco et al. (2023) define it, without tuning the scale.
+- ties: TIES-merging (Yadav et al., 2023) with the engine's declared defaults (density 1.0, so
+  trimming is off, sign election on, normalize on) and weight 1.0 per expert.
+
+Each recipe is applied in memory (LiveMerger, no disk) and scored like the base and experts; the
+recipes are written to results/recipes/NAME.yaml with the cache paths replaced by the model names.
+
+    python experiments/smollm2_skills/baselines.py [--experts arithmetic reasoning]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from build_base import DEFAULT_ROOT  # noqa: E402
+from evaluate import RESULTS_DIR, SUITE, full_accuracy, record  # noqa: E402
+
+from evomerge.fitness.evaluator import FitnessEvaluator  # noqa: E402
+from evomerge.merge.live import LiveMerger  # noqa: E402
+from evomerge.recipe import MergeRecipe  # noqa: E402
+
+
+def baseline_recipes(base: Path, experts: list[Path]) -> dict[str, MergeRecipe]:
+    def models(**parameters: float) -> list[dict]:
+        return [{"model": str(path), "parameters": dict(parameters)} for path in experts]
+
+    common = {"base_model": str(base), "dtype": "float32"}
+    return {
+        "task_arithmetic": MergeRecipe.from_dict(
+            {**common, "merge_method": "task_arithmetic", "models": models(weight=1.0)}
+        ),
+        "ties": MergeRecipe.from_dict({**common, "merge_method": "ties", "models": models(weight=1.0)}),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experts", nargs="+", default=["arithmetic", "reasoning"])
+    parser.add_argument("--only", nargs="+", help="baseline names to run (default: all)")
+    parser.add_argument(
+        "--root", type=Path, default=DEFAULT_ROOT, help="cache root (env EVOMERGE_SMOLLM2_CACHE)"
+    )
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("EVOMERGE_THREADS", "2")))
+    base, experts = args.root / "base", [args.root / name for name in args.experts]
+    merger = LiveMerger(base, experts)
+    evaluator = FitnessEvaluator(SUITE, base, estimator="mean", batch_size=args.batch_size)
+    (RESULTS_DIR / "recipes").mkdir(parents=True, exist_ok=True)
+    for name, recipe in baseline_recipes(base, experts).items():
+        if args.only and name not in args.only:
+            continue
+        start = time.perf_counter()
+        model = merger.apply(recipe)
+        merge_seconds = time.perf_counter() - start
+        accuracy, answers = full_accuracy(model, evaluator)
+        seconds = time.perf_counter() - start
+        record(name, accuracy, answers, seconds)
+        text = recipe.to_yaml().replace(str(args.root.resolve()) + "/", "")
+        (RESULTS_DIR / "recipes" / f"{name}.yaml").write_text(text)
+        print(f"{name}: {accuracy} (merge {merge_seconds:.1f} s, total {seconds:.1f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
