@@ -25,9 +25,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from build_base import DEFAULT_ROOT  # noqa: E402
-from evaluate import RESULTS_DIR, SUITE, full_accuracy, record  # noqa: E402
+from evaluate import RESULTS_DIR, make_evaluator, measure, record  # noqa: E402
 
-from evomerge.fitness.evaluator import FitnessEvaluator  # noqa: E402
 from evomerge.merge.live import LiveMerger  # noqa: E402
 from evomerge.recipe import MergeRecipe  # noqa: E402
 
@@ -53,11 +52,14 @@ def main() -> None:
         "--root", type=Path, default=DEFAULT_ROOT, help="cache root (env EVOMERGE_SMOLLM2_CACHE)"
     )
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--per-task", type=int, help="score a seeded stratified subset of N eval items per task"
+    )
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("EVOMERGE_THREADS", "2")))
     base, experts = args.root / "base", [args.root / name for name in args.experts]
     merger = LiveMerger(base, experts)
-    evaluator = FitnessEvaluator(SUITE, base, estimator="mean", batch_size=args.batch_size)
+    evaluator, tag = make_evaluator(base, args.per_task, args.batch_size)
     (RESULTS_DIR / "recipes").mkdir(parents=True, exist_ok=True)
     for name, recipe in baseline_recipes(base, experts).items():
         if args.only and name not in args.only:
@@ -65,9 +67,9 @@ def main() -> None:
         start = time.perf_counter()
         model = merger.apply(recipe)
         merge_seconds = time.perf_counter() - start
-        accuracy, answers = full_accuracy(model, evaluator)
+        accuracy, answers = measure(model, evaluator, tag)
         seconds = time.perf_counter() - start
-        record(name, accuracy, answers, seconds)
+        record(name, accuracy, answers, seconds, tag)
         text = recipe.to_yaml().replace(str(args.root.resolve()) + "/", "")
         (RESULTS_DIR / "recipes" / f"{name}.yaml").write_text(text)
         print(f"{name}: {accuracy} (merge {merge_seconds:.1f} s, total {seconds:.1f} s)", flush=True)

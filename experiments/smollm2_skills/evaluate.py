@@ -1,8 +1,9 @@
 """Full eval-split accuracy of the base and the experts on the experiment's fitness suite.
 
-Every eval item of every task is scored (no anchors, no estimation): these are the reference numbers
-the report compares merges against. Results go to results/accuracy.json (keyed by model name) and
-results/responses/NAME.json (per-item 0/1 answers, the rows of the calibration's response matrix).
+Every eval item of every task is scored (no estimation), or with --per-task N the same seeded,
+group-stratified N eval items per task for every model (when the full split does not fit the time).
+Results go to results/accuracy_TAG.json (keyed by model name; TAG is "full" or "evalN") and
+results/responses/TAG/NAME.json (per-item 0/1 answers, the rows of a calibration's response matrix).
 
     python experiments/smollm2_skills/evaluate.py [--models base arithmetic reasoning] [--suite ...]
 """
@@ -23,21 +24,42 @@ sys.path.insert(0, str(HERE))
 
 from build_base import DEFAULT_ROOT  # noqa: E402
 
+from evomerge.fitness.anchors import stratified_random  # noqa: E402
 from evomerge.fitness.evaluator import FitnessEvaluator  # noqa: E402
+from evomerge.fitness.suite import FitnessSuite  # noqa: E402
 
 REPO = HERE.parents[1]
 SUITE = REPO / "fitness" / "skills.yaml"
 RESULTS_DIR = HERE / "results"
 
 
-def full_accuracy(model, evaluator: FitnessEvaluator) -> tuple[dict[str, float], dict[str, int]]:
-    """Measured accuracy per task on the whole eval split, and the 0/1 answer of every item.
+def make_evaluator(tokenizer_dir: Path, per_task: int | None, batch_size: int, suite: Path = SUITE):
+    """An evaluator over the full eval split (per_task None) or a seeded, group-stratified subset of it.
+
+    The subset is the same items for every model (a paired comparison); estimator "mean" needs no
+    calibration. Returns the evaluator and the tag that names the result files.
+    """
+    if per_task is None:
+        return FitnessEvaluator(suite, tokenizer_dir, estimator="mean", batch_size=batch_size), "full"
+    loaded = FitnessSuite.load(suite)
+    groups = {item.id: item.group or "" for item in loaded.items.values()}
+    subset = stratified_random(loaded.eval_ids, per_task, groups, seed=0)
+    evaluator = FitnessEvaluator(
+        loaded, tokenizer_dir, estimator="mean", batch_size=batch_size, anchors=subset
+    )
+    return evaluator, f"eval{per_task}"
+
+
+def measure(model, evaluator: FitnessEvaluator, tag: str) -> tuple[dict[str, float], dict[str, int]]:
+    """Measured accuracy per task on the evaluator's items, and the 0/1 answer of every item.
 
     The per-item answers are kept: they are the rows of the response matrix the IRT calibration
     is fitted on, so no model is scored twice.
     """
-    answers = evaluator.score_eval_split(model)
-    ids = evaluator.suite.eval_ids
+    if tag == "full":
+        answers, ids = evaluator.score_eval_split(model), evaluator.suite.eval_ids
+    else:
+        answers, ids = evaluator.evaluate(model).answers, evaluator.anchor_ids
     return {task: sum(answers[i] for i in ids[task]) / len(ids[task]) for task in ids}, answers
 
 
@@ -46,10 +68,11 @@ def record(
     accuracy: dict[str, float],
     answers: dict[str, int],
     seconds: float,
+    tag: str,
     results_dir: Path = RESULTS_DIR,
 ) -> None:
-    """Add a model's accuracies to accuracy.json and write its per-item answers to responses/NAME.json."""
-    path = results_dir / "accuracy.json"
+    """Add a model's accuracies to accuracy_TAG.json and its per-item answers to responses/TAG/NAME.json."""
+    path = results_dir / f"accuracy_{tag}.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
     results[name] = {
         "accuracy": {task: round(value, 4) for task, value in accuracy.items()},
@@ -57,9 +80,9 @@ def record(
         "items": len(answers),
         "seconds": round(seconds, 1),
     }
-    (results_dir / "responses").mkdir(parents=True, exist_ok=True)
+    (results_dir / "responses" / tag).mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
-    (results_dir / "responses" / f"{name}.json").write_text(json.dumps(answers, sort_keys=True) + "\n")
+    (results_dir / "responses" / tag / f"{name}.json").write_text(json.dumps(answers, sort_keys=True) + "\n")
 
 
 def main() -> None:
@@ -70,18 +93,20 @@ def main() -> None:
     )
     parser.add_argument("--suite", type=Path, default=SUITE)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--per-task", type=int, help="score a seeded stratified subset of N eval items per task"
+    )
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("EVOMERGE_THREADS", "2")))
     from transformers import AutoModelForCausalLM
 
-    # estimator "mean": full-split scoring needs no calibration
-    evaluator = FitnessEvaluator(args.suite, args.root / "base", estimator="mean", batch_size=args.batch_size)
+    evaluator, tag = make_evaluator(args.root / "base", args.per_task, args.batch_size, args.suite)
     for name in args.models:
         model = AutoModelForCausalLM.from_pretrained(args.root / name, dtype=torch.float32).eval()
         start = time.perf_counter()
-        accuracy, answers = full_accuracy(model, evaluator)
+        accuracy, answers = measure(model, evaluator, tag)
         seconds = time.perf_counter() - start
-        record(name, accuracy, answers, seconds)
+        record(name, accuracy, answers, seconds, tag)
         print(f"{name}: {accuracy} ({len(answers)} items, {seconds:.1f} s)", flush=True)
 
 
