@@ -1,0 +1,80 @@
+"""`evomerge search EXPERIMENT.yaml`: run (or resume) a search with a live progress bar."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+
+def search(
+    experiment: Path = typer.Argument(..., help="Experiment YAML (see experiments/)."),
+    run_dir: Path | None = typer.Option(
+        None, "--run-dir", help="Run directory (default runs/<experiment name>)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --run-dir exactly where it stopped."
+    ),
+    storage: str | None = typer.Option(None, "--storage", help="Optuna storage URL (e.g. postgresql://...)."),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="Join a running Ray cluster (or set RAY_ADDRESS); default: a local Ray."
+    ),
+    max_trials: int | None = typer.Option(
+        None, "--max-trials", min=1, help="Search-trial budget (overrides)."
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Seed (overrides the experiment's)."),
+) -> None:
+    """Search merge recipes: parents and a baseline first, then the optimizer's candidates."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from evomerge.experiment import Experiment
+    from evomerge.runtime.driver import SearchDriver, SearchProgress
+
+    loaded = Experiment.load(experiment)
+    run_dir = run_dir or Path("runs") / loaded.name
+    console = Console(stderr=True)
+    resume_cmd = shlex.join(["evomerge", "search", str(experiment), "--run-dir", str(run_dir), "--resume"])
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("search", total=None, info="starting workers")
+
+        def show(p: SearchProgress) -> None:
+            best = " ".join(f"{t}={v:.3f}" for t, v in p.best.items()) or "-"
+            info = f"failed {p.failed} | running {p.running} | best {best}"
+            bar.update(task, completed=p.done, total=p.budget, info=info)
+
+        driver = SearchDriver(
+            loaded,
+            run_dir,
+            resume=resume,
+            storage=storage,
+            ray_address=ray_address,
+            max_trials=max_trials,
+            seed=seed,
+            on_progress=show,
+        )
+        summary = driver.run()
+    console.print(
+        f"[bold]{summary.study}[/]: {summary.complete} complete, {summary.failed} failed search trials; "
+        f"stopped: {summary.stopped}; worker utilization {100 * summary.utilization:.0f}%"
+    )
+    for t, v in summary.best.items():
+        console.print(f"  best {t}: {v:.3f}")
+    console.print(f"run: {run_dir}  (inspect: evomerge status {shlex.quote(str(run_dir))})")
+    if summary.stopped in ("interrupted", "time"):
+        console.print(f"resume with: {resume_cmd}")
+        if summary.stopped == "interrupted":
+            raise typer.Exit(130)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("search")(search)

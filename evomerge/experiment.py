@@ -1,0 +1,131 @@
+"""An experiment: search space + fitness suite + optimizer + budget + workers + storage + seed.
+
+name: quickstart
+space: ../search_spaces/quickstart_demo.yaml   # paths are relative to this file
+suite: ../fitness/quickstart.yaml
+calibration: null                              # a calibration directory, for IRT estimators
+optimizer: {name: cma, settings: {popsize: 8}}
+budget: {trials: 24, minutes: 10}               # stop at whichever comes first
+workers: {count: 2, cpus_per_worker: 1, batch_size: 16}
+ray: {num_cpus: 2}                             # the embedded local Ray
+storage: null                                  # default: SQLite in the run directory
+seed: 0
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from evomerge.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OptimizerSpec(_Strict):
+    name: str = "cma"
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class Budget(_Strict):
+    trials: int | None = Field(default=None, ge=1)
+    minutes: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> Budget:
+        if self.trials is None and self.minutes is None:
+            raise ValueError("set 'trials' and/or 'minutes'; a search needs a stopping point")
+        return self
+
+
+class Workers(_Strict):
+    count: int = Field(default=1, ge=1)
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    gpus_per_worker: float | None = Field(default=None, ge=0)  # None: 1 where the cluster has GPUs
+    batch_size: int = Field(default=16, ge=1)
+
+
+class RaySpec(_Strict):
+    num_cpus: int | None = Field(default=None, ge=1)
+
+
+class ExperimentSpec(_Strict):
+    name: str
+    space: str
+    suite: str
+    calibration: str | None = None
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    budget: Budget
+    workers: Workers = Field(default_factory=Workers)
+    ray: RaySpec = Field(default_factory=RaySpec)
+    storage: str | None = None
+    seed: int = 0
+
+
+class Experiment:
+    """A validated experiment with its paths resolved (relative to the experiment file)."""
+
+    def __init__(self, spec: ExperimentSpec, root: Path, source: str, text: str) -> None:
+        from evomerge.optimizers import OPTIMIZERS
+
+        self.spec = spec
+        self.source = source
+        self.text = text
+        self.root = root
+        OPTIMIZERS.get(spec.optimizer.name)  # an unknown optimizer fails here, listing the known ones
+        self.space_path = self._existing(spec.space, "space")
+        self.suite_path = self._existing(spec.suite, "suite")
+        self.calibration_path = self._existing(spec.calibration, "calibration") if spec.calibration else None
+
+    def _existing(self, value: str, key: str) -> Path:
+        path = (self.root / value).resolve()
+        if not path.exists():
+            raise ConfigError(
+                f"{self.source}: {key}: {value!r} does not exist (resolved to {path}); fix the path"
+            )
+        return path
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @classmethod
+    def load(cls, path: str | Path) -> Experiment:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"experiment {str(path)!r} does not exist; pass a YAML file under experiments/")
+        text = path.read_text()
+        return cls.from_text(text, root=path.parent, source=str(path))
+
+    @classmethod
+    def from_text(cls, text: str, root: Path, source: str = "<experiment>") -> Experiment:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"experiment {source} is not valid YAML: {error}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"experiment {source}: expected a mapping, got {type(data).__name__}")
+        try:
+            spec = ExperimentSpec.model_validate(data)
+        except ValidationError as error:
+            parts = []
+            for item in error.errors():
+                where = ".".join(str(p) for p in item["loc"]) or "experiment"
+                msg = "unknown key; remove it" if item["type"] == "extra_forbidden" else item["msg"]
+                parts.append(f"{where}: {msg}")
+            raise ConfigError(f"experiment {source}: " + "; ".join(parts)) from None
+        return cls(spec, root, source, text)
+
+    def with_overrides(self, **changes: Any) -> Experiment:
+        """A copy with top-level fields replaced (CLI --seed, --storage); budget.trials via `trials`."""
+        data = self.spec.model_dump()
+        trials = changes.pop("trials", None)
+        if trials is not None:
+            data["budget"]["trials"] = trials
+        data.update({k: v for k, v in changes.items() if v is not None})
+        return Experiment(ExperimentSpec.model_validate(data), self.root, self.source, self.text)

@@ -1,0 +1,1 @@
+"""Ray workers, the steady-state scheduler and the search loop."""

@@ -1,0 +1,350 @@
+"""The search loop: optimizer.ask -> recipe -> Ray worker -> trial persisted -> optimizer.tell.
+
+Resume contract (what makes `--resume` continue exactly):
+- New candidates are asked, the optimizer is checkpointed, and only then are their trials created,
+  so every trial's candidate id is known to the checkpoint.
+- A result is committed to the study before it is told to the optimizer; on resume, a candidate
+  still pending in the checkpoint whose trial is finished is re-told from the study (not
+  re-evaluated), and one whose trial was cut short (RUNNING when the driver died, now FAIL
+  "interrupted") is evaluated again under the same id. Optimizers that keep their state in the
+  study (optuna) simply sample again.
+- Parents and the baseline are evaluated first (trials of kind parent / baseline), once per run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from optuna.trial import TrialState
+
+from evomerge.errors import ConfigError, StorageError
+from evomerge.experiment import Experiment
+from evomerge.optimizers import Optimizer, load_checkpoint, make_optimizer, save_checkpoint
+from evomerge.space import SearchSpace
+from evomerge.store import RUN_FILE, RunStore, create_run, open_run
+
+INTERRUPTED = "interrupted"
+
+
+@dataclass
+class Job:
+    trial: int
+    kind: str
+    label: str
+    recipe_yaml: str
+    candidate: int | None = None
+
+
+@dataclass
+class SearchProgress:
+    done: int  # finished search trials (complete + failed), this run in total
+    failed: int
+    budget: int | None
+    best: dict[str, float]
+    running: int
+    elapsed: float
+    phase: str = "search"
+
+
+@dataclass
+class SearchSummary:
+    run_dir: Path
+    study: str
+    storage: str
+    complete: int
+    failed: int
+    best: dict[str, float]
+    stopped: str  # "budget", "time", "interrupted", "storage"
+    utilization: float
+    retries: int = 0
+    messages: list[str] = field(default_factory=list)
+
+
+def _recipe_yaml(recipe: dict[str, Any]) -> str:
+    from evomerge.recipe import MergeRecipe
+
+    return MergeRecipe.from_dict(recipe).to_yaml()  # validated before a worker ever sees it
+
+
+def _init_ray(experiment: Experiment, address: str | None) -> bool:
+    """Join `address` / RAY_ADDRESS, or start a local Ray; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    else:
+        num_cpus = experiment.spec.ray.num_cpus or os.cpu_count() or 1
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def actor_factory(experiment: Experiment, space: SearchSpace) -> Callable[[int], Any]:
+    import ray
+
+    from evomerge.runtime.worker import Worker
+
+    workers = experiment.spec.workers
+    gpus = workers.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    threads = str(max(1, int(workers.cpus_per_worker)))
+    remote = ray.remote(Worker).options(
+        num_cpus=workers.cpus_per_worker,
+        num_gpus=gpus,
+        max_restarts=0,
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}},
+    )
+
+    def make(index: int) -> Any:
+        return remote.remote(
+            f"worker-{index}",
+            space.base,
+            space.parents,
+            str(experiment.suite_path),
+            str(experiment.calibration_path) if experiment.calibration_path else None,
+            "cuda" if gpus > 0 else "cpu",
+            workers.batch_size,
+            experiment.spec.seed,
+        )
+
+    return make
+
+
+class SearchDriver:
+    def __init__(
+        self,
+        experiment: Experiment,
+        run_dir: Path,
+        *,
+        resume: bool = False,
+        storage: str | None = None,
+        ray_address: str | None = None,
+        max_trials: int | None = None,
+        seed: int | None = None,
+        on_progress: Callable[[SearchProgress], None] | None = None,
+        make_actor: Callable[[int], Any] | None = None,
+    ) -> None:
+        from evomerge.fitness.suite import FitnessSuite
+
+        self.experiment = experiment.with_overrides(seed=seed, storage=storage, trials=max_trials)
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.ray_address = ray_address
+        self.on_progress = on_progress
+        self.space = SearchSpace.load(self.experiment.space_path)
+        self.tasks = FitnessSuite.load(self.experiment.suite_path).tasks
+        self.budget = self.experiment.spec.budget
+        self._make_actor = make_actor
+        self.optimizer, self.store = self._open()
+        self.jobs: dict[int, Job] = {}
+        self.best: dict[str, float] = {}
+
+    # ----- opening a run ---------------------------------------------------------------------
+    def _new_optimizer(self) -> Optimizer:
+        spec = self.experiment.spec
+        settings = dict(spec.optimizer.settings)
+        if spec.optimizer.name == "nevergrad":
+            settings.setdefault("budget", self.budget.trials)
+            settings.setdefault("num_workers", spec.workers.count)
+        return make_optimizer(spec.optimizer.name, self.space.dim, len(self.tasks), spec.seed, settings)
+
+    def _open(self) -> tuple[Optimizer, RunStore]:
+        fresh = self._new_optimizer()
+        exists = (self.run_dir / RUN_FILE).is_file()
+        if self.resume:
+            if not exists:
+                raise ConfigError(
+                    f"--resume: {self.run_dir} holds no run ({RUN_FILE} missing); drop --resume"
+                )
+            store = open_run(self.run_dir, sampler=fresh.sampler())
+            if store.objectives != self.tasks:
+                raise ConfigError(
+                    f"--resume: the run's objectives {store.objectives} differ from "
+                    f"the suite's tasks {self.tasks}"
+                )
+            optimizer = fresh if fresh.state_in_storage else load_checkpoint(store.checkpoint_path)
+        else:
+            if exists:
+                raise ConfigError(
+                    f"--run-dir {self.run_dir}: a run already exists there; add --resume to continue it, "
+                    "or choose another directory"
+                )
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+            store = create_run(
+                self.run_dir,
+                f"{self.experiment.name}-{stamp}",
+                self.tasks,
+                {"experiment": self.experiment.text, "space": self.space.to_yaml()},
+                storage=self.experiment.spec.storage,
+                sampler=fresh.sampler(),
+            )
+            (self.run_dir / "experiment.yaml").write_text(self.experiment.text)
+            optimizer = fresh
+            self._checkpoint(optimizer, store)
+        optimizer.bind(store.study)
+        return optimizer, store
+
+    def _checkpoint(self, optimizer: Optimizer | None = None, store: RunStore | None = None) -> None:
+        optimizer, store = optimizer or self.optimizer, store or self.store
+        if not optimizer.state_in_storage and store.checkpoint_path is not None:
+            save_checkpoint(optimizer, store.checkpoint_path)
+
+    # ----- what is left to do ----------------------------------------------------------------
+    def _reconcile(self) -> tuple[list[Job], int, int]:
+        """After a restart: FAIL the interrupted trials, re-tell or re-issue pending candidates.
+
+        Returns the jobs to run first (parents/baseline not yet done, re-issued candidates), and the
+        counts of finished search trials (done, failed)."""
+        self.store.mark_interrupted()
+        finished = self.store.trials([TrialState.COMPLETE, TrialState.FAIL])
+        real = [t for t in finished if not str(t.user_attrs.get("fail_reason", "")).startswith(INTERRUPTED)]
+        for t in real:
+            if t.state == TrialState.COMPLETE:
+                self._update_best(t.values)
+        search = [t for t in real if t.user_attrs.get("kind", "search") == "search"]
+        by_candidate = {t.user_attrs["candidate"]: t for t in search if "candidate" in t.user_attrs}
+        jobs: list[Job] = []
+        labels = {(t.user_attrs.get("kind"), t.user_attrs.get("label")) for t in real}
+        for label, recipe in self.space.parent_recipes():
+            if ("parent", label) not in labels:
+                jobs.append(self._start("parent", label, None, _recipe_yaml(recipe)))
+        label, recipe = self.space.baseline_recipe()
+        if ("baseline", label) not in labels:
+            same_method = recipe["merge_method"] == self.space.method.name
+            genome = self.space.encode(self.space.decode_recipe(recipe)) if same_method else None
+            jobs.append(self._start("baseline", label, genome, _recipe_yaml(recipe)))
+        reissue = []
+        for candidate in self.optimizer.pending():
+            trial = by_candidate.get(candidate.id)
+            if trial is None:
+                reissue.append(candidate)
+            else:
+                values = trial.values if trial.state == TrialState.COMPLETE else None
+                self.optimizer.tell(candidate.id, values)
+        for candidate in reissue:
+            jobs.append(self._start_candidate(candidate))
+        failed = sum(t.state == TrialState.FAIL for t in search)
+        return jobs, len(search), failed
+
+    def _start(
+        self,
+        kind: str,
+        label: str,
+        genome: Any,
+        recipe_yaml: str,
+        candidate: int | None = None,
+        trial_number: int | None = None,
+    ) -> Job:
+        number = self.store.start_trial(genome, recipe_yaml, kind, label, candidate, trial_number)
+        job = Job(number, kind, label, recipe_yaml, candidate)
+        self.jobs[number] = job
+        return job
+
+    def _start_candidate(self, candidate: Any) -> Job:
+        recipe = _recipe_yaml(self.space.decode_dict(candidate.genome))
+        own_trial = candidate.id if self.optimizer.state_in_storage else None
+        return self._start("search", "", list(candidate.genome), recipe, candidate.id, own_trial)
+
+    def _update_best(self, values: Any) -> None:
+        for task, value in zip(self.tasks, values or [], strict=False):
+            self.best[task] = max(self.best.get(task, float("-inf")), float(value))
+
+    # ----- the loop --------------------------------------------------------------------------
+    def run(self) -> SearchSummary:
+        import ray
+
+        from evomerge.runtime.scheduler import Scheduler
+
+        started_ray = _init_ray(self.experiment, self.ray_address) if self._make_actor is None else False
+        make_actor = self._make_actor or actor_factory(self.experiment, self.space)
+        first_jobs, done, failed = self._reconcile()
+        scheduler = Scheduler(make_actor, self.experiment.spec.workers.count)
+        start = time.perf_counter()
+        deadline = start + 60 * self.budget.minutes if self.budget.minutes else None
+        stopped = "budget"
+        in_flight_search = sum(job.kind == "search" for job in first_jobs)
+        try:
+            for job in first_jobs:
+                scheduler.submit(job.trial, job.recipe_yaml)
+            while True:
+                if deadline is not None and time.perf_counter() > deadline:
+                    stopped = "time"
+                room = scheduler.idle_workers if stopped == "budget" else 0
+                if self.budget.trials is not None:
+                    room = min(room, self.budget.trials - done - in_flight_search)
+                new = [self.optimizer.ask() for _ in range(max(0, room))]
+                if new:
+                    self._checkpoint()  # before their trials exist: see the module docstring
+                for candidate in new:
+                    job = self._start_candidate(candidate)
+                    in_flight_search += 1
+                    scheduler.submit(job.trial, job.recipe_yaml)
+                if scheduler.outstanding == 0:
+                    break
+                for number, result in scheduler.wait(timeout=1.0):
+                    job = self.jobs.pop(number)
+                    ok = self._record(job, result)
+                    if job.kind == "search":
+                        in_flight_search -= 1
+                        done += 1
+                        failed += not ok
+                self._checkpoint()
+                self._report(done, failed, scheduler.outstanding, start)
+        except KeyboardInterrupt:
+            stopped = INTERRUPTED
+            for number in scheduler.cancel_all():
+                self.store.fail_trial(number, f"{INTERRUPTED}: the search was stopped (Ctrl-C)")
+            self._checkpoint()
+        except StorageError as error:
+            stopped = "storage"
+            scheduler.cancel_all()
+            raise error
+        finally:
+            utilization = scheduler.busy_seconds / max(
+                1e-9, scheduler.n_workers * (time.perf_counter() - start)
+            )
+            retries = scheduler.retries
+            scheduler.shutdown()
+            if started_ray:
+                ray.shutdown()
+        return SearchSummary(
+            self.run_dir,
+            self.store.study.study_name,
+            self.store.storage,
+            done - failed,
+            failed,
+            dict(self.best),
+            stopped,
+            utilization,
+            retries,
+        )
+
+    def _record(self, job: Job, result: dict[str, Any]) -> bool:
+        """Commit the result to the study, then tell the optimizer; True when COMPLETE."""
+        if result.get("ok"):
+            self.store.complete_trial(job.trial, result)
+            values = [float(result["estimates"][t]) for t in self.tasks]
+            self._update_best(values)
+        else:
+            self.store.fail_trial(job.trial, result["reason"], {"worker": result.get("worker", "")})
+            values = None
+        if job.candidate is not None:
+            self.optimizer.tell(job.candidate, values)
+        return values is not None
+
+    def _report(self, done: int, failed: int, running: int, start: float) -> None:
+        if self.on_progress is not None:
+            self.on_progress(
+                SearchProgress(
+                    done, failed, self.budget.trials, dict(self.best), running, time.perf_counter() - start
+                )
+            )

@@ -1,0 +1,121 @@
+"""Steady-state scheduling over a pool of Ray actors: every free worker gets the next job at once.
+
+There is no generation barrier: a job is submitted as soon as a worker frees up, so evaluation
+times may vary without idling the pool. A worker that dies mid-evaluation is replaced; its job is
+retried once on another worker, then reported as a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+ActorFactory = Callable[[int], Any]  # worker index -> actor handle with .evaluate.remote(payload)
+
+
+@dataclass
+class _Running:
+    key: Hashable
+    payload: Any
+    slot: int
+    attempt: int
+    started: float
+
+
+class Scheduler:
+    def __init__(self, make_actor: ActorFactory, n_workers: int) -> None:
+        self._make_actor = make_actor
+        self._spawned = 0
+        self.actors: dict[int, Any] = {}
+        for slot in range(n_workers):
+            self.actors[slot] = self._spawn()
+        self._free = deque(range(n_workers))
+        self._queue: deque[tuple[Hashable, Any, int]] = deque()
+        self._running: dict[Any, _Running] = {}
+        self.busy_seconds = 0.0
+        self.retries = 0
+        self.replaced = 0
+
+    def _spawn(self) -> Any:
+        actor = self._make_actor(self._spawned)
+        self._spawned += 1
+        return actor
+
+    @property
+    def n_workers(self) -> int:
+        return len(self.actors)
+
+    @property
+    def idle_workers(self) -> int:
+        """Workers with nothing to do once the queue is drained (how many new jobs to ask for)."""
+        return max(0, len(self._free) - len(self._queue))
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._running) + len(self._queue)
+
+    def submit(self, key: Hashable, payload: Any, attempt: int = 0) -> None:
+        self._queue.append((key, payload, attempt))
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self._free and self._queue:
+            key, payload, attempt = self._queue.popleft()
+            slot = self._free.popleft()
+            ref = self.actors[slot].evaluate.remote(payload)
+            self._running[ref] = _Running(key, payload, slot, attempt, time.perf_counter())
+
+    def wait(self, timeout: float | None = None) -> list[tuple[Hashable, dict[str, Any]]]:
+        """Block until at least one job ends (or `timeout`); return every ended (key, result)."""
+        if not self._running:
+            return []
+        ready, _ = ray.wait(list(self._running), num_returns=1, timeout=timeout)
+        if ready:
+            ready, _ = ray.wait(list(self._running), num_returns=len(self._running), timeout=0)
+        done: list[tuple[Hashable, dict[str, Any]]] = []
+        for ref in ready:
+            job = self._running.pop(ref)
+            self.busy_seconds += time.perf_counter() - job.started
+            try:
+                result = ray.get(ref)
+            except (RayActorError, ActorDiedError, ActorUnavailableError) as error:
+                self._replace(job.slot)
+                if job.attempt == 0:
+                    self.retries += 1
+                    self._queue.appendleft((job.key, job.payload, 1))
+                else:
+                    done.append(
+                        (job.key, {"ok": False, "reason": f"worker died twice: {type(error).__name__}"})
+                    )
+                continue
+            self._free.append(job.slot)
+            done.append((job.key, result))
+        self._dispatch()
+        return done
+
+    def _replace(self, slot: int) -> None:
+        """A dead worker's slot gets a fresh actor (the pool keeps its size)."""
+        with contextlib.suppress(Exception):  # already gone
+            ray.kill(self.actors[slot])
+        self.actors[slot] = self._spawn()
+        self.replaced += 1
+        self._free.append(slot)
+
+    def cancel_all(self) -> list[Hashable]:
+        """Stop: forget queued and running jobs (their actors are killed by `shutdown`); their keys."""
+        keys = [k for k, _, _ in self._queue] + [job.key for job in self._running.values()]
+        self._queue.clear()
+        self._running.clear()
+        return keys
+
+    def shutdown(self) -> None:
+        for actor in self.actors.values():
+            ray.kill(actor)
+        self.actors.clear()

@@ -1,0 +1,82 @@
+"""The search worker: holds base + parents (LiveMerger) and the fitness evaluator, evaluates recipes.
+
+One worker is one Ray actor (`num_gpus=1` where the cluster has GPUs, CPU otherwise). It loads the
+models once; each `evaluate` writes a candidate into the live model in memory and scores it. A
+candidate that fails (NaN/inf scores, a bad recipe, any exception) comes back as a failure with its
+reason, never as an exception: a failed candidate must not stop the search.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from typing import Any
+
+
+class Worker:
+    def __init__(
+        self,
+        worker_id: str,
+        base: str | None,
+        parents: list[str],
+        suite: str,
+        calibration: str | None = None,
+        device: str = "cpu",
+        batch_size: int = 16,
+        seed: int = 0,
+    ) -> None:
+        import torch
+
+        from evomerge.fitness.estimators import NEEDS_PARENTS
+        from evomerge.fitness.evaluator import FitnessEvaluator
+        from evomerge.fitness.suite import FitnessSuite
+        from evomerge.merge.live import LiveMerger
+
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        self.worker_id = f"{worker_id}@{socket.gethostname()}:{os.getpid()}"
+        self.merger = LiveMerger(base, parents, device=device)
+        suite_obj = FitnessSuite.load(suite)
+        self.evaluator = FitnessEvaluator(
+            suite_obj,
+            self.merger.tokenizer_dir,
+            calibration=calibration,
+            device=device,
+            batch_size=batch_size,
+            seed=seed,
+            parents=parents if suite_obj.estimator in NEEDS_PARENTS else None,
+        )
+
+    def ping(self) -> str:
+        return self.worker_id
+
+    def evaluate(self, recipe_yaml: str) -> dict[str, Any]:
+        """{"ok": True, estimates, intervals, answers, timings, worker, n_items, estimator} or
+        {"ok": False, "reason": ..., "worker": ...}."""
+        from evomerge.recipe import MergeRecipe
+
+        start = time.perf_counter()
+        try:
+            self.merger.apply(MergeRecipe.from_yaml(recipe_yaml))
+            merged = time.perf_counter()
+            result = self.evaluator.evaluate(self.merger.model)
+            bad = {t: v for t, v in result.estimates.items() if not math.isfinite(v)}
+            if bad:
+                return self._failure(f"CandidateError: non-finite estimates {bad}")
+        except Exception as error:  # any failure of one candidate is that candidate's FAIL
+            return self._failure(f"{type(error).__name__}: {error}")
+        end = time.perf_counter()
+        return {
+            "ok": True,
+            "estimates": dict(result.estimates),
+            "intervals": {t: [float(lo), float(hi)] for t, (lo, hi) in result.intervals.items()},
+            "answers": dict(result.answers),
+            "timings": {"merge": merged - start, "score": end - merged, "total": end - start},
+            "worker": self.worker_id,
+            "n_items": int(result.n_items),
+            "estimator": result.estimator,
+        }
+
+    def _failure(self, reason: str) -> dict[str, Any]:
+        return {"ok": False, "reason": reason[:2000], "worker": self.worker_id}

@@ -1,0 +1,223 @@
+"""A run's storage: one Optuna study (SQLite in the run directory by default, or any URL).
+
+The run directory holds `run.json` ({"storage": url, "study": name}), `experiment.yaml` (a copy)
+and, by default, `study.db`. Trial values are the per-task estimates in `objectives` order
+(maximized); every trial carries the user attributes of the run contract (recipe, genome,
+estimates, intervals, timings, worker, n_items, estimator, kind, label, fail_reason), plus
+`candidate`, the optimizer's id of the genome, which a resumed search uses to re-tell results.
+
+Storage calls retry with exponential backoff when the database is briefly unavailable (locked
+SQLite file, PostgreSQL restarting); after the last retry they raise StorageError, and the search
+stops cleanly: every finished trial is already committed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import optuna
+from optuna.trial import TrialState
+
+from evomerge.errors import RunNotFoundError, StorageError
+
+T = TypeVar("T")
+RUN_FILE = "run.json"
+DB_FILE = "study.db"
+CHECKPOINT_FILE = "optimizer.pkl"
+RETRIES = 6  # backoff 0.5 s doubling: about 30 s of unavailability survived
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    import sqlalchemy.exc
+
+    return (
+        sqlalchemy.exc.OperationalError,
+        sqlalchemy.exc.InterfaceError,
+        optuna.exceptions.StorageInternalError,
+    )
+
+
+def retry(call: Callable[[], T], what: str, retries: int = RETRIES, first_wait: float = 0.5) -> T:
+    """Run a storage call, retrying transient failures with exponential backoff."""
+    wait = first_wait
+    for attempt in range(retries + 1):
+        try:
+            return call()
+        except _transient_errors() as error:
+            if attempt == retries:
+                raise StorageError(
+                    f"storage unavailable while {what} after {retries} retries ({type(error).__name__}: "
+                    f"{str(error).splitlines()[0][:200]}); "
+                    "every finished trial is saved, resume when it is back"
+                ) from error
+            time.sleep(wait)
+            wait *= 2
+    raise AssertionError("unreachable")
+
+
+def storage_url(run_dir: Path, storage: str | None) -> str:
+    return storage or f"sqlite:///{(run_dir / DB_FILE).resolve()}"
+
+
+def _storage(url: str) -> optuna.storages.BaseStorage:
+    # A pool that checks connections before use survives a database restart (pool_pre_ping).
+    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+
+
+@dataclass
+class RunStore:
+    study: optuna.Study
+    objectives: list[str]
+    run_dir: Path | None
+    storage: str
+
+    @property
+    def directions(self) -> list[str]:
+        return [d.name.lower() for d in self.study.directions]
+
+    @property
+    def experiment_yaml(self) -> str:
+        return str(self.study.user_attrs.get("experiment", ""))
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.run_dir / CHECKPOINT_FILE if self.run_dir else None
+
+    # ----- trials --------------------------------------------------------------------------
+    def start_trial(
+        self,
+        genome: Sequence[float] | None,
+        recipe_yaml: str,
+        kind: str,
+        label: str = "",
+        candidate: int | None = None,
+        trial_number: int | None = None,
+    ) -> int:
+        """Create (or adopt, when an optimizer made it) a RUNNING trial with its recipe; its number."""
+        if trial_number is None:
+            trial_number = retry(lambda: self.study.ask(), "creating a trial").number
+        attrs = {"recipe": recipe_yaml, "genome": list(genome or []), "kind": kind, "label": label}
+        if candidate is not None:
+            attrs["candidate"] = candidate
+        self._set_attrs(trial_number, attrs)
+        return trial_number
+
+    def complete_trial(self, number: int, result: dict[str, Any]) -> None:
+        """Record a worker's result (estimates, intervals, timings, worker, ...) and COMPLETE it."""
+        keys = ("estimates", "intervals", "timings", "worker", "n_items", "estimator")
+        self._set_attrs(number, {k: result[k] for k in keys})
+        values = [float(result["estimates"][task]) for task in self.objectives]
+        retry(lambda: self.study.tell(number, values, skip_if_finished=True), "completing a trial")
+
+    def fail_trial(self, number: int, reason: str, extra: dict[str, Any] | None = None) -> None:
+        self._set_attrs(number, {"fail_reason": reason, **(extra or {})})
+        retry(
+            lambda: self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True), "failing a trial"
+        )
+
+    def trials(self, states: Sequence[TrialState] | None = None) -> list[optuna.trial.FrozenTrial]:
+        return retry(lambda: self.study.get_trials(deepcopy=False, states=states), "reading trials")
+
+    def mark_interrupted(self) -> list[optuna.trial.FrozenTrial]:
+        """RUNNING trials left by a killed driver become FAIL 'interrupted'; returns them as they were."""
+        running = self.trials([TrialState.RUNNING])
+        for trial in running:
+            self.fail_trial(trial.number, "interrupted: the search driver stopped during its evaluation")
+        return running
+
+    def _set_attrs(self, number: int, attrs: dict[str, Any]) -> None:
+        # Straight to the storage: an `optuna.Trial` handle would run the sampler on construction.
+        trial_id = self._trial_id(number)
+        for key, value in attrs.items():
+            retry(
+                lambda k=key, v=value: self.study._storage.set_trial_user_attr(trial_id, k, v),
+                "writing a trial",
+            )
+
+    def _trial_id(self, number: int) -> int:
+        return retry(
+            lambda: self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number),
+            "finding a trial",
+        )
+
+
+def create_run(
+    run_dir: Path,
+    study_name: str,
+    objectives: list[str],
+    attrs: dict[str, str],
+    storage: str | None = None,
+    sampler: Any = None,
+) -> RunStore:
+    """A new run: the study, its attributes, `run.json`; an existing study of that name is an error."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    url = storage_url(run_dir, storage)
+    try:
+        study = retry(
+            lambda: optuna.create_study(
+                storage=_storage(url),
+                study_name=study_name,
+                sampler=sampler,
+                directions=["maximize"] * len(objectives),
+            ),
+            "creating the study",
+        )
+    except optuna.exceptions.DuplicatedStudyError:
+        raise StorageError(
+            f"study {study_name!r} already exists in {url}; "
+            "resume it with --resume, or choose another --run-dir"
+        ) from None
+    study.set_user_attr("objectives", list(objectives))
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    with warnings.catch_warnings():  # set_metric_names is marked experimental; the dashboard shows the names
+        warnings.simplefilter("ignore")
+        study.set_metric_names(list(objectives))
+    tmp = run_dir / f".{RUN_FILE}.tmp"
+    tmp.write_text(json.dumps({"storage": url, "study": study_name}, indent=2))
+    tmp.replace(run_dir / RUN_FILE)
+    return RunStore(study, list(objectives), run_dir, url)
+
+
+def open_run(
+    run_dir: str | Path | None = None,
+    storage: str | None = None,
+    study: str | None = None,
+    sampler: Any = None,
+) -> RunStore:
+    """Open an existing run by directory (its run.json), or by storage URL and study name."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    directory = Path(run_dir) if run_dir is not None else None
+    if directory is not None:
+        meta_path = directory / RUN_FILE
+        if not meta_path.is_file():
+            raise RunNotFoundError(
+                f"run directory {str(directory)!r} has no {RUN_FILE}; "
+                "pass the --run-dir of an `evomerge search`"
+            )
+        meta = json.loads(meta_path.read_text())
+        storage = storage or meta["storage"]
+        study = study or meta["study"]
+    if storage is None or study is None:
+        raise RunNotFoundError("no run given: pass a run directory, or --storage URL and --study NAME")
+    try:
+        loaded = retry(
+            lambda: optuna.load_study(study_name=study, storage=_storage(storage), sampler=sampler),
+            "opening the study",
+        )
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise RunNotFoundError(
+            f"study {study!r} not found in {storage}; studies there: {', '.join(names) or '(none)'}"
+        ) from None
+    objectives = list(
+        loaded.user_attrs.get("objectives") or [f"objective_{i}" for i in range(len(loaded.directions))]
+    )
+    return RunStore(loaded, objectives, directory, storage)
