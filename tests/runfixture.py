@@ -101,3 +101,26 @@ def make_run(
 
 def _values(rng: np.random.Generator, objectives: list[str]) -> list[float]:
     return [round(float(v), 4) for v in rng.uniform(0.2, 0.9, len(objectives))]
+
+
+def write_suite(root: Path, n_items: int = 6) -> tuple[Path, list[str]]:
+    """A two-task suite of a few real eval items (arithmetic, dates) and its task names."""
+    from evomerge.fitness.items import load_bank, write_bank
+
+    fitness = Path(__file__).resolve().parents[1] / "fitness"
+    root.mkdir(parents=True, exist_ok=True)
+    banks = {"arith": "bigbench_arithmetic.jsonl", "dates": "bigbench_date_understanding.jsonl"}
+    for name, file in banks.items():
+        items = [i for i in load_bank(fitness / file) if i.split == "eval"][:n_items]
+        write_bank(items, root / f"{name}.jsonl")
+    spec = {
+        "name": "audit-mini",
+        "banks": {name: {"path": f"{name}.jsonl"} for name in banks},
+        "tasks": {
+            "arithmetic": {"banks": ["arith"], "anchors": 2},
+            "dates": {"banks": ["dates"], "anchors": 2},
+        },
+        "estimator": "mean",
+    }
+    (root / "suite.yaml").write_text(yaml.safe_dump(spec))
+    return root / "suite.yaml", ["arithmetic", "dates"]

@@ -41,8 +41,40 @@ def _open(run: Path | None, storage: str | None, study: str | None) -> tuple[Any
     return store, RunView.from_study(store.study, store.objectives)
 
 
+SUITE_OPT = typer.Option(
+    None, "--suite", help="Fitness suite YAML the run was searched with (default: the run's experiment's)."
+)
+
+
+def _suite_for(store: Any, suite: Path | None) -> Path:
+    """The fitness suite to measure on: --suite, else the one the run's experiment names.
+
+    The experiment's paths are relative to its file; the run keeps a copy of that file, so the
+    path is tried beside the copy and under ./experiments (where `evomerge search` is run from).
+    """
+    if suite is not None:
+        return suite
+    import yaml
+
+    named = (yaml.safe_load(store.experiment_yaml or "") or {}).get("suite")
+    roots = [store.run_dir, Path("experiments")] if store.run_dir is not None else [Path("experiments")]
+    for root in roots if named else []:
+        if (root / named).is_file():
+            return (root / named).resolve()
+    raise ConfigError(
+        f"--suite: the run's experiment names suite {named!r}, which is not found beside the run or under "
+        "./experiments; pass --suite PATH (the suite the run was searched with)"
+    )
+
+
 def _show_progress(quiet: bool) -> bool:
-    return not quiet and sys.stderr.isatty()
+    """Progress bars only for a person watching: not with --quiet, not when stderr is no terminal."""
+    show = not quiet and sys.stderr.isatty()
+    if not show:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the bars transformers draws while loading a model
+    return show
 
 
 def _print_json(payload: Any) -> None:
@@ -183,6 +215,177 @@ def plot(
             typer.echo(str(path))
 
 
+# ----- audit ----------------------------------------------------------------------------------
+def _parse_trials(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"--trials {text!r}: expected trial numbers separated by commas, e.g. 3,7,12"
+        ) from None
+
+
+def audit(
+    run: Path | None = RUN_ARG,
+    storage: str | None = STORAGE_OPT,
+    study: str | None = STUDY_OPT,
+    on_front: bool = typer.Option(False, "--front", help="Audit every trial on the Pareto front."),
+    trials: str | None = typer.Option(None, "--trials", help="Audit these trials, e.g. 3,7,12."),
+    suite: Path | None = SUITE_OPT,
+    device: str = typer.Option("cpu", "--device", help="torch device to score on."),
+    quiet: bool = QUIET_OPT,
+    fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+) -> None:
+    """Re-score chosen trials on the full eval split; store measured beside estimated accuracy."""
+    from rich.progress import Progress
+
+    from evomerge.audit import audit_trials
+    from evomerge.runview import RunView
+
+    _check_format(fmt, (Format.table, Format.json))
+    store, view = _open(run, storage, study)
+    chosen = {r.number: r for r in view.front()} if on_front else {}
+    for number in _parse_trials(trials) if trials else []:
+        chosen[number] = view.trial(number)
+    if not chosen:
+        raise ConfigError("audit: no trial selected; pass --front and/or --trials N,M,...")
+    records = [chosen[n] for n in sorted(chosen)]
+    from evomerge.audit import full_split_evaluator
+    from evomerge.recipe import MergeRecipe
+
+    evaluator = full_split_evaluator(
+        _suite_for(store, suite), MergeRecipe.from_yaml(records[0].recipe), view.objectives, device
+    )
+    with Progress(disable=not _show_progress(quiet), transient=True) as bar:
+        task = bar.add_task("auditing on the full eval split", total=len(records))
+        measured = audit_trials(
+            store, view, records, evaluator, lambda done, _: bar.update(task, completed=done), device=device
+        )
+    summary = RunView.from_study(store.study, store.objectives).audit_summary()
+    if fmt is Format.json:
+        _print_json(
+            {
+                "trials": [
+                    {"number": r.number, "estimates": r.estimates, "measured": measured[r.number]}
+                    for r in records
+                ],
+                "audit": summary,
+            }
+        )
+        return
+    table = Table("trial", *(f"{t} est/meas %" for t in view.objectives), title="Estimated vs measured")
+    for r in records:
+        cells = [f"{_pct(r.estimates.get(t))} / {_pct(measured[r.number][t])}" for t in view.objectives]
+        table.add_row(str(r.number), *cells)
+    console = Console()
+    console.print(table)
+    console.print(f"running MAE over {summary['n_trials']} audited trials: {_pct(summary['mae'])} points")
+
+
+# ----- export ---------------------------------------------------------------------------------
+def _choose(view: Any, trial: int | None, knee: bool, weights: str | None) -> Any:
+    given = [
+        name for name, on in (("--trial", trial is not None), ("--knee", knee), ("--weights", weights)) if on
+    ]
+    if len(given) != 1:
+        raise ConfigError(
+            "export: choose exactly one of --trial N, --knee, --weights task=w,... "
+            f"(got {', '.join(given) or 'none'})"
+        )
+    if trial is not None:
+        return view.trial(trial)
+    if knee:
+        return view.knee()
+    return view.weighted(view.parse_weights(weights))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary sibling and rename: a reader never sees half a recipe."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    temporary.replace(path)
+
+
+def export(
+    run: Path | None = RUN_ARG,
+    storage: str | None = STORAGE_OPT,
+    study: str | None = STUDY_OPT,
+    trial: int | None = typer.Option(None, "--trial", help="Export this completed trial."),
+    knee: bool = typer.Option(False, "--knee", help="Export the knee of the Pareto front."),
+    weights: str | None = typer.Option(
+        None, "--weights", help="Export the best weighted sum, e.g. arith=2,logic=1."
+    ),
+    out: Path = typer.Option(..., "--out", help="Recipe YAML to write (mergekit-compatible)."),
+    materialize: Path | None = typer.Option(
+        None, "--materialize", help="Also write the merged HF model here."
+    ),
+    verify: bool = typer.Option(False, "--verify", help="Score the exported model on the full eval split."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out / --materialize if they exist."),
+    suite: Path | None = SUITE_OPT,
+    device: str = typer.Option("cpu", "--device", help="torch device for --verify."),
+    quiet: bool = QUIET_OPT,
+    fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+) -> None:
+    """Write a trial's recipe (and optionally the merged model, verified on the full eval split)."""
+    import tempfile
+
+    from evomerge.recipe import MergeRecipe
+
+    _check_format(fmt, (Format.table, Format.json))
+    store, view = _open(run, storage, study)
+    record = _choose(view, trial, knee, weights)
+    recipe = MergeRecipe.from_yaml(record.recipe)
+    # Every target is checked before anything is written: a refused export leaves no file behind.
+    if out.exists() and not force:
+        raise ConfigError(f"--out {out}: already exists; pass --force to overwrite it")
+    if materialize is not None and materialize.exists() and not force:
+        raise ConfigError(f"--materialize {materialize}: already exists; pass --force to overwrite it")
+    evaluator = None
+    if verify:
+        from evomerge.audit import full_split_evaluator
+
+        evaluator = full_split_evaluator(_suite_for(store, suite), recipe, view.objectives, device)
+    _write_atomic(out, recipe.to_yaml())
+    result: dict[str, Any] = {
+        "trial": record.number,
+        "kind": record.kind,
+        "label": record.label,
+        "recipe": str(out),
+        "estimates": {t: record.estimates.get(t) for t in view.objectives},
+    }
+    with tempfile.TemporaryDirectory(prefix="evomerge-verify-") as scratch:
+        model_dir = materialize
+        if model_dir is None and verify:
+            model_dir = Path(scratch) / "model"  # --verify alone: materialize, score, discard
+        if model_dir is not None:
+            from evomerge.merge.io import merge_to_directory
+
+            merge_to_directory(recipe, model_dir, force=force, progress=_show_progress(quiet))
+            if materialize is not None:
+                result["model"] = str(materialize)
+        if evaluator is not None:
+            from evomerge.audit import measure_model_dir
+
+            result["measured"] = measure_model_dir(model_dir, evaluator, device=device)
+    if fmt is Format.json:
+        _print_json(result)
+        return
+    console = Console()
+    console.print(f"trial #{record.number} ({record.kind} {record.label}) -> {out}")
+    if materialize is not None:
+        console.print(f"merged model -> {materialize}")
+    table = Table("task", "estimate %", *(["measured %", "error (pts)"] if "measured" in result else []))
+    for task in view.objectives:
+        estimate = record.estimates.get(task)
+        cells = [task, _pct(estimate)]
+        if "measured" in result:
+            measured = result["measured"][task]
+            cells += [_pct(measured), _pct(None if estimate is None else estimate - measured)]
+        table.add_row(*cells)
+    console.print(table)
+
+
 # ----- dashboard ------------------------------------------------------------------------------
 def dashboard(
     run: Path | None = RUN_ARG,
@@ -212,4 +415,6 @@ def register(app: typer.Typer) -> None:
     app.command("status")(status)
     app.command("front")(front)
     app.command("plot")(plot)
+    app.command("audit")(audit)
+    app.command("export")(export)
     app.command("dashboard")(dashboard)

@@ -1,0 +1,86 @@
+"""Measure trials on the full eval split: the ground truth the IRT estimates are audited against.
+
+`audit_trials` re-materializes each chosen trial's recipe in memory (LiveMerger, parents loaded
+once) and scores it with `FitnessEvaluator.evaluate_full`; the measurements are stored in the
+study (see `runview.audit_key`) so `status` and `front` show estimated vs measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from evomerge.errors import ConfigError
+from evomerge.runview import RunView, TrialRecord, audit_key
+
+Progress = Callable[[int, int], None]  # (done, total), called after each trial
+
+
+def live_merger_for(recipes: Sequence[Any], device: str = "cpu") -> Any:
+    """One LiveMerger holding the base and every parent the recipes reference."""
+    from evomerge.merge.live import LiveMerger
+
+    first = recipes[0]
+    base = first.base_model
+    parents: list[str] = []
+    for recipe in recipes:
+        for path in recipe.model_paths():
+            if path != base and path not in parents:
+                parents.append(path)
+    return LiveMerger(base, parents, device=device)
+
+
+def audit_trials(
+    store: Any,
+    view: RunView,
+    records: Sequence[TrialRecord],
+    evaluator: Any,
+    progress: Progress | None = None,
+    device: str = "cpu",
+) -> dict[int, dict[str, float]]:
+    """Score each record's recipe on the full eval split and store the result in the study."""
+    from evomerge.recipe import MergeRecipe
+
+    if not records:
+        return {}
+    recipes = [MergeRecipe.from_yaml(r.recipe) for r in records]
+    merger = live_merger_for(recipes, device=device)
+    measured: dict[int, dict[str, float]] = {}
+    for done, (record, recipe) in enumerate(zip(records, recipes, strict=True), start=1):
+        merger.apply(recipe)
+        scores = evaluator.evaluate_full(merger.model)
+        measured[record.number] = {task: float(scores[task]) for task in view.objectives}
+        # Stored right away: an interrupted audit keeps every measurement already made.
+        store.study.set_user_attr(audit_key(record.number), measured[record.number])
+        if progress is not None:
+            progress(done, len(records))
+    return measured
+
+
+def full_split_evaluator(suite: Any, recipe: Any, objectives: Sequence[str], device: str = "cpu") -> Any:
+    """An evaluator for `evaluate_full` on the run's suite, with the recipe's tokenizer.
+
+    Full-split scoring reads every eval item, so neither the anchors nor the estimator matter:
+    the plain mean estimator is used, which needs no calibration.
+    """
+    from evomerge.fitness.evaluator import FitnessEvaluator
+    from evomerge.fitness.suite import FitnessSuite
+    from evomerge.merge.io import tokenizer_dir
+
+    suite = suite if isinstance(suite, FitnessSuite) else FitnessSuite.load(suite)
+    if list(suite.tasks) != list(objectives):
+        raise ConfigError(
+            f"--suite {suite.name}: its tasks {suite.tasks} are not the run's objectives {list(objectives)}; "
+            "pass the suite the run was searched with"
+        )
+    return FitnessEvaluator(suite, str(tokenizer_dir(recipe)), device=device, estimator="mean")
+
+
+def measure_model_dir(model_dir: Path, evaluator: Any, device: str = "cpu") -> dict[str, float]:
+    """Full-split accuracy of a model saved on disk (what `export --verify` checks)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    return {task: float(value) for task, value in evaluator.evaluate_full(model).items()}
