@@ -20,6 +20,7 @@ so every layer reads its own value exactly; groups repeat their value).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +81,10 @@ class SearchSpace:
         self.spec = spec
         self.source = source
         self.method = METHODS.get(spec.method)
-        resolve = lambda p: str((root / p).resolve())  # noqa: E731
+
+        def resolve(path: str) -> str:  # relative to the space file; ~ and $VARS expanded
+            return str((root / os.path.expandvars(os.path.expanduser(path))).resolve())
+
         self.base = resolve(spec.base) if spec.base else None
         self.parents = [resolve(p) for p in spec.parents]
         if spec.demo_family is not None:
