@@ -1,7 +1,7 @@
 """Untuned merge baselines of the experts, measured on the full eval split.
 
-- task_arithmetic: every expert's task vector added at weight 1.0 (lambda 1, no normalization):
-  task arithmetic as Ilharco et al. (2023) define it, without tuning the scale.
+- task_arithmetic: uniform task arithmetic (Ilharco et al., 2023) without tuning the scale: every
+  expert's task vector at weight 1/n (lambda 1, no normalization), the search's own baseline.
 - ties: TIES-merging (Yadav et al., 2023) with the engine's declared defaults (density 1.0, so
   trimming is off, sign election on, normalize on) and weight 1.0 per expert.
 
@@ -38,7 +38,7 @@ def baseline_recipes(base: Path, experts: list[Path]) -> dict[str, MergeRecipe]:
     common = {"base_model": str(base), "dtype": "float32"}
     return {
         "task_arithmetic": MergeRecipe.from_dict(
-            {**common, "merge_method": "task_arithmetic", "models": models(weight=1.0)}
+            {**common, "merge_method": "task_arithmetic", "models": models(weight=round(1 / len(experts), 6))}
         ),
         "ties": MergeRecipe.from_dict({**common, "merge_method": "ties", "models": models(weight=1.0)}),
     }

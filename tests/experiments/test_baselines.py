@@ -15,7 +15,7 @@ from baselines import baseline_recipes  # noqa: E402
 from evomerge.merge.live import LiveMerger  # noqa: E402
 
 
-def test_task_arithmetic_baseline_adds_every_task_vector_at_full_weight(tiny_family):
+def test_task_arithmetic_baseline_adds_every_task_vector_at_weight_one_over_n(tiny_family):
     base_dir, parents = tiny_family
     recipes = baseline_recipes(base_dir, parents)
     assert set(recipes) == {"task_arithmetic", "ties"}
@@ -23,7 +23,7 @@ def test_task_arithmetic_baseline_adds_every_task_vector_at_full_weight(tiny_fam
     base = load_file(base_dir / "model.safetensors")
     experts = [load_file(p / "model.safetensors") for p in parents]
     name = "model.layers.1.mlp.up_proj.weight"
-    expected = base[name] + sum(e[name] - base[name] for e in experts)
+    expected = base[name] + sum(e[name] - base[name] for e in experts) / 2
     torch.testing.assert_close(merged[name], expected)
 
 

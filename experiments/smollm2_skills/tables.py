@@ -1,0 +1,64 @@
+"""Print the report's tables (markdown) from the committed result files, so REPORT.md quotes them verbatim.
+
+python experiments/smollm2_skills/tables.py [--tag eval100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+ORDER = ["base", "arithmetic", "reasoning", "task_arithmetic", "ties"]
+
+
+def accuracy_table(tag: str) -> str:
+    results = json.loads((RESULTS / f"accuracy_{tag}.json").read_text())
+    names = [n for n in ORDER if n in results] + sorted(set(results) - set(ORDER))
+    tasks = list(results[names[0]]["accuracy"])
+    responses = {n: json.loads((RESULTS / "responses" / tag / f"{n}.json").read_text()) for n in names}
+    per_task = len(next(iter(responses.values()))) // len(tasks)
+    lines = [
+        "| model | " + " | ".join(tasks) + " | mean | items | seconds |",
+        "|---" * (len(tasks) + 4) + "|",
+    ]
+    for name in names:
+        row = results[name]
+        # binomial standard error of each measured accuracy: sqrt(p(1-p)/n)
+        cells = [
+            f"{p:.3f} ± {math.sqrt(p * (1 - p) / per_task):.3f}" for p in (row["accuracy"][t] for t in tasks)
+        ]
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {row['mean']:.3f} | {row['items']} | {row['seconds']} |"
+        )
+    return "\n".join(lines)
+
+
+def experts_table() -> str:
+    experts = json.loads((RESULTS / "experts.json").read_text())["experts"]
+    lines = [
+        "| expert | train items | steps x batch | lr | loss first 5 -> last 5 | s/step | train s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, e in experts.items():
+        t = e["train"]
+        lines.append(
+            f"| {name} | {e['train_items']} | {t['steps']} x {t['batch_size']} | {t['lr']} | "
+            f"{e['loss_first5']} -> {e['loss_last5']} | {e['seconds_per_step']} | {e['train_seconds']} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tag", default="eval100")
+    args = parser.parse_args()
+    print(experts_table(), end="\n\n")
+    print(accuracy_table(args.tag))
+
+
+if __name__ == "__main__":
+    main()
