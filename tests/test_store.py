@@ -1,0 +1,83 @@
+"""Run store: the run contract (run.json, study attributes, trial attributes), retries, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sqlalchemy.exc
+from optuna.trial import TrialState
+
+from evomerge.errors import RunNotFoundError, StorageError
+from evomerge.store import create_run, open_run, retry
+
+RESULT = {
+    "estimates": {"a": 0.5, "b": 0.25},
+    "intervals": {"a": [0.4, 0.6], "b": [0.1, 0.4]},
+    "timings": {"merge": 0.1, "score": 0.2, "total": 0.3},
+    "worker": "worker-0@host:1",
+    "n_items": 16,
+    "estimator": "mean",
+}
+
+
+def test_run_contract_round_trip(tmp_path) -> None:
+    store = create_run(
+        tmp_path / "run", "s1", ["a", "b"], {"experiment": "name: x\n", "space": "method: ties\n"}
+    )
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert (
+        meta["study"] == "s1"
+        and meta["storage"].startswith("sqlite:///")
+        and (tmp_path / "run/study.db").is_file()
+    )
+    n = store.start_trial([0.1, 0.9], "merge_method: ties\n", "search", "", candidate=7)
+    store.complete_trial(n, RESULT)
+    m = store.start_trial(None, "merge_method: linear\n", "parent", "p0")
+    store.fail_trial(m, "CandidateError: NaN scores", {"worker": "w"})
+    r = store.start_trial([0.5, 0.5], "x: 1\n", "search", "", candidate=8)
+
+    again = open_run(tmp_path / "run")
+    assert again.objectives == ["a", "b"] and again.directions == ["maximize", "maximize"]
+    assert again.study.user_attrs["space"] == "method: ties\n" and again.experiment_yaml == "name: x\n"
+    done, failed, running = again.trials()
+    assert done.state == TrialState.COMPLETE and done.values == [0.5, 0.25]
+    assert done.user_attrs | RESULT == done.user_attrs  # every result attribute stored as given
+    assert done.user_attrs["genome"] == [0.1, 0.9] and done.user_attrs["candidate"] == 7
+    assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"].startswith("CandidateError")
+    assert failed.user_attrs["kind"] == "parent" and failed.user_attrs["label"] == "p0"
+    assert running.number == r and running.state == TrialState.RUNNING
+    [was_running] = again.mark_interrupted()
+    assert was_running.number == r
+    assert again.trials()[2].state == TrialState.FAIL
+    assert again.trials()[2].user_attrs["fail_reason"].startswith("interrupted")
+    by_url = open_run(storage=meta["storage"], study="s1")
+    assert len(by_url.trials()) == 3
+
+
+def test_missing_runs_and_duplicates_are_clear_errors(tmp_path) -> None:
+    with pytest.raises(RunNotFoundError, match="has no run.json"):
+        open_run(tmp_path)
+    create_run(tmp_path / "run", "s1", ["a"], {})
+    with pytest.raises(RunNotFoundError, match="study 'nope' not found .* studies there: s1"):
+        open_run(storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}", study="nope")
+    with pytest.raises(StorageError, match="already exists"):
+        create_run(tmp_path / "run", "s1", ["a"], {})
+
+
+def test_retry_with_backoff_then_a_clean_error() -> None:
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("database is locked"))
+        return "ok"
+
+    assert retry(flaky, "testing", first_wait=0.01) == "ok" and len(calls) == 3
+
+    def down():
+        raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("connection refused"))
+
+    with pytest.raises(StorageError, match="storage unavailable while testing after 2 retries"):
+        retry(down, "testing", retries=2, first_wait=0.01)
