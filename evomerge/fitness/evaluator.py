@@ -8,7 +8,8 @@ estimator (or the one given) turns the answers into estimates.
 
 mp-IRT needs the parents' abilities: pass `parents`, the parents' names or model paths as
 calibration subjects (`evomerge calibrate ... --subjects BASE PARENT_1 ...`), or their
-abilities directly as `parent_thetas`.
+abilities directly as `parent_thetas`. The anchor seed defaults to the suite's `seed`.
+Models are scored where they are: pass them already on `device`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from evomerge.errors import ConfigError
 from evomerge.fitness.anchors import AnchorSet, select_for_suite
@@ -57,7 +59,7 @@ class FitnessEvaluator:
         calibration: Calibration | str | Path | None = None,
         device: str = "cpu",
         batch_size: int = 32,
-        seed: int = 0,
+        seed: int | None = None,
         anchors: AnchorSet | str | Path | None = None,
         estimator: str | None = None,
         parents: Sequence[str | Path] | None = None,
@@ -78,7 +80,8 @@ class FitnessEvaluator:
                 f"`evomerge calibrate {self.suite.source} --subjects BASE PARENTS... --out CALIB` and "
                 "pass it, or choose estimator 'mean'"
             )
-        self.anchors = self._anchors(anchors, seed)
+        self.seed = self.suite.seed if seed is None else seed
+        self.anchors = self._anchors(anchors, self.seed)
         self.anchor_ids: dict[str, list[str]] = {
             task: list(self.anchors.ids[task]) for task in self.suite.tasks
         }
@@ -129,6 +132,11 @@ class FitnessEvaluator:
         return None
 
     def _score(self, model: Any, items: list[Item]) -> ScoreResult:
+        where = next(model.parameters()).device
+        if where.type != torch.device(self.device).type:
+            raise ConfigError(
+                f"the model is on {where} but the evaluator was made for device={self.device!r}"
+            )
         normalization = {item.id: self.suite.bank_spec_of(item.id).normalization for item in items}
         generate = {item.id for item in items if self.suite.bank_spec_of(item.id).mode == "generate"}
         return self.scorer.score(model, items, normalization, generate)

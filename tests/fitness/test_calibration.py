@@ -111,6 +111,12 @@ def test_evaluator_without_calibration(tiny_family: tuple[Path, list[Path]]) -> 
         first.evaluate(broken)
     with pytest.raises(ConfigError, match="needs a calibration"):
         FitnessEvaluator(FITNESS / "skills.yaml", tiny_family[0])
+    with pytest.raises(ConfigError, match="the model is on cpu but the evaluator was made for device='meta'"):
+        FitnessEvaluator(quick, tiny_family[0], device="meta").evaluate(broken)
+    assert (
+        FitnessEvaluator(quick, tiny_family[0]).anchor_ids
+        == FitnessEvaluator(quick, tiny_family[0], seed=0).anchor_ids
+    )
 
 
 def test_responses_csv_errors(tmp_path: Path) -> None:
