@@ -8,7 +8,8 @@
 Each recipe is applied in memory (LiveMerger, no disk) and scored like the base and experts; the
 recipes are written to results/recipes/NAME.yaml with the cache paths replaced by the model names.
 
-    python experiments/smollm2_skills/baselines.py [--experts arithmetic reasoning]
+    python experiments/smollm2_skills/baselines.py [--experts arithmetic reasoning] [--per-task N]
+    python experiments/smollm2_skills/baselines.py --recipe knee=KNEE.yaml   # e.g. an exported search result
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ def main() -> None:
     parser.add_argument("--experts", nargs="+", default=["arithmetic", "reasoning"])
     parser.add_argument("--only", nargs="+", help="baseline names to run (default: all)")
     parser.add_argument(
+        "--recipe",
+        action="append",
+        default=[],
+        help="NAME=PATH: score this recipe YAML instead of the baselines",
+    )
+    parser.add_argument(
         "--root", type=Path, default=DEFAULT_ROOT, help="cache root (env EVOMERGE_SMOLLM2_CACHE)"
     )
     parser.add_argument("--batch-size", type=int, default=16)
@@ -61,7 +68,11 @@ def main() -> None:
     merger = LiveMerger(base, experts)
     evaluator, tag = make_evaluator(base, args.per_task, args.batch_size)
     (RESULTS_DIR / "recipes").mkdir(parents=True, exist_ok=True)
-    for name, recipe in baseline_recipes(base, experts).items():
+    if args.recipe:
+        recipes = {k: MergeRecipe.from_yaml(Path(v)) for k, v in (r.split("=", 1) for r in args.recipe)}
+    else:
+        recipes = baseline_recipes(base, experts)
+    for name, recipe in recipes.items():
         if args.only and name not in args.only:
             continue
         start = time.perf_counter()
