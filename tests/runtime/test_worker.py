@@ -1,0 +1,63 @@
+"""The worker, in process: a real merge + score; any failure of a candidate is a FAIL with its reason."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evomerge.errors import CandidateError
+from evomerge.runtime.worker import Worker
+from evomerge.space import SearchSpace
+
+SUITE = Path(__file__).parents[2] / "fitness" / "quickstart.yaml"
+
+
+@pytest.fixture(scope="module")
+def worker_and_space(tiny_family):
+    base, parents = tiny_family
+    space = SearchSpace.from_dict(
+        {"base": str(base), "parents": [str(p) for p in parents], "method": "ties", "search": {"weight": {}}}
+    )
+    return Worker("w0", space.base, space.parents, str(SUITE), batch_size=8), space
+
+
+def test_evaluate_returns_estimates_answers_and_timings(worker_and_space) -> None:
+    worker, space = worker_and_space
+    result = worker.evaluate(space.decode(np.full(space.dim, 0.5)).to_yaml())
+    assert result["ok"] is True, result
+    assert set(result["estimates"]) == {"arithmetic", "dates"}
+    assert all(0.0 <= v <= 1.0 for v in result["estimates"].values())
+    assert result["n_items"] == 16 and len(result["answers"]) == 16
+    assert set(result["answers"].values()) <= {0, 1}
+    assert result["timings"]["total"] >= result["timings"]["merge"] > 0
+    assert result["worker"].startswith("w0@")
+    # same recipe, same anchors: the same answers (paired design, deterministic)
+    assert worker.evaluate(space.decode(np.full(space.dim, 0.5)).to_yaml())["answers"] == result["answers"]
+
+
+def test_failures_come_back_as_fail_with_reason(worker_and_space, monkeypatch) -> None:
+    worker, space = worker_and_space
+    bad = worker.evaluate("merge_method: ties\nmodels: []\n")
+    assert bad["ok"] is False and "ConfigError" in bad["reason"]
+    recipe = space.decode(np.full(space.dim, 0.5)).to_yaml()
+
+    def nan_scores(model):
+        raise CandidateError("the model gives NaN scores")
+
+    monkeypatch.setattr(worker.evaluator, "evaluate", nan_scores)
+    assert worker.evaluate(recipe) == {**worker.evaluate(recipe), "ok": False}
+    assert "NaN" in worker.evaluate(recipe)["reason"]
+
+    real = type(worker.evaluator).evaluate
+
+    def inf_estimate(model):
+        result = real(worker.evaluator, model)
+        result.estimates["dates"] = math.inf
+        return result
+
+    monkeypatch.setattr(worker.evaluator, "evaluate", inf_estimate)
+    inf = worker.evaluate(recipe)
+    assert inf["ok"] is False and "non-finite" in inf["reason"]
