@@ -109,8 +109,12 @@ class LiveMerger:
                 target = self._params.get(job.name)
                 if target is None:
                     raise ConfigError(f"tensor {job.name!r} is not a parameter of the live model")
-                merged = plan.method.merge(plan.inputs(job, tensor, stats, self.device))
-                target.copy_(merged)
+                inputs = plan.inputs(job, tensor, stats, self.device)
+                if target.dtype == self.dtype:
+                    inputs.out = target  # the method writes straight into the parameter
+                merged = plan.method.merge(inputs)
+                if merged is not target:
+                    target.copy_(merged)
         source = recipe.tokenizer_source
         self._tokenizer_dir = Path(source) if source and source != "base" else Path(recipe.model_paths()[0])
         return self.model

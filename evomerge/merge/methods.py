@@ -63,6 +63,7 @@ class DeltaStats:
         self.tensor = tensor
         self.base = base
         self._delta: Tensor | None = None
+        self._abs: Tensor | None = None
         self._sorted_abs: Tensor | None = None
         self._row_rank: Tensor | None = None
 
@@ -73,10 +74,16 @@ class DeltaStats:
         return self._delta
 
     @property
+    def abs(self) -> Tensor:
+        if self._abs is None:
+            self._abs = self.delta.abs()
+        return self._abs
+
+    @property
     def sorted_abs(self) -> Tensor:
         """|delta| flattened, ascending: the k-th magnitude is a lookup, not a top-k."""
         if self._sorted_abs is None:
-            self._sorted_abs = self.delta.abs().flatten().sort().values
+            self._sorted_abs = self.abs.flatten().sort().values
         return self._sorted_abs
 
     @property
@@ -102,6 +109,11 @@ class TensorInputs:
     global_params: dict[str, Any]
     stats: list[DeltaStats] = field(default_factory=list)  # aligned with `tensors` when a base exists
     generator: torch.Generator | None = None
+    out: Tensor | None = None  # where to write the result (a live parameter); a new tensor if None
+
+    def output(self) -> Tensor:
+        reference = self.base if self.base is not None else self.tensors[0]
+        return self.out if self.out is not None else torch.empty_like(reference)
 
 
 @dataclass(frozen=True)
@@ -163,7 +175,7 @@ def _magnitude(stats: DeltaStats, p: dict[str, Any], _: torch.Generator | None) 
     if k == 0:
         return torch.zeros_like(delta)
     threshold = stats.sorted_abs[delta.numel() - k]
-    kept = delta * (delta.abs() >= threshold)
+    kept = delta * (stats.abs >= threshold)
     return _l1_rescaled(delta, kept) if p["rescale"] else kept
 
 
@@ -182,7 +194,7 @@ def _magnitude_outliers(stats: DeltaStats, p: dict[str, Any], _: torch.Generator
     if n - n_top <= n_bottom:
         return torch.zeros_like(delta)
     low, high = stats.sorted_abs[n_bottom], stats.sorted_abs[n - n_top - 1]
-    magnitude = delta.abs()
+    magnitude = stats.abs
     kept = delta * ((magnitude >= low) & (magnitude <= high))
     return _l1_rescaled(delta, kept) if p["rescale"] else kept
 
@@ -218,33 +230,52 @@ Sparsifier = Callable[[DeltaStats, dict[str, Any], torch.Generator | None], Tens
 
 
 def _task_arithmetic(sparsify: Sparsifier | None, sign_consensus: bool) -> Callable[[TensorInputs], Tensor]:
-    """Task arithmetic (Ilharco et al. 2023) with optional sparsification and TIES sign election."""
+    """Task arithmetic (Ilharco et al. 2023) with optional sparsification and TIES sign election:
+    base + lambda * sum_i w_i m_i d_i / divisor, with m_i the sign-agreement mask (all ones without
+    consensus) and divisor = sum_i w_i m_i when normalizing. Fused in-place ops keep the passes
+    over memory few."""
 
     def merge(inputs: TensorInputs) -> Tensor:
         assert inputs.base is not None  # guaranteed by needs_base
-        weighted = []
-        weights = []
-        for stats, params in zip(inputs.stats, inputs.model_params, strict=True):
-            settings = inputs.global_params | params
-            delta = sparsify(stats, settings, inputs.generator) if sparsify else stats.delta
-            weights.append(float(params["weight"]))
-            weighted.append(delta * weights[-1])
-        if sign_consensus:
-            # Majority sign of the summed weighted deltas (ties go positive); keep agreeing entries.
-            majority = torch.where(torch.stack(weighted).sum(dim=0) >= 0, 1.0, -1.0).to(inputs.base.dtype)
-            agree = [torch.sign(x) == majority for x in weighted]
-            mixed = sum(x * m for x, m in zip(weighted, agree, strict=True))
-            divisor = sum(w * m.to(inputs.base.dtype) for w, m in zip(weights, agree, strict=True))
-            divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
-        else:
-            mixed = torch.stack(weighted).sum(dim=0)
+        lam = float(inputs.global_params["lambda"])
+        normalize = inputs.global_params["normalize"]
+        weights = [float(p["weight"]) for p in inputs.model_params]
+        deltas = [
+            sparsify(stats, inputs.global_params | params, inputs.generator) if sparsify else stats.delta
+            for stats, params in zip(inputs.stats, inputs.model_params, strict=True)
+        ]
+        out = inputs.output()
+        if not sign_consensus:
             total = sum(weights)
-            divisor = 1.0 if abs(total) < 1e-8 else total
-        if inputs.global_params["normalize"]:
-            mixed = mixed / divisor
-        if inputs.global_params["lambda"] != 1:
-            mixed = mixed * inputs.global_params["lambda"]
-        return inputs.base + mixed
+            scale = lam / (1.0 if abs(total) < 1e-8 else total) if normalize else lam
+            torch.add(inputs.base, deltas[0], alpha=weights[0] * scale, out=out)
+            for weight, delta in zip(weights[1:], deltas[1:], strict=True):
+                out.add_(delta, alpha=weight * scale)
+            return out
+        # TIES sign election: the majority sign of sum_i w_i d_i (zero counts as positive); an entry
+        # of model i survives where w_i d_i has that sign.
+        summed = deltas[0] * weights[0]
+        for weight, delta in zip(weights[1:], deltas[1:], strict=True):
+            summed.add_(delta, alpha=weight)
+        positive = summed >= 0
+        mixed = summed.zero_()
+        divisor = torch.zeros_like(mixed) if normalize else None
+        for weight, delta in zip(weights, deltas, strict=True):
+            if weight == 0:
+                continue
+            agree = (
+                torch.where(positive, delta > 0, delta < 0)
+                if weight > 0
+                else torch.where(positive, delta < 0, delta > 0)
+            )
+            mixed.addcmul_(delta, agree, value=weight)
+            if divisor is not None:
+                divisor.add_(agree, alpha=weight)
+        if divisor is not None:
+            divisor.masked_fill_(divisor == 0, 1.0)
+            mixed.div_(divisor)
+        torch.add(inputs.base, mixed, alpha=lam, out=out)
+        return out
 
     return merge
 
@@ -252,7 +283,7 @@ def _task_arithmetic(sparsify: Sparsifier | None, sign_consensus: bool) -> Calla
 def _linear(inputs: TensorInputs) -> Tensor:
     """Weighted average of the models' weights (Wortsman et al. 2022, model soups)."""
     weights = [float(p["weight"]) for p in inputs.model_params]
-    merged = sum(w * x for w, x in zip(weights, inputs.tensors, strict=True))
+    scale = 1.0
     if inputs.global_params["normalize"]:
         total = sum(weights)
         if total == 0:
@@ -260,8 +291,12 @@ def _linear(inputs: TensorInputs) -> Tensor:
                 f"linear merge of {inputs.name!r}: the weights sum to 0, cannot normalize; "
                 f"change the weights or set normalize: false"
             )
-        merged = merged / total
-    return merged
+        scale = 1.0 / total
+    out = inputs.output()
+    torch.mul(inputs.tensors[0], weights[0] * scale, out=out)
+    for weight, tensor in zip(weights[1:], inputs.tensors[1:], strict=True):
+        out.add_(tensor, alpha=weight * scale)
+    return out
 
 
 def _slerp(inputs: TensorInputs, dot_threshold: float = 0.9995, eps: float = 1e-8) -> Tensor:
@@ -275,10 +310,13 @@ def _slerp(inputs: TensorInputs, dot_threshold: float = 0.9995, eps: float = 1e-
     u1 = v1 / n1 if n1 > eps else v1
     dot = float((u0 * u1).sum())
     if abs(dot) > dot_threshold:
-        return (1 - t) * v0 + t * v1
-    theta = math.acos(dot)
-    sin_theta = math.sin(theta)
-    return (math.sin((1 - t) * theta) / sin_theta) * v0 + (math.sin(t * theta) / sin_theta) * v1
+        c0, c1 = 1 - t, t
+    else:
+        theta = math.acos(dot)
+        c0, c1 = math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
+    out = inputs.output()
+    torch.mul(v0, c0, out=out)
+    return out.add_(v1, alpha=c1)
 
 
 # --- the registry ---------------------------------------------------------------------------
