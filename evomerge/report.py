@@ -170,7 +170,7 @@ def _png_pareto(data: ReportData, path: Path) -> Path:
             ax.step(
                 [p.values[0] for p in front],
                 [p.values[1] for p in front],
-                where="post",
+                where="pre",  # the boundary of the dominated region (tasks maximized): down, then right
                 color="#1f77b4",
                 lw=1,
             )

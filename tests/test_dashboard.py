@@ -57,7 +57,7 @@ def test_dashboard_renders_the_study_page(tmp_path: Path) -> None:
         (summary,) = studies["study_summaries"]
         url = f"http://127.0.0.1:{port}/dashboard/studies/{summary['study_id']}"
         # The page is a JavaScript app: give Chromium virtual time to fetch the trials and draw.
-        common = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000"]
+        common = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000"]
         dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
         shot = tmp_path / "dashboard.png"
         subprocess.run(

@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from evomerge.errors import ConfigError
@@ -161,7 +162,9 @@ def front(
     elif fmt is Format.csv:
         typer.echo(_front_csv(view.objectives, records), nl=False)
     else:
-        table = Table("trial", "kind", "label", title=f"Pareto front of {view.name} (estimate % [interval])")
+        table = Table(
+            "trial", "kind", "label", title=escape(f"Pareto front of {view.name} (estimate % [interval])")
+        )
         for task in view.objectives:
             table.add_column(task)
         for r in records:
@@ -173,7 +176,7 @@ def front(
                     cell += f" meas {_pct(r.audit[task])}"
                 cells.append(cell)
             mark = " (knee)" if r.number == knee else ""
-            table.add_row(f"{r.number}{mark}", r.kind, r.label, *cells)
+            table.add_row(f"{r.number}{mark}", r.kind, escape(r.label), *map(escape, cells))
         Console().print(table)
 
 
