@@ -1,0 +1,135 @@
+"""Merge methods as pure tensor functions: declared parameters and each method's semantics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from evomerge.errors import CandidateError, ConfigError
+from evomerge.merge.methods import METHODS, DeltaStats, TensorInputs
+
+ALL = {
+    "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear",
+    "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "slerp",
+}  # fmt: skip
+
+
+def run(method: str, base, tensors, model_params, seed: int | None = None, **global_params) -> torch.Tensor:
+    spec = METHODS.get(method)
+    defaults = {s.name: s.default for s in spec.params if s.scope == "global"}
+    model_defaults = {s.name: s.default for s in spec.params if s.scope == "model" and s.default is not None}
+    inputs = TensorInputs(
+        name="t",
+        base=base,
+        tensors=tensors,
+        model_params=[model_defaults | p for p in model_params],
+        global_params=defaults | global_params,
+        stats=[DeltaStats(t, base) for t in tensors] if base is not None else [],
+        generator=torch.Generator().manual_seed(seed) if seed is not None else None,
+    )
+    return METHODS.get(method).merge(inputs)
+
+
+def test_registry_declares_mergekit_parameters() -> None:
+    assert set(METHODS.names()) == ALL
+    names = {m: {p.name for p in METHODS.get(m).params} for m in ALL}
+    assert names["linear"] == {"weight", "normalize"}
+    assert names["slerp"] == {"t"}
+    assert names["ties"] == {"weight", "density", "normalize", "lambda", "rescale"}
+    assert {"gamma"} <= names["breadcrumbs"] and {"epsilon"} <= names["della"]
+    assert {m for m in ALL if METHODS.get(m).random} == {"dare_ties", "dare_linear", "della", "della_linear"}
+    assert not METHODS.get("linear").needs_base and METHODS.get("ties").needs_base
+    for name in ALL:
+        for spec in METHODS.get(name).params:
+            assert spec.scope in ("model", "global") and spec.kind in ("float", "bool")
+            if spec.kind == "float":
+                assert spec.search_low is not None and spec.search_high is not None
+                assert spec.search_low < spec.search_high
+    density = METHODS.get("ties").param("density")
+    with pytest.raises(ConfigError, match=r"out of range \[0.0, 1.0\]"):
+        density.check(1.5, "models.0.parameters.density")
+    with pytest.raises(ConfigError, match="unknown merge method 'nope'; available: breadcrumbs"):
+        METHODS.get("nope")
+
+
+def test_linear_normalizes_by_default() -> None:
+    a, b = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 6.0])
+    torch.testing.assert_close(
+        run("linear", None, [a, b], [{"weight": 1.0}, {"weight": 3.0}]), (a + 3 * b) / 4
+    )
+    raw = run("linear", None, [a, b], [{"weight": 1.0}, {"weight": 3.0}], normalize=False)
+    torch.testing.assert_close(raw, a + 3 * b)
+    with pytest.raises(CandidateError, match="sum to 0"):
+        run("linear", None, [a, b], [{"weight": 1.0}, {"weight": -1.0}])
+
+
+def test_task_arithmetic_and_lambda() -> None:
+    base = torch.tensor([1.0, 1.0, 1.0])
+    p0, p1 = base + torch.tensor([1.0, -2.0, 0.0]), base + torch.tensor([2.0, 2.0, 4.0])
+    out = run("task_arithmetic", base, [p0, p1], [{"weight": 0.5}, {"weight": 0.25}], **{"lambda": 2.0})
+    torch.testing.assert_close(out, base + 2.0 * (0.5 * (p0 - base) + 0.25 * (p1 - base)))
+
+
+def test_ties_trims_and_elects_sign() -> None:
+    base = torch.zeros(4)
+    d0 = torch.tensor([4.0, -3.0, 0.5, 2.0])
+    d1 = torch.tensor([-1.0, -2.0, 3.0, -0.1])
+    out = run("ties", base, [d0, d1], [{"weight": 1.0, "density": 0.5}, {"weight": 1.0, "density": 0.5}])
+    # trimmed: d0 -> [4, -3, 0, 0]; d1 -> [0, -2, 3, 0]; signs: +, -, +, (0 -> +)
+    # kept per entry: [4], [-3, -2], [3], none; normalized by the agreeing weights.
+    torch.testing.assert_close(out, torch.tensor([4.0, -2.5, 3.0, 0.0]))
+    unnormalized = run(
+        "ties",
+        base,
+        [d0, d1],
+        [{"weight": 1.0, "density": 0.5}, {"weight": 1.0, "density": 0.5}],
+        normalize=False,
+    )
+    torch.testing.assert_close(unnormalized, torch.tensor([4.0, -5.0, 3.0, 0.0]))
+
+
+def test_breadcrumbs_drops_the_top_and_the_bottom() -> None:
+    base = torch.zeros(10)
+    delta = torch.arange(1.0, 11.0)
+    out = run("breadcrumbs", base, [delta], [{"weight": 1.0, "density": 0.5, "gamma": 0.2}])
+    # 10 entries: the 2 largest (gamma) and 10 - 5 - 2 = 3 smallest go; 4..8 stay.
+    expected = torch.where((delta >= 4) & (delta <= 8), delta, torch.zeros(10))
+    torch.testing.assert_close(out, expected)
+
+
+def test_dare_keeps_a_density_fraction_and_rescales() -> None:
+    base = torch.zeros(100_000)
+    delta = torch.ones(100_000)
+    out = run("dare_linear", base, [delta], [{"weight": 1.0, "density": 0.3}], seed=1)
+    kept = out != 0
+    assert abs(kept.float().mean().item() - 0.3) < 0.01
+    torch.testing.assert_close(out[kept], torch.full((int(kept.sum()),), 1 / 0.3))
+    again = run("dare_linear", base, [delta], [{"weight": 1.0, "density": 0.3}], seed=1)
+    other = run("dare_linear", base, [delta], [{"weight": 1.0, "density": 0.3}], seed=2)
+    assert torch.equal(out, again) and not torch.equal(out, other)
+    plain = run("dare_linear", base, [delta], [{"weight": 1.0, "density": 0.3}], seed=1, rescale=False)
+    torch.testing.assert_close(plain[kept], torch.ones(int(kept.sum())))
+
+
+def test_della_keeps_large_entries_more_often() -> None:
+    base = torch.zeros(2000, 50)
+    delta = torch.arange(1.0, 51.0).repeat(2000, 1)  # magnitude rank = column
+    params = [{"weight": 1.0, "density": 0.5, "epsilon": 0.3}]
+    out = run("della_linear", base, [delta], params, seed=0, rescale=False)
+    keep_rate = (out != 0).float().mean(dim=0)
+    assert abs(keep_rate[0].item() - 0.2) < 0.04 and abs(keep_rate[-1].item() - 0.8) < 0.04
+    assert abs(keep_rate.mean().item() - 0.5) < 0.02
+    with pytest.raises(ConfigError, match="lower epsilon"):
+        run("della", base, [delta], [{"weight": 1.0, "density": 0.9, "epsilon": 0.3}], seed=0)
+
+
+def test_slerp_endpoints_and_arc() -> None:
+    v0, v1 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    torch.testing.assert_close(run("slerp", v0, [v1], [{}], t=0.0), v0)
+    torch.testing.assert_close(run("slerp", v0, [v1], [{}], t=1.0), v1)
+    half = run("slerp", v0, [v1], [{}], t=0.5)
+    torch.testing.assert_close(half, torch.tensor([math.sqrt(0.5), math.sqrt(0.5)]))  # stays on the circle
+    parallel = run("slerp", v0, [2 * v0], [{}], t=0.25)
+    torch.testing.assert_close(parallel, 1.25 * v0)  # nearly parallel: linear interpolation
