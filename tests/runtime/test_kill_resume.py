@@ -1,0 +1,79 @@
+"""`kill -9` of the driver mid-search, then `--resume`: no completed evaluation lost or repeated."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+from searchfixture import write_experiment
+
+from evomerge.store import open_run
+
+EVOMERGE = [sys.executable, "-m", "evomerge.cli"]
+
+
+def completed_search_trials(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=1) as conn:
+            rows = conn.execute(
+                "SELECT COUNT(*) FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
+                "WHERE t.state = 'COMPLETE' AND a.key = 'kind' AND a.value_json = '\"search\"'"
+            ).fetchone()
+        return int(rows[0])
+    except sqlite3.OperationalError:  # tables not created yet
+        return 0
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume(tmp_path, tiny_family) -> None:
+    path = write_experiment(tmp_path / "exp", tiny_family, trials=10)
+    run_dir = tmp_path / "run"
+    driver = subprocess.Popen(
+        [*EVOMERGE, "search", str(path), "--run-dir", str(run_dir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while completed_search_trials(run_dir / "study.db") < 3:
+            assert driver.poll() is None, "the search ended before it could be killed"
+            assert time.time() < deadline, "no search trial completed in 300 s"
+            time.sleep(0.5)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finally:
+        # the local Ray the killed driver had started (same session): ended by its group id
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)
+    store = open_run(run_dir)
+    before = store.trials()
+    assert any(t.state == TrialState.RUNNING for t in before), "nothing was in flight when killed"
+    done_before = {
+        t.user_attrs["candidate"]
+        for t in before
+        if t.state == TrialState.COMPLETE and "candidate" in t.user_attrs
+    }
+
+    resumed = subprocess.run(
+        [*EVOMERGE, "search", str(path), "--run-dir", str(run_dir), "--resume"],
+        capture_output=True, text=True, timeout=500, start_new_session=True,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    trials = open_run(run_dir).trials()
+    search = [t for t in trials if t.user_attrs["kind"] == "search"]
+    complete = [t.user_attrs["candidate"] for t in search if t.state == TrialState.COMPLETE]
+    assert sorted(complete) == list(range(10))  # each candidate evaluated to completion exactly once
+    assert done_before <= set(complete)
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed and all(t.user_attrs["fail_reason"].startswith("interrupted") for t in failed)
+    kinds = [t.user_attrs["kind"] for t in trials if t.state == TrialState.COMPLETE]
+    assert kinds.count("parent") == 2 and kinds.count("baseline") == 1
