@@ -37,12 +37,6 @@ class ScoreResult:
     generations: dict[str, str] = field(default_factory=dict)
     n_tokens: int = 0  # tokens run through the model (prompt + continuation positions, unpadded)
 
-    def update(self, other: ScoreResult) -> None:
-        self.correct.update(other.correct)
-        self.choice_scores.update(other.choice_scores)
-        self.generations.update(other.generations)
-        self.n_tokens += other.n_tokens
-
 
 def normalize_answer(text: str) -> str:
     """Exact-match normalization: first line, lower case, single spaces, no trailing punctuation."""
