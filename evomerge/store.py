@@ -67,6 +67,10 @@ def storage_url(run_dir: Path, storage: str | None) -> str:
 
 def _storage(url: str) -> optuna.storages.BaseStorage:
     # A pool that checks connections before use survives a database restart (pool_pre_ping).
+    if url.startswith(
+        ("postgresql://", "postgres://")
+    ):  # the driver we ship (SQLAlchemy 2.1 picks psycopg 3)
+        url = "postgresql+psycopg2://" + url.split("://", 1)[1]
     return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
 
 
@@ -213,7 +217,7 @@ def open_run(
             "opening the study",
         )
     except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        names = [s.study_name for s in optuna.get_all_study_summaries(_storage(storage))]
         raise RunNotFoundError(
             f"study {study!r} not found in {storage}; studies there: {', '.join(names) or '(none)'}"
         ) from None

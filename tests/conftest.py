@@ -16,3 +16,22 @@ from tiny import make_family  # noqa: E402
 def tiny_family(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
     """A base tiny llama and two parents, as safetensors HF directories."""
     return make_family(tmp_path_factory.mktemp("family"), n_parents=2)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server on a loopback port for the session; skipped, with the reason, when
+    it cannot start. Its directory lies directly in /tmp so the server's own user can reach it."""
+    import shutil
+    import tempfile
+
+    from pgserver import Unavailable, postgres_server
+
+    root = Path(tempfile.mkdtemp(prefix="evomerge-pg-"))
+    try:
+        with postgres_server(root) as url:
+            yield url
+    except Unavailable as reason:
+        pytest.skip(f"PostgreSQL server could not start: {reason}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

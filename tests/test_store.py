@@ -81,3 +81,14 @@ def test_retry_with_backoff_then_a_clean_error() -> None:
 
     with pytest.raises(StorageError, match="storage unavailable while testing after 2 retries"):
         retry(down, "testing", retries=2, first_wait=0.01)
+
+
+@pytest.mark.postgres
+def test_run_on_a_real_postgresql_server(tmp_path, postgres_url) -> None:
+    store = create_run(tmp_path / "run", "pg", ["a", "b"], {"experiment": "e"}, storage=postgres_url)
+    n = store.start_trial([0.2], "r: 1\n", "search", "", candidate=0)
+    store.complete_trial(n, RESULT)
+    again = open_run(tmp_path / "run")
+    assert again.storage == postgres_url
+    [trial] = again.trials()
+    assert trial.values == [0.5, 0.25] and trial.user_attrs["worker"] == RESULT["worker"]
