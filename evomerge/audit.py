@@ -41,6 +41,7 @@ def audit_trials(
 ) -> dict[int, dict[str, float]]:
     """Score each record's recipe on the full eval split and store the result in the study."""
     from evomerge.recipe import MergeRecipe
+    from evomerge.store import retry
 
     if not records:
         return {}
@@ -52,7 +53,9 @@ def audit_trials(
         scores = evaluator.evaluate_full(merger.model)
         measured[record.number] = {task: float(scores[task]) for task in view.objectives}
         # Stored right away: an interrupted audit keeps every measurement already made.
-        store.study.set_user_attr(audit_key(record.number), measured[record.number])
+        retry(
+            lambda n=record.number: store.study.set_user_attr(audit_key(n), measured[n]), "storing an audit"
+        )
         if progress is not None:
             progress(done, len(records))
     return measured

@@ -39,7 +39,7 @@ def _open(run: Path | None, storage: str | None, study: str | None) -> tuple[Any
     if run is None and storage is None:
         raise ConfigError("RUN: give a run directory, or --storage URL and --study NAME")
     store = open_run(run_dir=run, storage=storage, study=study)
-    return store, RunView.from_study(store.study, store.objectives)
+    return store, RunView.from_store(store)
 
 
 SUITE_OPT = typer.Option(
@@ -264,7 +264,7 @@ def audit(
         measured = audit_trials(
             store, view, records, evaluator, lambda done, _: bar.update(task, completed=done), device=device
         )
-    summary = RunView.from_study(store.study, store.objectives).audit_summary()
+    summary = RunView.from_store(store).audit_summary()
     if fmt is Format.json:
         _print_json(
             {
