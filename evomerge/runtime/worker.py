@@ -35,7 +35,10 @@ class Worker:
         from evomerge.merge.live import LiveMerger
 
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-        self.worker_id = f"{worker_id}@{socket.gethostname()}:{os.getpid()}"
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()[:8] if ray.is_initialized() else "local"
+        self.worker_id = f"{worker_id}@{socket.gethostname()}:{os.getpid()}/node-{node}"
         self.merger = LiveMerger(base, parents, device=device)
         suite_obj = FitnessSuite.load(suite)
         self.evaluator = FitnessEvaluator(
