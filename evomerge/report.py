@@ -223,7 +223,9 @@ def _png_pareto(data: ReportData, path: Path) -> Path:
         n_front = sum(p.on_front for p in data.points)
         ax.set_title(f"Trials of {data.study} (parallel coordinates): {n_front} on the Pareto front")
         ax.grid(alpha=0.3, axis="y")
-    if n_obj == 2:
+    if not data.points:
+        ax.text(0.5, 0.5, "no completed trial yet", ha="center", va="center", transform=ax.transAxes)
+    elif n_obj == 2:
         ax.legend(loc="best", fontsize=8)
     else:  # lines cross the whole plot: keep the legend outside them
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)

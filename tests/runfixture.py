@@ -80,13 +80,14 @@ def make_run(
         weights = np.zeros((n_parents, N_LAYERS))
         weights[k] = 1.0
         add(optuna.trial.TrialState.COMPLETE, "parent", parents[k].name, weights, _values(rng, objectives))
-    add(
-        optuna.trial.TrialState.COMPLETE,
-        "baseline",
-        "task_arithmetic",
-        np.full((n_parents, N_LAYERS), 1.0 / n_parents),
-        _values(rng, objectives),
-    )
+    if n_parents:
+        add(
+            optuna.trial.TrialState.COMPLETE,
+            "baseline",
+            "task_arithmetic",
+            np.full((n_parents, N_LAYERS), 1.0 / n_parents),
+            _values(rng, objectives),
+        )
     for i in range(n_search):
         weights = rng.uniform(0.0, 1.0, (n_parents, N_LAYERS))
         add(optuna.trial.TrialState.COMPLETE, "search", f"search-{i}", weights, _values(rng, objectives))

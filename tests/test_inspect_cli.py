@@ -176,3 +176,15 @@ def test_status_while_a_search_writes(tmp_path: Path) -> None:
     assert seen == sorted(seen)  # and the counts never went backwards
     final = json.loads(invoke("status", root / "run", "--format", "json").stdout)
     assert final["trials"]["complete"] == before + 40 and final["trials"]["running"] == 0
+
+
+def test_a_run_with_no_completed_trial(tmp_path: Path) -> None:
+    """Right after a search starts: only RUNNING trials. Reading works; choosing a trial is an error."""
+    make_run(tmp_path / "run", tmp_path / "b", [], TASKS, n_search=0, n_failed=1, n_running=1)
+    summary = json.loads(invoke("status", tmp_path / "run", "--format", "json").stdout)
+    assert summary["trials"]["complete"] == 0 and summary["front_size"] == 0 and summary["hypervolume"] == 0.0
+    assert json.loads(invoke("front", tmp_path / "run", "--format", "json").stdout)["front"] == []
+    result = invoke("plot", tmp_path / "run", "--out", tmp_path / "plots")
+    assert result.exit_code == 0 and (tmp_path / "plots" / "pareto.png").stat().st_size > 0
+    result = invoke("export", tmp_path / "run", "--knee", "--out", tmp_path / "r.yaml")
+    assert isinstance(result.exception, ConfigError) and "no completed trial" in str(result.exception)
