@@ -42,11 +42,12 @@ def make_run(
     n_failed: int = 2,
     n_running: int = 1,
     seed: int = 0,
+    storage: str | None = None,
 ) -> optuna.Study:
     """Write a run: parents, a uniform baseline, search trials, failed and running trials."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run_dir.mkdir(parents=True, exist_ok=True)
-    storage = f"sqlite:///{run_dir / 'study.db'}"
+    storage = storage or f"sqlite:///{run_dir / 'study.db'}"
     name = f"fixture-{seed}"
     (run_dir / "run.json").write_text(json.dumps({"storage": storage, "study": name}))
     study = optuna.create_study(storage=storage, study_name=name, directions=["maximize"] * len(objectives))

@@ -188,3 +188,19 @@ def test_a_run_with_no_completed_trial(tmp_path: Path) -> None:
     assert result.exit_code == 0 and (tmp_path / "plots" / "pareto.png").stat().st_size > 0
     result = invoke("export", tmp_path / "run", "--knee", "--out", tmp_path / "r.yaml")
     assert isinstance(result.exception, ConfigError) and "no completed trial" in str(result.exception)
+
+
+@pytest.mark.postgres
+def test_status_and_front_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
+    # The fixture writes through optuna directly, with the psycopg2 driver named; users give the plain URL.
+    driver_url = "postgresql+psycopg2://" + postgres_url.split("://", 1)[1]
+    study = make_run(
+        tmp_path / "run", tmp_path / "b", [tmp_path / "p0"], TASKS, n_search=8, storage=driver_url
+    )
+    args = ["--storage", postgres_url, "--study", study.study_name, "--format", "json"]
+    summary = json.loads(invoke("status", *args).stdout)
+    assert summary["trials"]["complete"] == 10 and summary["study"] == study.study_name
+    front = json.loads(invoke("front", *args).stdout)["front"]
+    values = {t.number: t.values for t in study.get_trials() if t.state.name == "COMPLETE"}
+    expected = {n for n, v in values.items() if not any(beats(o, v) for o in values.values())}
+    assert {r["number"] for r in front} == expected
