@@ -7,7 +7,7 @@ For linear, ties and dare_ties it reports:
   * LiveMerger.apply time per candidate (median of --repeats, after one warm-up that builds the
     per-parent statistics), and its effective bandwidth: bytes the method must read (the parents,
     plus the base for task-vector methods) + bytes written (the merged model), over that time,
-    against a memory-copy bandwidth (torch copy of a large tensor) measured in the same run;
+    against a memory-copy bandwidth (torch copy of a 512 MB tensor) timed beside each apply;
   * `mergekit-yaml` wall time on the same recipe (a full process per candidate: start-up, loading,
     merging AND writing the merged model to disk, which is what a mergekit-based search pays).
 
@@ -86,16 +86,18 @@ def make_family(root: Path, use_random: bool) -> tuple[Path, list[Path], str]:
     return base, parents, label
 
 
-def copy_bandwidth(n_bytes: int = 512 * 1024**2, repeats: int = 5) -> float:
-    """GB/s of a torch copy (bytes read + bytes written) of a large tensor."""
-    source = torch.rand(n_bytes // 4)
-    target = torch.empty_like(source)
-    times = []
-    for _ in range(repeats):
+class CopyBandwidth:
+    """GB/s of a torch copy (bytes read + bytes written) of a large tensor, timed right beside each
+    candidate so both see the same machine load."""
+
+    def __init__(self, n_bytes: int = 512 * 1024**2) -> None:
+        self.source = torch.rand(n_bytes // 4)
+        self.target = torch.empty_like(self.source)
+
+    def measure(self) -> float:
         start = time.perf_counter()
-        target.copy_(source)
-        times.append(time.perf_counter() - start)
-    return 2 * n_bytes / min(times) / 1e9
+        self.target.copy_(self.source)
+        return 2 * self.source.numel() * 4 / (time.perf_counter() - start) / 1e9
 
 
 def recipe_for(method: str, base: Path, parents: list[Path]) -> dict:
@@ -126,18 +128,20 @@ def main() -> None:
         live = LiveMerger(base, parents)
         model_bytes = sum(t.numel() * t.element_size() for t in live.model.state_dict().values())
         unique_bytes = sum(p.numel() * p.element_size() for p in live.model.parameters())
-        copy_gbs = copy_bandwidth()
+        bandwidth = CopyBandwidth()
         rows = []
         for method in ("linear", "ties", "dare_ties"):
             data = recipe_for(method, base, parents)
             recipe = MergeRecipe.from_dict(data)
             live.apply(recipe)  # warm-up: builds the per-parent statistics once
-            times = []
+            times, copies = [], []
             for _ in range(args.repeats):
+                copies.append(bandwidth.measure())
                 start = time.perf_counter()
                 live.apply(recipe)
                 times.append(time.perf_counter() - start)
             seconds = statistics.median(times)
+            copy_gbs = statistics.median(copies)
             inputs = len(parents) + (0 if method == "linear" else 1)
             moved = (inputs + 1) * unique_bytes
             gbs = moved / seconds / 1e9
@@ -152,7 +156,7 @@ def main() -> None:
                     capture_output=True,
                 )
                 mergekit_s = time.perf_counter() - start
-            rows.append((method, seconds, gbs, gbs / copy_gbs, mergekit_s, mergekit_s / seconds))
+            rows.append((method, seconds, gbs, copy_gbs, gbs / copy_gbs, mergekit_s, mergekit_s / seconds))
 
     print(f"weights: {label}; {unique_bytes / 1e6:.0f} MB per model ({model_bytes / 1e6:.0f} MB state dict)")
     print(
