@@ -71,7 +71,7 @@ def search(
         console.print(f"  best {t}: {v:.3f}")
     console.print(f"run: {run_dir}  (inspect: evomerge status {shlex.quote(str(run_dir))})")
     if summary.stopped in ("interrupted", "time"):
-        console.print(f"resume with: {resume_cmd}")
+        console.print(f"resume with: {resume_cmd}", soft_wrap=True, highlight=False)
         if summary.stopped == "interrupted":
             raise typer.Exit(130)
 

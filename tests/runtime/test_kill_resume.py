@@ -77,3 +77,26 @@ def test_kill_9_then_resume(tmp_path, tiny_family) -> None:
     assert failed and all(t.user_attrs["fail_reason"].startswith("interrupted") for t in failed)
     kinds = [t.user_attrs["kind"] for t in trials if t.state == TrialState.COMPLETE]
     assert kinds.count("parent") == 2 and kinds.count("baseline") == 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, tiny_family) -> None:
+    path = write_experiment(tmp_path / "exp", tiny_family, trials=30)
+    run_dir = tmp_path / "run"
+    driver = subprocess.Popen(
+        [*EVOMERGE, "search", str(path), "--run-dir", str(run_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while completed_search_trials(run_dir / "study.db") < 1:
+        assert driver.poll() is None and time.time() < deadline
+        time.sleep(0.5)
+    os.kill(driver.pid, signal.SIGINT)
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode == 130, err[-2000:]
+    assert f"resume with: evomerge search {path} --run-dir {run_dir} --resume" in " ".join(err.split())
+    trials = open_run(run_dir).trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]  # nothing left dangling
+    assert all(
+        t.user_attrs["fail_reason"].startswith("interrupted") for t in trials if t.state == TrialState.FAIL
+    )
