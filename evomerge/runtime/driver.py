@@ -272,10 +272,13 @@ class SearchDriver:
         deadline = start + 60 * self.budget.minutes if self.budget.minutes else None
         stopped = "budget"
         in_flight_search = sum(job.kind == "search" for job in first_jobs)
+        finished: list[tuple[int, dict[str, Any]]] = []  # ended jobs not yet written and told
         try:
             for job in first_jobs:
                 scheduler.submit(job.trial, job.recipe_yaml)
             while True:
+                # Hand out work first, so a freed worker starts its next candidate at once; the
+                # results that freed it are written and told right after.
                 if deadline is not None and time.perf_counter() > deadline:
                     stopped = "time"
                 room = scheduler.idle_workers if stopped == "budget" else 0
@@ -288,9 +291,8 @@ class SearchDriver:
                     job = self._start_candidate(candidate)
                     in_flight_search += 1
                     scheduler.submit(job.trial, job.recipe_yaml)
-                if scheduler.outstanding == 0:
-                    break
-                for number, result in scheduler.wait(timeout=1.0):
+                while finished:
+                    number, result = finished.pop(0)
                     job = self.jobs.pop(number)
                     ok = self._record(job, result)
                     if job.kind == "search":
@@ -299,8 +301,16 @@ class SearchDriver:
                         failed += not ok
                 self._checkpoint()
                 self._report(done, failed, scheduler.outstanding, start)
+                if scheduler.outstanding == 0:
+                    break
+                finished = scheduler.wait(timeout=1.0)
         except KeyboardInterrupt:
             stopped = INTERRUPTED
+            for number, result in finished:  # evaluations that did finish are kept
+                job = self.jobs.pop(number)
+                ok = self._record(job, result)
+                if job.kind == "search":
+                    done, failed = done + 1, failed + (not ok)
             for number in scheduler.cancel_all():
                 self.store.fail_trial(number, f"{INTERRUPTED}: the search was stopped (Ctrl-C)")
             self._checkpoint()
