@@ -14,6 +14,8 @@ Resume contract (what makes `--resume` continue exactly):
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -117,6 +119,30 @@ def actor_factory(experiment: Experiment, space: SearchSpace) -> Callable[[int],
         )
 
     return make
+
+
+class _StopOnSigint:
+    """Ctrl-C sets a flag that the loop checks between steps (a KeyboardInterrupt raised at an
+    arbitrary point can be swallowed by library finalizers); a second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 class SearchDriver:
@@ -273,10 +299,12 @@ class SearchDriver:
         stopped = "budget"
         in_flight_search = sum(job.kind == "search" for job in first_jobs)
         finished: list[tuple[int, dict[str, Any]]] = []  # ended jobs not yet written and told
+        stop = _StopOnSigint()
         try:
             for job in first_jobs:
                 scheduler.submit(job.trial, job.recipe_yaml)
             while True:
+                stop.check()
                 # Hand out work first, so a freed worker starts its next candidate at once; the
                 # results that freed it are written and told right after.
                 if deadline is not None and time.perf_counter() > deadline:
@@ -319,6 +347,7 @@ class SearchDriver:
             scheduler.cancel_all()
             raise error
         finally:
+            stop.restore()
             utilization = scheduler.busy_seconds / max(
                 1e-9, scheduler.n_workers * (time.perf_counter() - start)
             )
