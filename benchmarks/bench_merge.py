@@ -159,14 +159,15 @@ def main() -> None:
             rows.append((method, seconds, gbs, copy_gbs, gbs / copy_gbs, mergekit_s, mergekit_s / seconds))
 
     print(f"weights: {label}; {unique_bytes / 1e6:.0f} MB per model ({model_bytes / 1e6:.0f} MB state dict)")
-    print(
-        f"torch threads: {torch.get_num_threads()}; memory copy bandwidth: {copy_gbs:.2f} GB/s (read + write)"
-    )
+    print(f"torch threads: {torch.get_num_threads()}; copy GB/s = read + write, median beside the applies")
     print()
-    print("| method | live apply (s) | effective GB/s | / copy bandwidth | mergekit-yaml (s) | speed-up |")
-    print("|---|---|---|---|---|---|")
-    for method, seconds, gbs, ratio, mergekit_s, speedup in rows:
-        print(f"| {method} | {seconds:.3f} | {gbs:.2f} | {ratio:.2f} | {mergekit_s:.1f} | {speedup:.0f}x |")
+    print("| method | live apply (s) | effective GB/s | copy GB/s | ratio | mergekit-yaml (s) | speed-up |")
+    print("|---|---|---|---|---|---|---|")
+    for method, seconds, gbs, copy_gbs, ratio, mergekit_s, speedup in rows:
+        print(
+            f"| {method} | {seconds:.3f} | {gbs:.2f} | {copy_gbs:.2f} | {ratio:.2f} | {mergekit_s:.1f} "
+            f"| {speedup:.0f}x |"
+        )
 
 
 if __name__ == "__main__":
