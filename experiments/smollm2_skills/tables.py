@@ -52,10 +52,27 @@ def experts_table() -> str:
     return "\n".join(lines)
 
 
+def dump_trials(run_dir: Path, out: Path) -> None:
+    """Every trial of a search run (kind, label, estimates, timings, genome) as a small JSON table."""
+    from evomerge.store import open_run
+
+    keys = ("kind", "label", "estimates", "timings", "n_items", "genome")
+    rows = [
+        {"number": t.number, "state": t.state.name, **{k: t.user_attrs.get(k) for k in keys}}
+        for t in open_run(run_dir).study.trials
+    ]
+    out.write_text(json.dumps(rows) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tag", default="eval100")
+    parser.add_argument(
+        "--trials", nargs=2, type=Path, metavar=("RUN_DIR", "OUT"), help="dump a run's trials"
+    )
     args = parser.parse_args()
+    if args.trials:
+        dump_trials(*args.trials)
     print(experts_table(), end="\n\n")
     print(accuracy_table(args.tag))
 
