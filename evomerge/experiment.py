@@ -15,7 +15,7 @@ seed: 0
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -48,6 +48,9 @@ class Workers(_Strict):
     cpus_per_worker: float = Field(default=1.0, gt=0)
     gpus_per_worker: float | None = Field(default=None, ge=0)  # None: 1 where the cluster has GPUs
     batch_size: int = Field(default=16, ge=1)
+    # The live model's dtype for scoring; merges are always computed in float32. bfloat16 scores
+    # ~2-3x faster on CPUs with AVX512-BF16/AMX and on GPUs, at a small cost in log-likelihood precision.
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
 class RaySpec(_Strict):

@@ -35,7 +35,10 @@ class LiveMerger:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         allow_pickle: bool = False,
+        model_dtype: torch.dtype | None = None,
     ) -> None:
+        """`dtype`: the resident tensors and the merge arithmetic; `model_dtype`: the live model's
+        parameters (default `dtype`), e.g. bfloat16 for faster scoring of float32 merges."""
         from transformers import AutoConfig, AutoModelForCausalLM
 
         self.device = torch.device(device)
@@ -55,7 +58,7 @@ class LiveMerger:
         self._stats: dict[tuple[str, str, str], DeltaStats] = {}
         self._reference = _key(paths[0])
         config = AutoConfig.from_pretrained(self._reference)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=model_dtype or dtype)
         model.load_state_dict(self._resident[self._reference], strict=False)
         self.model = model.to(self.device).eval()
         self._params: dict[str, torch.Tensor] = self.model.state_dict(keep_vars=True)

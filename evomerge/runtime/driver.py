@@ -116,6 +116,7 @@ def actor_factory(experiment: Experiment, space: SearchSpace) -> Callable[[int],
             "cuda" if gpus > 0 else "cpu",
             workers.batch_size,
             experiment.spec.seed,
+            workers.dtype,
         )
 
     return make

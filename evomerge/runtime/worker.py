@@ -26,6 +26,7 @@ class Worker:
         device: str = "cpu",
         batch_size: int = 16,
         seed: int = 0,
+        dtype: str = "float32",
     ) -> None:
         import torch
 
@@ -39,7 +40,7 @@ class Worker:
 
         node = ray.get_runtime_context().get_node_id()[:8] if ray.is_initialized() else "local"
         self.worker_id = f"{worker_id}@{socket.gethostname()}:{os.getpid()}/node-{node}"
-        self.merger = LiveMerger(base, parents, device=device)
+        self.merger = LiveMerger(base, parents, device=device, model_dtype=getattr(torch, dtype))
         suite_obj = FitnessSuite.load(suite)
         self.evaluator = FitnessEvaluator(
             suite_obj,

@@ -75,3 +75,15 @@ def test_live_model_generates(live: LiveMerger, tiny_family) -> None:
     model = live.apply(MergeRecipe.from_dict(recipes(base, parents)["dare_ties"]))
     out = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, do_sample=False)
     assert out.shape == (1, 6)
+
+
+def test_bfloat16_model_holds_the_float32_merge_rounded(live: LiveMerger, tiny_family) -> None:
+    base, parents = tiny_family
+    recipe = MergeRecipe.from_dict(recipes(base, parents)["ties"])
+    reference = {name: t.clone() for name, t in live.apply(recipe).state_dict().items()}
+    half = LiveMerger(base, parents, model_dtype=torch.bfloat16)
+    half.apply(MergeRecipe.from_dict(recipes(base, parents)["linear"]))
+    state = half.apply(recipe).state_dict()
+    assert all(t.dtype == torch.bfloat16 for t in state.values() if t.is_floating_point())
+    for name, tensor in reference.items():
+        assert torch.equal(state[name], tensor.to(torch.bfloat16)), name
