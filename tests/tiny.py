@@ -70,7 +70,7 @@ def make_family(
         generator = torch.Generator().manual_seed(seed * 1000 + k + 1)
         parent = LlamaForCausalLM(tiny_config(num_layers, hidden)).eval()
         with torch.no_grad():
-            for (name, p), (_, b) in zip(parent.named_parameters(), base.named_parameters(), strict=True):
+            for (_, p), (_, b) in zip(parent.named_parameters(), base.named_parameters(), strict=True):
                 p.copy_(b + noise * torch.randn(b.shape, generator=generator))
         parent_dirs.append(save_model(parent, root / f"parent_{k}", max_shard_size))
     return base_dir, parent_dirs

@@ -352,7 +352,7 @@ def merge_to_directory(
                 jobs = tqdm(jobs, desc="merging", unit="tensor")
             with torch.no_grad():
                 for job in jobs:
-                    merged = plan.method.merge(plan.inputs(job, tensor, fresh_stats, device))
+                    merged = plan.method.merge(plan.inputs(job, tensor, fresh_stats))
                     writer.write(job.name, merged)
         finally:
             writer.close()

@@ -112,7 +112,7 @@ class LiveMerger:
                 target = self._params.get(job.name)
                 if target is None:
                     raise ConfigError(f"tensor {job.name!r} is not a parameter of the live model")
-                inputs = plan.inputs(job, tensor, stats, self.device)
+                inputs = plan.inputs(job, tensor, stats)
                 if target.dtype == self.dtype:
                     inputs.out = target  # the method writes straight into the parameter
                 merged = plan.method.merge(inputs)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from evomerge.errors import CandidateError, ConfigError
+from evomerge.merge import kernels
 from evomerge.registry import Registry
 
 
@@ -55,17 +56,20 @@ class ParamSpec:
 class DeltaStats:
     """What a candidate merge needs from one model's tensor that does not depend on the candidate.
 
-    The task vector and its magnitude order statistics are computed on first use and kept, so a
-    resident parent (LiveMerger) pays for them once and a streamed tensor only when needed.
+    The task vector, its sorted magnitudes (a TIES/breadcrumbs density is then an index lookup, not
+    a top-k), their running sums (the L1 norm kept by any magnitude band), DELLA's row ranks and the
+    uniform draws of the random methods are computed on first use and kept, so a resident parent
+    (LiveMerger) pays for them once and a streamed tensor only when needed.
     """
 
     def __init__(self, tensor: Tensor, base: Tensor) -> None:
         self.tensor = tensor
         self.base = base
         self._delta: Tensor | None = None
-        self._abs: Tensor | None = None
         self._sorted_abs: Tensor | None = None
+        self._cumulative_abs: Tensor | None = None
         self._row_rank: Tensor | None = None
+        self._uniform: tuple[int, Tensor] | None = None
 
     @property
     def delta(self) -> Tensor:
@@ -74,17 +78,22 @@ class DeltaStats:
         return self._delta
 
     @property
-    def abs(self) -> Tensor:
-        if self._abs is None:
-            self._abs = self.delta.abs()
-        return self._abs
-
-    @property
     def sorted_abs(self) -> Tensor:
         """|delta| flattened, ascending: the k-th magnitude is a lookup, not a top-k."""
         if self._sorted_abs is None:
-            self._sorted_abs = self.abs.flatten().sort().values
+            self._sorted_abs = self.delta.abs().flatten().sort().values
         return self._sorted_abs
+
+    def l1_between(self, low: float, high: float) -> tuple[float, float]:
+        """(L1 norm of the entries with low <= |delta| <= high, L1 norm of all entries), in float64."""
+        if self._cumulative_abs is None:
+            self._cumulative_abs = torch.cat(
+                [self.sorted_abs.new_zeros(1, dtype=torch.float64), self.sorted_abs.double().cumsum(0)]
+            )
+        values, sums = self.sorted_abs, self._cumulative_abs
+        first = int(torch.searchsorted(values, low))
+        last = int(torch.searchsorted(values, high, right=True))
+        return float(sums[max(last, first)] - sums[first]), float(sums[-1])
 
     @property
     def row_rank(self) -> Tensor:
@@ -97,6 +106,17 @@ class DeltaStats:
             self._row_rank = (ranks / width).reshape(self.delta.shape)
         return self._row_rank
 
+    def uniform(self, seed: int) -> Tensor:
+        """Uniform [0, 1) draws, one per entry, from `seed` (the last seed's draws are kept). Half
+        precision (steps of at most 2^-11, ample for a keep probability) halves the memory the
+        fused kernel reads for them and what a resident parent keeps."""
+        if self._uniform is None or self._uniform[0] != seed:
+            delta = self.delta
+            generator = torch.Generator(device=delta.device).manual_seed(seed)
+            draws = torch.rand(delta.shape, generator=generator, device=delta.device, dtype=torch.float16)
+            self._uniform = (seed, draws)
+        return self._uniform[1]
+
 
 @dataclass
 class TensorInputs:
@@ -108,7 +128,7 @@ class TensorInputs:
     model_params: list[dict[str, Any]]  # resolved per-model parameters, aligned with `tensors`
     global_params: dict[str, Any]
     stats: list[DeltaStats] = field(default_factory=list)  # aligned with `tensors` when a base exists
-    generator: torch.Generator | None = None
+    seeds: list[int] | None = None  # per merged model, for the random methods (aligned with `tensors`)
     out: Tensor | None = None  # where to write the result (a live parameter); a new tensor if None
 
     def output(self) -> Tensor:
@@ -156,126 +176,117 @@ def _rescale(default: bool) -> ParamSpec:
 
 
 # --- sparsification (one task vector at a time) ---------------------------------------------
+# A sparsifier turns one model's parameters into how the fused kernel keeps its task vector:
+# (kind, parameter row, uniform draws, row ranks). The kernel then does every pass at once.
 
 
-def _l1_rescaled(delta: Tensor, kept: Tensor) -> Tensor:
-    """Rescale the kept entries so the task vector keeps its L1 norm."""
-    new = kept.abs().sum()
-    if new < 1e-7:
-        return kept
-    return kept * (delta.abs().sum() / new)
+@dataclass(frozen=True)
+class Sparsity:
+    kind: str
+    values: dict[str, float] = field(default_factory=dict)  # kernels.parameter_row keywords
+    uniform: Tensor | None = None
+    rank: Tensor | None = None
 
 
-def _magnitude(stats: DeltaStats, p: dict[str, Any], _: torch.Generator | None) -> Tensor:
+KEEP_ALL = Sparsity(kernels.KEEP_ALL)
+KEEP_NONE = Sparsity(kernels.BAND, {"lo": math.inf})
+
+
+def _band(stats: DeltaStats, low: float, high: float, rescale: bool) -> Sparsity:
+    """Keep low <= |delta| <= high; with rescale, times L1(delta) / L1(kept) (the norm is kept)."""
+    scale = 1.0
+    if rescale:
+        kept, total = stats.l1_between(low, high)
+        scale = total / kept if kept >= 1e-7 else 1.0
+    return Sparsity(kernels.BAND, {"lo": low, "hi": high, "scale": scale})
+
+
+def _magnitude(stats: DeltaStats, p: dict[str, Any], _: int | None) -> Sparsity:
     """TIES trim: keep the top `density` fraction of entries by magnitude."""
-    density, delta = p["density"], stats.delta
+    density, n = p["density"], stats.delta.numel()
     if density >= 1:
-        return delta
-    k = int(density * delta.numel())
+        return KEEP_ALL
+    k = int(density * n)
     if k == 0:
-        return torch.zeros_like(delta)
-    threshold = stats.sorted_abs[delta.numel() - k]
-    kept = delta * (stats.abs >= threshold)
-    return _l1_rescaled(delta, kept) if p["rescale"] else kept
+        return KEEP_NONE
+    return _band(stats, float(stats.sorted_abs[n - k]), math.inf, p["rescale"])
 
 
-def _magnitude_outliers(stats: DeltaStats, p: dict[str, Any], _: torch.Generator | None) -> Tensor:
+def _magnitude_outliers(stats: DeltaStats, p: dict[str, Any], _: int | None) -> Sparsity:
     """Model Breadcrumbs (Davari & Belilovsky 2023): drop the largest `gamma` fraction and the
     smallest entries so that a `density` fraction remains."""
-    density, delta = p["density"], stats.delta
+    density, n = p["density"], stats.delta.numel()
     if density >= 1:
-        return delta
-    n = delta.numel()
+        return KEEP_ALL
     n_top = int(p["gamma"] * n)
     n_bottom = n - int(density * n) - n_top
     if n_bottom < 0:  # gamma larger than what density leaves: cut less from the top
         n_top += n_bottom
         n_bottom = 0
     if n - n_top <= n_bottom:
-        return torch.zeros_like(delta)
-    low, high = stats.sorted_abs[n_bottom], stats.sorted_abs[n - n_top - 1]
-    magnitude = stats.abs
-    kept = delta * ((magnitude >= low) & (magnitude <= high))
-    return _l1_rescaled(delta, kept) if p["rescale"] else kept
+        return KEEP_NONE
+    low, high = float(stats.sorted_abs[n_bottom]), float(stats.sorted_abs[n - n_top - 1])
+    return _band(stats, low, high, p["rescale"])
 
 
-def _random_drop(stats: DeltaStats, p: dict[str, Any], generator: torch.Generator | None) -> Tensor:
+def _random_drop(stats: DeltaStats, p: dict[str, Any], seed: int | None) -> Sparsity:
     """DARE (Yu et al. 2024): keep each entry with probability `density`, rescale by 1/density."""
-    density, delta = p["density"], stats.delta
+    density = p["density"]
     if density >= 1:
-        return delta
-    keep = torch.rand(delta.shape, generator=generator, device=delta.device, dtype=delta.dtype) < density
-    kept = delta * keep
-    return kept / density if p["rescale"] and density > 0 else kept
+        return KEEP_ALL
+    assert seed is not None
+    scale = 1.0 / density if p["rescale"] and density > 0 else 1.0
+    return Sparsity(kernels.RANDOM, {"density": density, "scale": scale}, stats.uniform(seed))
 
 
-def _magnitude_prune(stats: DeltaStats, p: dict[str, Any], generator: torch.Generator | None) -> Tensor:
+def _magnitude_prune(stats: DeltaStats, p: dict[str, Any], seed: int | None) -> Sparsity:
     """DELLA MAGPRUNE (Deep et al. 2024): keep probability rises linearly with the entry's magnitude
     rank in its row, from density - epsilon to density + epsilon; survivors rescaled by 1/p."""
-    density, epsilon, delta = p["density"], p["epsilon"], stats.delta
+    density, epsilon = p["density"], p["epsilon"]
     if density >= 1:
-        return delta
+        return KEEP_ALL
     if density - epsilon <= 0 or density + epsilon > 1:
         raise ConfigError(
             f"della needs 0 < density - epsilon and density + epsilon <= 1, got density={density}, "
             f"epsilon={epsilon}; lower epsilon"
         )
-    probability = (density - epsilon) + 2 * epsilon * stats.row_rank
-    keep = torch.rand(delta.shape, generator=generator, device=delta.device, dtype=delta.dtype) < probability
-    kept = delta * keep
-    return kept / probability if p["rescale"] else kept
+    assert seed is not None
+    kind = kernels.RANKED_RESCALED if p["rescale"] else kernels.RANKED
+    return Sparsity(kind, {"density": density, "epsilon": epsilon}, stats.uniform(seed), stats.row_rank)
 
 
-Sparsifier = Callable[[DeltaStats, dict[str, Any], torch.Generator | None], Tensor]
+Sparsifier = Callable[[DeltaStats, dict[str, Any], int | None], Sparsity]
 
 
 def _task_arithmetic(sparsify: Sparsifier | None, sign_consensus: bool) -> Callable[[TensorInputs], Tensor]:
     """Task arithmetic (Ilharco et al. 2023) with optional sparsification and TIES sign election:
     base + lambda * sum_i w_i m_i d_i / divisor, with m_i the sign-agreement mask (all ones without
-    consensus) and divisor = sum_i w_i m_i when normalizing. Fused in-place ops keep the passes
-    over memory few."""
+    consensus) and divisor = sum_i w_i m_i when normalizing; one fused kernel (kernels.py)."""
 
     def merge(inputs: TensorInputs) -> Tensor:
         assert inputs.base is not None  # guaranteed by needs_base
-        lam = float(inputs.global_params["lambda"])
         normalize = inputs.global_params["normalize"]
         weights = [float(p["weight"]) for p in inputs.model_params]
-        deltas = [
-            sparsify(stats, inputs.global_params | params, inputs.generator) if sparsify else stats.delta
-            for stats, params in zip(inputs.stats, inputs.model_params, strict=True)
+        seeds = inputs.seeds or [None] * len(weights)
+        kept = [
+            sparsify(stats, inputs.global_params | params, seed) if sparsify else KEEP_ALL
+            for stats, params, seed in zip(inputs.stats, inputs.model_params, seeds, strict=True)
         ]
-        out = inputs.output()
-        if not sign_consensus:
+        if not sign_consensus and normalize:  # fold the normalization into the coefficients
             total = sum(weights)
-            scale = lam / (1.0 if abs(total) < 1e-8 else total) if normalize else lam
-            torch.add(inputs.base, deltas[0], alpha=weights[0] * scale, out=out)
-            for weight, delta in zip(weights[1:], deltas[1:], strict=True):
-                out.add_(delta, alpha=weight * scale)
-            return out
-        # TIES sign election: the majority sign of sum_i w_i d_i (zero counts as positive); an entry
-        # of model i survives where w_i d_i has that sign.
-        summed = deltas[0] * weights[0]
-        for weight, delta in zip(weights[1:], deltas[1:], strict=True):
-            summed.add_(delta, alpha=weight)
-        positive = summed >= 0
-        mixed = summed.zero_()
-        divisor = torch.zeros_like(mixed) if normalize else None
-        for weight, delta in zip(weights, deltas, strict=True):
-            if weight == 0:
-                continue
-            agree = (
-                torch.where(positive, delta > 0, delta < 0)
-                if weight > 0
-                else torch.where(positive, delta < 0, delta > 0)
-            )
-            mixed.addcmul_(delta, agree, value=weight)
-            if divisor is not None:
-                divisor.add_(agree, alpha=weight)
-        if divisor is not None:
-            divisor.masked_fill_(divisor == 0, 1.0)
-            mixed.div_(divisor)
-        torch.add(inputs.base, mixed, alpha=lam, out=out)
-        return out
+            weights = [w / (1.0 if abs(total) < 1e-8 else total) for w in weights]
+        return kernels.task_vector_merge(
+            inputs.output(),
+            inputs.base,
+            [stats.delta for stats in inputs.stats],
+            [k.kind for k in kept],
+            [kernels.parameter_row(w, **k.values) for w, k in zip(weights, kept, strict=True)],
+            lam=float(inputs.global_params["lambda"]),
+            consensus=sign_consensus,
+            normalize=normalize,
+            uniforms=[k.uniform for k in kept],
+            ranks=[k.rank for k in kept],
+        )
 
     return merge
 
@@ -292,11 +303,7 @@ def _linear(inputs: TensorInputs) -> Tensor:
                 f"change the weights or set normalize: false"
             )
         scale = 1.0 / total
-    out = inputs.output()
-    torch.mul(inputs.tensors[0], weights[0] * scale, out=out)
-    for weight, tensor in zip(weights[1:], inputs.tensors[1:], strict=True):
-        out.add_(tensor, alpha=weight * scale)
-    return out
+    return kernels.weighted_sum(inputs.output(), inputs.tensors, [w * scale for w in weights])
 
 
 def _slerp(inputs: TensorInputs, dot_threshold: float = 0.9995, eps: float = 1e-8) -> Tensor:
@@ -314,9 +321,7 @@ def _slerp(inputs: TensorInputs, dot_threshold: float = 0.9995, eps: float = 1e-
     else:
         theta = math.acos(dot)
         c0, c1 = math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
-    out = inputs.output()
-    torch.mul(v0, c0, out=out)
-    return out.add_(v1, alpha=c1)
+    return kernels.weighted_sum(inputs.output(), [v0, v1], [c0, c1])
 
 
 # --- the registry ---------------------------------------------------------------------------

@@ -13,8 +13,6 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from evomerge.errors import ConfigError
 from evomerge.merge.methods import METHODS, DeltaStats, MergeMethod, TensorInputs
 from evomerge.recipe import MergeRecipe, SliceSource
@@ -40,20 +38,23 @@ class MergePlan:
     num_layers: int
     seed: int
 
-    def generator(self, job: TensorJob, device: torch.device | str) -> torch.Generator | None:
-        """A generator seeded from the recipe seed and the tensor name: streamed and in-memory merges
-        draw the same numbers for the same tensor whatever the order they run in."""
+    def seeds(self, job: TensorJob) -> list[int] | None:
+        """Per merged model, a seed from the recipe seed, the tensor name and the model's position:
+        streamed and in-memory merges draw the same numbers for the same tensor whatever the order
+        they run in, and a model's draws do not depend on the other models' parameters (so a
+        resident parent keeps its draws across candidates)."""
         if not self.method.random:
             return None
-        key = (self.seed * 1_000_003 + zlib.crc32(job.name.encode())) % (2**63)
-        return torch.Generator(device=device).manual_seed(key)
+        return [
+            (self.seed * 1_000_003 + zlib.crc32(f"{job.name}/{position}".encode())) % (2**63)
+            for position in range(len(job.sources))
+        ]
 
     def inputs(
         self,
         job: TensorJob,
         tensor: Any,
         stats: Any,
-        device: torch.device | str,
     ) -> TensorInputs:
         """Assemble a method's inputs; `tensor(model, name)` fetches a tensor, `stats(model, name, base)`
         gives its DeltaStats (fresh when streaming, cached when resident)."""
@@ -71,7 +72,7 @@ class MergePlan:
             model_params=list(job.model_params),
             global_params=job.global_params,
             stats=delta_stats,
-            generator=self.generator(job, device),
+            seeds=self.seeds(job),
         )
 
 

@@ -27,7 +27,7 @@ def run(method: str, base, tensors, model_params, seed: int | None = None, **glo
         model_params=[model_defaults | p for p in model_params],
         global_params=defaults | global_params,
         stats=[DeltaStats(t, base) for t in tensors] if base is not None else [],
-        generator=torch.Generator().manual_seed(seed) if seed is not None else None,
+        seeds=[seed + i for i in range(len(tensors))] if seed is not None else None,
     )
     return METHODS.get(method).merge(inputs)
 
