@@ -133,3 +133,16 @@ def test_slerp_endpoints_and_arc() -> None:
     torch.testing.assert_close(half, torch.tensor([math.sqrt(0.5), math.sqrt(0.5)]))  # stays on the circle
     parallel = run("slerp", v0, [2 * v0], [{}], t=0.25)
     torch.testing.assert_close(parallel, 1.25 * v0)  # nearly parallel: linear interpolation
+
+
+@pytest.mark.parametrize("method", ["ties", "breadcrumbs"])
+def test_magnitude_trim_rescale_keeps_the_l1_norm(method: str) -> None:
+    base = torch.zeros(1000)
+    delta = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    params = [{"weight": 1.0, "density": 0.3, "gamma": 0.01}]
+    kept = run(method, base, [delta], params, rescale=False)
+    scaled = run(method, base, [delta], params, rescale=True)
+    assert 0.25 < (kept != 0).float().mean().item() <= 0.31
+    assert torch.equal(scaled != 0, kept != 0)
+    torch.testing.assert_close(scaled.abs().sum(), delta.abs().sum())
+    torch.testing.assert_close(scaled, kept * (delta.abs().sum() / kept.abs().sum()))
