@@ -53,6 +53,13 @@ def _last_logits_only(model: torch.nn.Module) -> dict[str, int]:
     return {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
 
 
+def _with_cache(model: torch.nn.Module, cache: Any) -> dict[str, Any]:
+    """The KV cache argument under the name the model's forward takes (`cache` in newer
+    transformers, where `past_key_values` is deprecated)."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache}
+
+
 def _target_logp(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[target] per position, in float32, without materializing the full
     log-softmax over the vocabulary."""
@@ -185,7 +192,7 @@ class Scorer:
         cont_positions = prompt_len[:, None] + torch.arange(cont_ids.shape[1], device=device)[None, :]
         mask = torch.cat([prompt_mask[owner], cont_mask], dim=1)
         cont = model(
-            input_ids=cont_ids, attention_mask=mask, position_ids=cont_positions, past_key_values=cache
+            input_ids=cont_ids, attention_mask=mask, position_ids=cont_positions, **_with_cache(model, cache)
         )
         # Token t of a choice is predicted by the prompt's last position (t = 0) or choice token t - 1.
         token_logp = torch.cat(
