@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,31 +32,65 @@ RANDOM = "random"  # keep where uniform < DENSITY (DARE), times SCALE
 RANKED = "ranked"  # keep where uniform < p(rank) (DELLA), kept entries not rescaled
 RANKED_RESCALED = "ranked_rescaled"  # the same, kept entries divided by p(rank)
 
-# Columns of the per-model parameter matrix (one row per merged model).
-WEIGHT, LO, HI, DENSITY, EPSILON, SCALE = range(6)
-N_COLUMNS = 6
+# Columns of the per-model parameter matrix (one row per merged model, per layer when stacked).
+WEIGHT, LO, HI, DENSITY, EPSILON, SCALE, LAMBDA = range(7)
+N_COLUMNS = 7
 
 
 def parameter_row(weight: float, **values: float) -> list[float]:
     """One model's row of the parameter matrix; unnamed columns keep-everything defaults."""
-    row = [weight, 0.0, float("inf"), 1.0, 0.0, 1.0]
+    row = [weight, 0.0, float("inf"), 1.0, 0.0, 1.0, 1.0]
+    columns = {"lo": LO, "hi": HI, "density": DENSITY, "epsilon": EPSILON, "scale": SCALE, "lam": LAMBDA}
     for name, value in values.items():
-        row[{"lo": LO, "hi": HI, "density": DENSITY, "epsilon": EPSILON, "scale": SCALE}[name]] = value
+        row[columns[name]] = value
     return row
 
 
-def _sparsified(delta: Tensor, kind: str, row: Tensor, uniform: Tensor | None, rank: Tensor | None) -> Tensor:
+@dataclass
+class KernelCall:
+    """One output tensor's merge, as the fused kernels take it.
+
+    `weighted_sum` (base None): out = sum_i rows[i][WEIGHT] * operands[i]. Otherwise out = base +
+    merged task vectors (`operands` are the task vectors; see `_task_vector_kernel`).
+    """
+
+    operands: list[Tensor]
+    rows: list[list[float]]  # per operand, parameter_row(...)
+    base: Tensor | None = None
+    kinds: tuple[str, ...] = ()
+    consensus: bool = False
+    normalize: bool = False
+    uniforms: list[Tensor | None] = field(default_factory=list)
+    ranks: list[Tensor | None] = field(default_factory=list)
+
+    def structure(self) -> tuple[Any, ...]:
+        """What must match for calls to share one stacked kernel run."""
+        extras = tuple((u is not None, r is not None) for u, r in zip(self.uniforms, self.ranks, strict=True))
+        return (self.base is None, len(self.operands), self.kinds, self.consensus, self.normalize, extras)
+
+
+def _column(rows: Tensor, model: int, column: int) -> Tensor:
+    """[layers, 1]: one model's parameter per stacked layer, broadcast along the layer's entries."""
+    return rows[:, model, column].unsqueeze(-1)
+
+
+def _sparsified(
+    delta: Tensor, kind: str, rows: Tensor, model: int, uniform: Tensor | None, rank: Tensor | None
+) -> Tensor:
     if kind == KEEP_ALL:
         return delta
-    if kind == BAND:
+    if kind == BAND:  # written as "not outside the band" so a NaN entry stays NaN (a broken model shows)
         magnitude = delta.abs()
-        return delta * ((magnitude >= row[LO]) & (magnitude <= row[HI])) * row[SCALE]
+        outside = (magnitude < _column(rows, model, LO)) | (magnitude > _column(rows, model, HI))
+        return delta * ~outside * _column(rows, model, SCALE)
     assert uniform is not None
+    uniform = uniform.to(delta.dtype)  # compare in the merge dtype, eager and compiled alike
     if kind == RANDOM:
-        return delta * (uniform < row[DENSITY]) * row[SCALE]
+        return delta * (uniform < _column(rows, model, DENSITY)) * _column(rows, model, SCALE)
     # DELLA (Deep et al. 2024): keep probability rises linearly with the magnitude rank in the row.
     assert rank is not None
-    probability = (row[DENSITY] - row[EPSILON]) + 2 * row[EPSILON] * rank
+    epsilon = _column(rows, model, EPSILON)
+    probability = (_column(rows, model, DENSITY) - epsilon) + 2 * epsilon * rank
     kept = delta * (uniform < probability)
     return kept / probability if kind == RANKED_RESCALED else kept
 
@@ -68,19 +103,19 @@ def _task_vector_kernel(
     rows: Tensor,
     uniforms: list[Tensor | None],
     ranks: list[Tensor | None],
-    lam: Tensor,
     consensus: bool,
     normalize: bool,
 ) -> None:
-    """out = base + lam * merged task vectors. Without consensus the WEIGHT column holds each
-    model's coefficient (normalization already folded in); with it, TIES sign election (Yadav et
-    al. 2023): the majority sign of sum_i w_i s_i (zero counts as positive), entries of w_i s_i
-    with that sign kept, divided by the summed weights of the kept entries when normalizing."""
-    sparse = [
-        _sparsified(delta, kind, rows[i], uniforms[i], ranks[i])
+    """out = base + lam * merged task vectors, all tensors [layers, entries], rows [layers, models,
+    N_COLUMNS]. Without consensus the WEIGHT column holds each model's coefficient (normalization
+    already folded in); with it, TIES sign election (Yadav et al. 2023): the majority sign of
+    sum_i w_i s_i (zero counts as positive), entries of w_i s_i with that sign kept, divided by the
+    summed weights of the kept entries when normalizing."""
+    weighted = [
+        _sparsified(delta, kind, rows, i, uniforms[i], ranks[i]) * _column(rows, i, WEIGHT)
         for i, (delta, kind) in enumerate(zip(deltas, kinds, strict=True))
     ]
-    weighted = [s * rows[i, WEIGHT] for i, s in enumerate(sparse)]
+    lam = _column(rows, 0, LAMBDA)
     if not consensus:
         out.copy_(base + _total(weighted) * lam)
         return
@@ -88,7 +123,7 @@ def _task_vector_kernel(
     agree = [torch.where(positive, w > 0, w < 0) for w in weighted]
     mixed = _total([torch.where(a, w, 0.0) for a, w in zip(agree, weighted, strict=True)])
     if normalize:
-        divisor = _total([torch.where(a, rows[i, WEIGHT], 0.0) for i, a in enumerate(agree)])
+        divisor = _total([torch.where(a, _column(rows, i, WEIGHT), 0.0) for i, a in enumerate(agree)])
         mixed = mixed / torch.where(divisor == 0, 1.0, divisor)
     out.copy_(base + mixed * lam)
 
@@ -97,8 +132,8 @@ def _total(terms: list[Tensor]) -> Tensor:
     return sum(terms[1:], terms[0])
 
 
-def _weighted_sum_kernel(out: Tensor, tensors: list[Tensor], coefficients: Tensor) -> None:
-    out.copy_(_total([t * coefficients[i] for i, t in enumerate(tensors)]))
+def _weighted_sum_kernel(out: Tensor, tensors: list[Tensor], rows: Tensor) -> None:
+    out.copy_(_total([t * _column(rows, i, WEIGHT) for i, t in enumerate(tensors)]))
 
 
 class _Kernel:
@@ -115,6 +150,9 @@ class _Kernel:
             self.fn(*args)
             return
         if self._compiled is None:
+            # One compiled variant per structure (models, sparsifier, consensus, normalize, dtypes):
+            # more than dynamo's default 8 in a process that runs many methods.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
             self._compiled = torch.compile(self.fn, dynamic=True)
         try:
             self._compiled(*args)
@@ -133,53 +171,38 @@ _task_vector = _Kernel(_task_vector_kernel)
 _weighted_sum = _Kernel(_weighted_sum_kernel)
 
 
-def _flat(tensor: Tensor | None) -> Tensor | None:
-    return None if tensor is None else tensor.reshape(-1)
+def _launch(
+    out: Tensor, call: KernelCall, rows: Tensor, layers: int, pick: Callable[[Tensor], Tensor]
+) -> None:
+    """Run `call`'s kernel over `layers` stacked rows; `pick` maps a call tensor to the [layers, n]
+    view the kernel reads."""
+
+    def flat(tensor: Tensor | None) -> Tensor | None:
+        return None if tensor is None else pick(tensor).reshape(layers, -1)
+
+    operands = [flat(t) for t in call.operands]
+    if call.base is None:
+        _weighted_sum(out, operands, rows)
+        return
+    _task_vector(
+        out, flat(call.base), operands, call.kinds, rows, [flat(u) for u in call.uniforms],
+        [flat(r) for r in call.ranks], call.consensus, call.normalize,
+    )  # fmt: skip
 
 
-def _run_into(out: Tensor, run: Callable[[Tensor], None]) -> Tensor:
-    """Run a kernel writing into `out` through a flat view (a temporary for non-contiguous outputs)."""
-    if out.is_contiguous():
-        run(out.view(-1))
-        return out
-    flat = torch.empty(out.numel(), dtype=out.dtype, device=out.device)
-    run(flat)
-    return out.copy_(flat.view(out.shape))
+def run(out: Tensor, call: KernelCall) -> Tensor:
+    """Write one tensor's merge into `out` (through a temporary when `out` is not contiguous)."""
+    reference = call.base if call.base is not None else call.operands[0]
+    rows = torch.tensor([call.rows], dtype=reference.dtype, device=reference.device)
+    target = out if out.is_contiguous() else torch.empty(out.shape, dtype=out.dtype, device=out.device)
+    _launch(target.view(1, -1), call, rows, 1, lambda t: t)
+    return out if target is out else out.copy_(target)
 
 
-def task_vector_merge(
-    out: Tensor,
-    base: Tensor,
-    deltas: Sequence[Tensor],
-    kinds: Sequence[str],
-    rows: Sequence[Sequence[float]],
-    *,
-    lam: float,
-    consensus: bool,
-    normalize: bool,
-    uniforms: Sequence[Tensor | None] | None = None,
-    ranks: Sequence[Tensor | None] | None = None,
-) -> Tensor:
-    """Write base + lam * (merged task vectors) into `out` (see `_task_vector_kernel`)."""
-    n = len(deltas)
-    table = torch.tensor(rows, dtype=base.dtype, device=base.device).reshape(n, N_COLUMNS)
-    scale = torch.tensor(lam, dtype=base.dtype, device=base.device)
-    flat_uniforms = [_flat(u) for u in (uniforms or [None] * n)]
-    flat_ranks = [_flat(r) for r in (ranks or [None] * n)]
-    flat_deltas = [d.reshape(-1) for d in deltas]
-
-    def run(target: Tensor) -> None:
-        _task_vector(
-            target, base.reshape(-1), flat_deltas, tuple(kinds), table, flat_uniforms, flat_ranks, scale,
-            consensus, normalize,
-        )  # fmt: skip
-
-    return _run_into(out, run)
-
-
-def weighted_sum(out: Tensor, tensors: Sequence[Tensor], coefficients: Sequence[float]) -> Tensor:
-    """Write sum_i coefficients[i] * tensors[i] into `out`."""
-    reference = tensors[0]
-    table = torch.tensor(list(coefficients), dtype=reference.dtype, device=reference.device)
-    flat = [t.reshape(-1) for t in tensors]
-    return _run_into(out, lambda target: _weighted_sum(target, flat, table))
+def run_stacked(out: Tensor, calls: Sequence[KernelCall], stack_of: Callable[[Tensor], Tensor]) -> None:
+    """Write the merges of same-shaped tensors that live as consecutive slices of stacked buffers
+    (layer i of every input at index i of its stack, `stack_of(view)` gives the stack) into the
+    stacked output `out`, in one kernel run: one dispatch instead of one per layer."""
+    reference = calls[0].base if calls[0].base is not None else calls[0].operands[0]
+    rows = torch.tensor([c.rows for c in calls], dtype=reference.dtype, device=reference.device)
+    _launch(out.view(len(calls), -1), calls[0], rows, len(calls), stack_of)

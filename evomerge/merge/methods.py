@@ -142,7 +142,7 @@ class MergeMethod:
     params: tuple[ParamSpec, ...]
     needs_base: bool
     random: bool
-    fn: Callable[[TensorInputs], Tensor]
+    fn: Callable[[TensorInputs], kernels.KernelCall]  # what to compute; kernels.py computes it
     n_models: int | None = None  # exact number of merged models (besides the base), if fixed
 
     def param(self, name: str) -> ParamSpec:
@@ -151,8 +151,12 @@ class MergeMethod:
                 return spec
         raise ConfigError(f"merge method {self.name!r} has no parameter {name!r}")
 
-    def merge(self, inputs: TensorInputs) -> Tensor:
+    def call(self, inputs: TensorInputs) -> kernels.KernelCall:
+        """The fused-kernel call that merges this tensor (run alone, or stacked with its layer peers)."""
         return self.fn(inputs)
+
+    def merge(self, inputs: TensorInputs) -> Tensor:
+        return kernels.run(inputs.output(), self.fn(inputs))
 
 
 METHODS: Registry[MergeMethod] = Registry("merge method")
@@ -188,8 +192,11 @@ class Sparsity:
     rank: Tensor | None = None
 
 
+# density >= 1 keeps every entry, expressed in the method's own kind (the neutral parameters keep
+# each entry exactly), so one recipe never mixes kernel structures (each would compile anew).
 KEEP_ALL = Sparsity(kernels.KEEP_ALL)
-KEEP_NONE = Sparsity(kernels.BAND, {"lo": math.inf})
+FULL_BAND = Sparsity(kernels.BAND)
+EMPTY_BAND = Sparsity(kernels.BAND, {"lo": math.inf})
 
 
 def _band(stats: DeltaStats, low: float, high: float, rescale: bool) -> Sparsity:
@@ -205,10 +212,10 @@ def _magnitude(stats: DeltaStats, p: dict[str, Any], _: int | None) -> Sparsity:
     """TIES trim: keep the top `density` fraction of entries by magnitude."""
     density, n = p["density"], stats.delta.numel()
     if density >= 1:
-        return KEEP_ALL
+        return FULL_BAND
     k = int(density * n)
     if k == 0:
-        return KEEP_NONE
+        return EMPTY_BAND
     return _band(stats, float(stats.sorted_abs[n - k]), math.inf, p["rescale"])
 
 
@@ -217,23 +224,21 @@ def _magnitude_outliers(stats: DeltaStats, p: dict[str, Any], _: int | None) -> 
     smallest entries so that a `density` fraction remains."""
     density, n = p["density"], stats.delta.numel()
     if density >= 1:
-        return KEEP_ALL
+        return FULL_BAND
     n_top = int(p["gamma"] * n)
     n_bottom = n - int(density * n) - n_top
     if n_bottom < 0:  # gamma larger than what density leaves: cut less from the top
         n_top += n_bottom
         n_bottom = 0
     if n - n_top <= n_bottom:
-        return KEEP_NONE
+        return EMPTY_BAND
     low, high = float(stats.sorted_abs[n_bottom]), float(stats.sorted_abs[n - n_top - 1])
     return _band(stats, low, high, p["rescale"])
 
 
 def _random_drop(stats: DeltaStats, p: dict[str, Any], seed: int | None) -> Sparsity:
     """DARE (Yu et al. 2024): keep each entry with probability `density`, rescale by 1/density."""
-    density = p["density"]
-    if density >= 1:
-        return KEEP_ALL
+    density = min(p["density"], 1.0)  # 1: every draw in [0, 1) is kept, times 1
     assert seed is not None
     scale = 1.0 / density if p["rescale"] and density > 0 else 1.0
     return Sparsity(kernels.RANDOM, {"density": density, "scale": scale}, stats.uniform(seed))
@@ -243,9 +248,9 @@ def _magnitude_prune(stats: DeltaStats, p: dict[str, Any], seed: int | None) -> 
     """DELLA MAGPRUNE (Deep et al. 2024): keep probability rises linearly with the entry's magnitude
     rank in its row, from density - epsilon to density + epsilon; survivors rescaled by 1/p."""
     density, epsilon = p["density"], p["epsilon"]
-    if density >= 1:
-        return KEEP_ALL
-    if density - epsilon <= 0 or density + epsilon > 1:
+    if density >= 1:  # keep probability 1 everywhere: every entry kept, divided by 1
+        density, epsilon = 1.0, 0.0
+    elif density - epsilon <= 0 or density + epsilon > 1:
         raise ConfigError(
             f"della needs 0 < density - epsilon and density + epsilon <= 1, got density={density}, "
             f"epsilon={epsilon}; lower epsilon"
@@ -258,12 +263,14 @@ def _magnitude_prune(stats: DeltaStats, p: dict[str, Any], seed: int | None) -> 
 Sparsifier = Callable[[DeltaStats, dict[str, Any], int | None], Sparsity]
 
 
-def _task_arithmetic(sparsify: Sparsifier | None, sign_consensus: bool) -> Callable[[TensorInputs], Tensor]:
+def _task_arithmetic(
+    sparsify: Sparsifier | None, sign_consensus: bool
+) -> Callable[[TensorInputs], kernels.KernelCall]:
     """Task arithmetic (Ilharco et al. 2023) with optional sparsification and TIES sign election:
     base + lambda * sum_i w_i m_i d_i / divisor, with m_i the sign-agreement mask (all ones without
     consensus) and divisor = sum_i w_i m_i when normalizing; one fused kernel (kernels.py)."""
 
-    def merge(inputs: TensorInputs) -> Tensor:
+    def merge(inputs: TensorInputs) -> kernels.KernelCall:
         assert inputs.base is not None  # guaranteed by needs_base
         normalize = inputs.global_params["normalize"]
         weights = [float(p["weight"]) for p in inputs.model_params]
@@ -275,13 +282,12 @@ def _task_arithmetic(sparsify: Sparsifier | None, sign_consensus: bool) -> Calla
         if not sign_consensus and normalize:  # fold the normalization into the coefficients
             total = sum(weights)
             weights = [w / (1.0 if abs(total) < 1e-8 else total) for w in weights]
-        return kernels.task_vector_merge(
-            inputs.output(),
-            inputs.base,
-            [stats.delta for stats in inputs.stats],
-            [k.kind for k in kept],
-            [kernels.parameter_row(w, **k.values) for w, k in zip(weights, kept, strict=True)],
-            lam=float(inputs.global_params["lambda"]),
+        lam = float(inputs.global_params["lambda"])
+        return kernels.KernelCall(
+            operands=[stats.delta for stats in inputs.stats],
+            rows=[kernels.parameter_row(w, lam=lam, **k.values) for w, k in zip(weights, kept, strict=True)],
+            base=inputs.base,
+            kinds=tuple(k.kind for k in kept),
             consensus=sign_consensus,
             normalize=normalize,
             uniforms=[k.uniform for k in kept],
@@ -291,7 +297,7 @@ def _task_arithmetic(sparsify: Sparsifier | None, sign_consensus: bool) -> Calla
     return merge
 
 
-def _linear(inputs: TensorInputs) -> Tensor:
+def _linear(inputs: TensorInputs) -> kernels.KernelCall:
     """Weighted average of the models' weights (Wortsman et al. 2022, model soups)."""
     weights = [float(p["weight"]) for p in inputs.model_params]
     scale = 1.0
@@ -303,10 +309,14 @@ def _linear(inputs: TensorInputs) -> Tensor:
                 f"change the weights or set normalize: false"
             )
         scale = 1.0 / total
-    return kernels.weighted_sum(inputs.output(), inputs.tensors, [w * scale for w in weights])
+    return _weighted(inputs.tensors, [w * scale for w in weights])
 
 
-def _slerp(inputs: TensorInputs, dot_threshold: float = 0.9995, eps: float = 1e-8) -> Tensor:
+def _weighted(tensors: list[Tensor], coefficients: list[float]) -> kernels.KernelCall:
+    return kernels.KernelCall(operands=tensors, rows=[kernels.parameter_row(c) for c in coefficients])
+
+
+def _slerp(inputs: TensorInputs, dot_threshold: float = 0.9995, eps: float = 1e-8) -> kernels.KernelCall:
     """Spherical interpolation from the base (t=0) to the other model (t=1) (Shoemake 1985);
     falls back to linear interpolation for nearly parallel tensors."""
     assert inputs.base is not None
@@ -321,7 +331,7 @@ def _slerp(inputs: TensorInputs, dot_threshold: float = 0.9995, eps: float = 1e-
     else:
         theta = math.acos(dot)
         c0, c1 = math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
-    return kernels.weighted_sum(inputs.output(), [v0, v1], [c0, c1])
+    return _weighted([v0, v1], [c0, c1])
 
 
 # --- the registry ---------------------------------------------------------------------------
