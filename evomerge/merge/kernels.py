@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,7 @@ RANDOM = "random"  # keep where uniform < DENSITY (DARE), times SCALE
 RANKED = "ranked"  # keep where uniform < p(rank) (DELLA), kept entries not rescaled
 RANKED_RESCALED = "ranked_rescaled"  # the same, kept entries divided by p(rank)
 
-# Columns of the per-model parameter matrix (one row per merged model, per layer when stacked).
+# Columns of the per-model parameter matrix (one row per merged model).
 WEIGHT, LO, HI, DENSITY, EPSILON, SCALE, LAMBDA = range(7)
 N_COLUMNS = 7
 
@@ -63,15 +63,10 @@ class KernelCall:
     uniforms: list[Tensor | None] = field(default_factory=list)
     ranks: list[Tensor | None] = field(default_factory=list)
 
-    def structure(self) -> tuple[Any, ...]:
-        """What must match for calls to share one stacked kernel run."""
-        extras = tuple((u is not None, r is not None) for u, r in zip(self.uniforms, self.ranks, strict=True))
-        return (self.base is None, len(self.operands), self.kinds, self.consensus, self.normalize, extras)
-
 
 def _column(rows: Tensor, model: int, column: int) -> Tensor:
-    """[layers, 1]: one model's parameter per stacked layer, broadcast along the layer's entries."""
-    return rows[:, model, column].unsqueeze(-1)
+    """One model's parameter (a 0-d tensor: new values never recompile)."""
+    return rows[model, column]
 
 
 def _sparsified(
@@ -106,8 +101,8 @@ def _task_vector_kernel(
     consensus: bool,
     normalize: bool,
 ) -> None:
-    """out = base + lam * merged task vectors, all tensors [layers, entries], rows [layers, models,
-    N_COLUMNS]. Without consensus the WEIGHT column holds each model's coefficient (normalization
+    """out = base + lam * merged task vectors, all tensors flat, rows [models, N_COLUMNS]. Without
+    consensus the WEIGHT column holds each model's coefficient (normalization
     already folded in); with it, TIES sign election (Yadav et al. 2023): the majority sign of
     sum_i w_i s_i (zero counts as positive), entries of w_i s_i with that sign kept, divided by the
     summed weights of the kept entries when normalizing."""
@@ -171,38 +166,21 @@ _task_vector = _Kernel(_task_vector_kernel)
 _weighted_sum = _Kernel(_weighted_sum_kernel)
 
 
-def _launch(
-    out: Tensor, call: KernelCall, rows: Tensor, layers: int, pick: Callable[[Tensor], Tensor]
-) -> None:
-    """Run `call`'s kernel over `layers` stacked rows; `pick` maps a call tensor to the [layers, n]
-    view the kernel reads."""
-
-    def flat(tensor: Tensor | None) -> Tensor | None:
-        return None if tensor is None else pick(tensor).reshape(layers, -1)
-
-    operands = [flat(t) for t in call.operands]
-    if call.base is None:
-        _weighted_sum(out, operands, rows)
-        return
-    _task_vector(
-        out, flat(call.base), operands, call.kinds, rows, [flat(u) for u in call.uniforms],
-        [flat(r) for r in call.ranks], call.consensus, call.normalize,
-    )  # fmt: skip
-
-
 def run(out: Tensor, call: KernelCall) -> Tensor:
     """Write one tensor's merge into `out` (through a temporary when `out` is not contiguous)."""
     reference = call.base if call.base is not None else call.operands[0]
-    rows = torch.tensor([call.rows], dtype=reference.dtype, device=reference.device)
+    rows = torch.tensor(call.rows, dtype=reference.dtype, device=reference.device)
     target = out if out.is_contiguous() else torch.empty(out.shape, dtype=out.dtype, device=out.device)
-    _launch(target.view(1, -1), call, rows, 1, lambda t: t)
+
+    def flat(tensor: Tensor | None) -> Tensor | None:
+        return None if tensor is None else tensor.reshape(-1)
+
+    operands = [flat(t) for t in call.operands]
+    if call.base is None:
+        _weighted_sum(target.view(-1), operands, rows)
+    else:
+        _task_vector(
+            target.view(-1), flat(call.base), operands, call.kinds, rows, [flat(u) for u in call.uniforms],
+            [flat(r) for r in call.ranks], call.consensus, call.normalize,
+        )  # fmt: skip
     return out if target is out else out.copy_(target)
-
-
-def run_stacked(out: Tensor, calls: Sequence[KernelCall], stack_of: Callable[[Tensor], Tensor]) -> None:
-    """Write the merges of same-shaped tensors that live as consecutive slices of stacked buffers
-    (layer i of every input at index i of its stack, `stack_of(view)` gives the stack) into the
-    stacked output `out`, in one kernel run: one dispatch instead of one per layer."""
-    reference = calls[0].base if calls[0].base is not None else calls[0].operands[0]
-    rows = torch.tensor([c.rows for c in calls], dtype=reference.dtype, device=reference.device)
-    _launch(out.view(len(calls), -1), calls[0], rows, len(calls), stack_of)
