@@ -74,3 +74,13 @@ def make_family(
                 p.copy_(b + noise * torch.randn(b.shape, generator=generator))
         parent_dirs.append(save_model(parent, root / f"parent_{k}", max_shard_size))
     return base_dir, parent_dirs
+
+
+def load_tensors(directory: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a model directory's safetensors shards."""
+    from safetensors.torch import load_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        tensors.update(load_file(file))
+    return tensors

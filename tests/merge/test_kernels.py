@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from recipes import recipes
+from recipes import LIVE_CASES, recipes
 
 from evomerge.merge import kernels
 from evomerge.merge.live import LiveMerger
 from evomerge.recipe import MergeRecipe
 
-CASES = [name for name in recipes(Path("b"), [Path("p0"), Path("p1")]) if not name.startswith("slerp_slices")]
+CASES = LIVE_CASES
 
 
 @pytest.fixture(scope="module")

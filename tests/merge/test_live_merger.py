@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from recipes import recipes
+from recipes import LIVE_CASES, recipes
 from safetensors.torch import load_file
+from tiny import load_tensors
 
 from evomerge.errors import ConfigError
 from evomerge.merge.io import merge_to_directory
@@ -15,14 +16,7 @@ from evomerge.merge.live import LiveMerger
 from evomerge.merge.methods import METHODS
 from evomerge.recipe import MergeRecipe
 
-CASES = [name for name in recipes(Path("b"), [Path("p0"), Path("p1")]) if not name.startswith("slerp_slices")]
-
-
-def _disk_tensors(directory: Path) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {}
-    for file in sorted(directory.glob("*.safetensors")):
-        tensors.update(load_file(file))
-    return tensors
+CASES = LIVE_CASES
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +35,7 @@ def test_live_equals_disk(case: str, live: LiveMerger, tiny_family, tmp_path: Pa
     base, parents = tiny_family
     recipe = MergeRecipe.from_dict(recipes(base, parents)[case])
     merge_to_directory(recipe, tmp_path / "out", progress=False)
-    disk = _disk_tensors(tmp_path / "out")
+    disk = load_tensors(tmp_path / "out")
     live.apply(MergeRecipe.from_dict(recipes(base, parents)["linear"]))  # a different candidate first
     live.apply(recipe)
     state = live.state_dict()

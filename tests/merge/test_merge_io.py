@@ -10,7 +10,7 @@ import pytest
 import torch
 from recipes import recipes
 from safetensors.torch import load_file, save_file
-from tiny import make_family, save_model, tiny_config
+from tiny import load_tensors, make_family, save_model, tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 from typer.testing import CliRunner
 
@@ -19,13 +19,6 @@ from evomerge.errors import ConfigError, ModelLoadError
 from evomerge.merge import io
 from evomerge.merge.io import merge_to_directory
 from evomerge.recipe import MergeRecipe
-
-
-def _tensors(directory: Path) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for file in sorted(directory.glob("*.safetensors")):
-        out.update(load_file(file))
-    return out
 
 
 def _ta(base: Path, *parents: Path, **extra: object) -> MergeRecipe:
@@ -54,7 +47,7 @@ def test_writes_a_loadable_directory(tiny_family, tmp_path: Path) -> None:
     assert MergeRecipe.from_yaml((out / "mergekit_config.yml").read_text()) == recipe
 
 
-def test_sharded_inputs_and_outputs_give_the_same_tensors(tiny_family, tmp_path: Path) -> None:
+def test_sharded_inputs_and_outputs_give_the_sameload_tensors(tiny_family, tmp_path: Path) -> None:
     base, parents = tiny_family
     sharded_base, sharded_parents = make_family(tmp_path / "sharded", n_parents=2, max_shard_size="40KB")
     assert (sharded_base / "model.safetensors.index.json").is_file()
@@ -64,7 +57,7 @@ def test_sharded_inputs_and_outputs_give_the_same_tensors(tiny_family, tmp_path:
     )
     index = json.loads((many / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1
-    expected, got = _tensors(one), _tensors(many)
+    expected, got = load_tensors(one), load_tensors(many)
     assert expected.keys() == got.keys() == set(index["weight_map"])
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     AutoModelForCausalLM.from_pretrained(many)
@@ -76,15 +69,15 @@ def test_task_arithmetic_tensor_by_hand(tiny_family, tmp_path: Path) -> None:
     b, p0, p1 = (load_file(d / "model.safetensors") for d in (base, *parents))
     name = "model.layers.1.mlp.up_proj.weight"
     expected = b[name] + 0.5 * (p0[name] - b[name]) + 0.5 * (p1[name] - b[name])
-    torch.testing.assert_close(_tensors(out)[name], expected)
+    torch.testing.assert_close(load_tensors(out)[name], expected)
 
 
 def test_random_methods_follow_the_seed(tiny_family, tmp_path: Path) -> None:
     base, parents = tiny_family
     data = recipes(base, parents)["dare_ties"]
-    first = _tensors(merge_to_directory(MergeRecipe.from_dict(data), tmp_path / "a", progress=False))
-    again = _tensors(merge_to_directory(MergeRecipe.from_dict(data), tmp_path / "b", progress=False))
-    other = _tensors(
+    first = load_tensors(merge_to_directory(MergeRecipe.from_dict(data), tmp_path / "a", progress=False))
+    again = load_tensors(merge_to_directory(MergeRecipe.from_dict(data), tmp_path / "b", progress=False))
+    other = load_tensors(
         merge_to_directory(MergeRecipe.from_dict(data | {"seed": 12}), tmp_path / "c", progress=False)
     )
     name = "model.layers.0.self_attn.q_proj.weight"
@@ -175,7 +168,7 @@ def test_allow_pickle_loads_weights_only(odd_models, tiny_family, tmp_path: Path
         _ta(base, odd_models["pickled"]), tmp_path / "a", progress=False, allow_pickle=True
     )
     from_safetensors = merge_to_directory(_ta(base, parents[0]), tmp_path / "b", progress=False)
-    expected, got = _tensors(from_safetensors), _tensors(from_pickle)
+    expected, got = load_tensors(from_safetensors), load_tensors(from_pickle)
     assert all(torch.equal(expected[k], got[k]) for k in expected)
 
 

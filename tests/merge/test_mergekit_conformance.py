@@ -15,9 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from recipes import recipes
-from safetensors.torch import load_file
+from tiny import load_tensors
 
 from evomerge.merge.io import merge_to_directory
 from evomerge.merge.methods import METHODS
@@ -48,13 +47,6 @@ def _mergekit_python() -> Path:
     """The interpreter of the mergekit venv (from the `mergekit-yaml` script's shebang)."""
     first = MERGEKIT_BIN.read_text().splitlines()[0]
     return Path(first.removeprefix("#!").strip())
-
-
-def _tensors(directory: Path) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for file in sorted(directory.glob("*.safetensors")):
-        out.update(load_file(file))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +84,7 @@ def test_deterministic_methods_are_all_covered() -> None:
 @pytest.mark.parametrize("case", DETERMINISTIC)
 def test_same_tensors_as_mergekit(case: str, merged_by_both) -> None:
     ours_dir, theirs_dir = merged_by_both[case]
-    ours, theirs = _tensors(ours_dir), _tensors(theirs_dir)
+    ours, theirs = load_tensors(ours_dir), load_tensors(theirs_dir)
     assert set(ours) == set(theirs)
     for name, expected in theirs.items():
         scale = expected.abs().max().item()
