@@ -17,8 +17,11 @@ from evomerge.runview import RunView, TrialRecord, audit_key
 Progress = Callable[[int, int], None]  # (done, total), called after each trial
 
 
-def live_merger_for(recipes: Sequence[Any], device: str = "cpu") -> Any:
-    """One LiveMerger holding the base and every parent the recipes reference."""
+def live_merger_for(recipes: Sequence[Any], device: str = "cpu", dtype: str = "float32") -> Any:
+    """One LiveMerger holding the base and every parent the recipes reference; the live model in
+    `dtype` (the merges themselves are computed in float32)."""
+    import torch
+
     from evomerge.merge.live import LiveMerger
 
     first = recipes[0]
@@ -28,7 +31,7 @@ def live_merger_for(recipes: Sequence[Any], device: str = "cpu") -> Any:
         for path in recipe.model_paths():
             if path != base and path not in parents:
                 parents.append(path)
-    return LiveMerger(base, parents, device=device)
+    return LiveMerger(base, parents, device=device, model_dtype=getattr(torch, dtype))
 
 
 def audit_trials(
@@ -38,6 +41,7 @@ def audit_trials(
     evaluator: Any,
     progress: Progress | None = None,
     device: str = "cpu",
+    dtype: str = "float32",
 ) -> dict[int, dict[str, float]]:
     """Score each record's recipe on the full eval split and store the result in the study."""
     from evomerge.recipe import MergeRecipe
@@ -46,7 +50,7 @@ def audit_trials(
     if not records:
         return {}
     recipes = [MergeRecipe.from_yaml(r.recipe) for r in records]
-    merger = live_merger_for(recipes, device=device)
+    merger = live_merger_for(recipes, device=device, dtype=dtype)
     measured: dict[int, dict[str, float]] = {}
     for done, (record, recipe) in enumerate(zip(records, recipes, strict=True), start=1):
         merger.apply(recipe)
@@ -80,10 +84,12 @@ def full_split_evaluator(suite: Any, recipe: Any, objectives: Sequence[str], dev
     return FitnessEvaluator(suite, str(tokenizer_dir(recipe)), device=device, estimator="mean")
 
 
-def measure_model_dir(model_dir: Path, evaluator: Any, device: str = "cpu") -> dict[str, float]:
+def measure_model_dir(
+    model_dir: Path, evaluator: Any, device: str = "cpu", dtype: str = "float32"
+) -> dict[str, float]:
     """Full-split accuracy of a model saved on disk (what `export --verify` checks)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device).eval()
     return {task: float(value) for task, value in evaluator.evaluate_full(model).items()}

@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from runfixture import make_run, write_suite
 from typer.testing import CliRunner
 
-from evomerge.audit import full_split_evaluator, measure_model_dir
+from evomerge.audit import full_split_evaluator, live_merger_for, measure_model_dir
 from evomerge.cli import app
 from evomerge.errors import ConfigError
 from evomerge.merge.io import merge_to_directory
@@ -46,6 +47,19 @@ def test_audit_measures_the_trials_model(audited) -> None:
         expected = measure_model_dir(model_dir, full_split_evaluator(suite, recipe, tasks))
         assert view.trial(number).audit == pytest.approx(expected)
         assert all(0.0 <= v <= 1.0 for v in expected.values())
+
+
+def test_audit_in_bfloat16_scores_the_bfloat16_model(audited, tiny_family, tmp_path: Path) -> None:
+    _, suite, tasks, _, _ = audited
+    study = make_run(tmp_path / "run", *tiny_family, tasks, n_search=3, seed=9)
+    result = invoke("audit", tmp_path / "run", "--trials", "4", "--suite", suite, "--dtype", "bfloat16", "-q")
+    assert result.exit_code == 0, result.output
+    measured = RunView.from_study(study, tasks).trial(4).audit
+    recipe = MergeRecipe.from_yaml(RunView.from_study(study, tasks).trial(4).recipe)
+    model_dir = merge_to_directory(recipe, tmp_path / "model", progress=False)
+    evaluator = full_split_evaluator(suite, recipe, tasks)
+    assert measured == pytest.approx(measure_model_dir(model_dir, evaluator, dtype="bfloat16"))
+    assert live_merger_for([recipe], dtype="bfloat16").model.dtype == torch.bfloat16
 
 
 def test_status_and_front_show_the_audit(audited) -> None:

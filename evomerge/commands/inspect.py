@@ -31,6 +31,20 @@ STUDY_OPT = typer.Option(None, "--study", help="Study name inside --storage.")
 QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 
 
+class ScoreDtype(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+DTYPE_OPT = typer.Option(
+    ScoreDtype.float32,
+    "--dtype",
+    help="dtype of the model scored on the full split (merges are computed in float32); "
+    "match the run's workers.dtype to audit what the search scored.",
+)
+
+
 def _open(run: Path | None, storage: str | None, study: str | None) -> tuple[Any, Any]:
     """The run's store and a RunView of it (read-only)."""
     from evomerge.runview import RunView
@@ -236,6 +250,7 @@ def audit(
     trials: str | None = typer.Option(None, "--trials", help="Audit these trials, e.g. 3,7,12."),
     suite: Path | None = SUITE_OPT,
     device: str = typer.Option("cpu", "--device", help="torch device to score on."),
+    dtype: ScoreDtype = DTYPE_OPT,
     quiet: bool = QUIET_OPT,
     fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
 ) -> None:
@@ -262,7 +277,13 @@ def audit(
     with Progress(disable=not _show_progress(quiet), transient=True) as bar:
         task = bar.add_task("auditing on the full eval split", total=len(records))
         measured = audit_trials(
-            store, view, records, evaluator, lambda done, _: bar.update(task, completed=done), device=device
+            store,
+            view,
+            records,
+            evaluator,
+            lambda done, _: bar.update(task, completed=done),
+            device=device,
+            dtype=dtype.value,
         )
     summary = RunView.from_store(store).audit_summary()
     if fmt is Format.json:
@@ -327,6 +348,7 @@ def export(
     force: bool = typer.Option(False, "--force", help="Overwrite --out / --materialize if they exist."),
     suite: Path | None = SUITE_OPT,
     device: str = typer.Option("cpu", "--device", help="torch device for --verify."),
+    dtype: ScoreDtype = DTYPE_OPT,
     quiet: bool = QUIET_OPT,
     fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
 ) -> None:
@@ -370,7 +392,7 @@ def export(
         if evaluator is not None:
             from evomerge.audit import measure_model_dir
 
-            result["measured"] = measure_model_dir(model_dir, evaluator, device=device)
+            result["measured"] = measure_model_dir(model_dir, evaluator, device=device, dtype=dtype.value)
     if fmt is Format.json:
         _print_json(result)
         return
