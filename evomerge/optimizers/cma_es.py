@@ -6,9 +6,13 @@ so it is the default above `SEPARABLE_ABOVE` genes.
 
 Asynchrony: candidates are handed out one at a time from the current generation's samples. When a
 generation's samples are all out but not yet told, extra samples are drawn from the same
-distribution, so no worker waits for the slowest candidate. The generation is told to CMA as soon
-as `popsize` of its candidates have results (completion order); results that arrive after their
-generation was told are stale and are not told (they still count in the run's Pareto front).
+distribution, so no worker waits for the slowest candidate. A generation is told to CMA as soon
+as `popsize` results have arrived (completion order). A result that arrives after its own generation
+was told ("late") is told with the current generation instead, in place of one of its samples, as
+an injected solution: pycma repairs its Mahalanobis length before the update (`check_points`; Hansen,
+"Injecting external solutions into CMA-ES", arXiv:1110.4181, 2011), so an old sample far from the
+new mean cannot derail the step size. Every completed evaluation is told exactly once; a late
+*failure* carries no information about the new distribution and is only counted (`late_failed`).
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ class CMAOptimizer(Optimizer):
             "seed": seed % (2**31 - 2) + 1,  # pycma takes seed 0 to mean "from the clock"
             "verbose": -9,
             "CMA_diagonal": self.separable,
+            # No selective mirrors (pycma's default below popsize 6): they are injected into the
+            # next generation and assume it is told whole, which asynchronous telling breaks.
+            "CMA_mirrors": 0,
         }
         if popsize is not None:
             options["popsize"] = popsize
@@ -62,8 +69,10 @@ class CMAOptimizer(Optimizer):
         self._generation = 0
         self._queue: list[np.ndarray] = []  # samples of the current generation not yet handed out
         self._born: dict[int, tuple[int, np.ndarray]] = {}  # id -> (generation, sample as CMA drew it)
-        self._results: list[tuple[np.ndarray, list[float] | None]] = []
-        self.stale = 0
+        # results for the next tell: (sample, values or None, late: from an older generation)
+        self._results: list[tuple[np.ndarray, list[float] | None, bool]] = []
+        self.late = 0  # late results told with a later generation
+        self.late_failed = 0  # late failures, not told
 
     @property
     def popsize(self) -> int:
@@ -80,15 +89,20 @@ class CMAOptimizer(Optimizer):
         generation, sample = self._born.pop(candidate.id)
         if values is not None:
             self.scalarizer.observe(values)
-        if generation != self._generation:
-            self.stale += 1
+        late = generation != self._generation
+        if late and values is None:
+            self.late_failed += 1
             return
-        self._results.append((sample, values))
+        self.late += late
+        self._results.append((sample, values, late))
         if len(self._results) >= self.popsize:
             # Real results first, so a failure's penalty ranks below every result seen so far.
-            real = {i: self.scalarizer.loss(v) for i, (_, v) in enumerate(self._results) if v is not None}
+            real = {i: self.scalarizer.loss(v) for i, (_, v, _) in enumerate(self._results) if v is not None}
             losses = [real[i] if i in real else self.scalarizer.loss(None) for i in range(len(self._results))]
-            self.es.tell([x for x, _ in self._results], losses)
+            injected = [i for i, (_, _, was_late) in enumerate(self._results) if was_late]
+            self.es.tell([x for x, _, _ in self._results], losses, check_points=injected or None)
             self._generation += 1
             self._results = []
-            self._queue = []  # samples drawn from the old distribution are not handed out any more
+            # Samples of the old distribution are not handed out any more; the new generation is
+            # drawn at once (pycma wants an ask between two tells, and late results may fill it).
+            self._queue = [np.asarray(x, dtype=float) for x in self.es.ask()]
