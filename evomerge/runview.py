@@ -47,6 +47,9 @@ class TrialRecord:
     timings: dict[str, float] = field(default_factory=dict)
     estimator: str | None = None
     n_items: int | None = None
+    # the point of the search space, or None for a recipe that is none (the parents; a baseline
+    # of another method than the space's; runs before 2026-11-24 stored [] for those)
+    genome: tuple[float, ...] | None = None
 
     def to_dict(self, objectives: Sequence[str]) -> dict[str, Any]:
         """JSON-ready form; tasks in objective order."""
@@ -63,6 +66,7 @@ class TrialRecord:
             "timings": self.timings,
             "fail_reason": self.fail_reason,
             "completed": self.completed.isoformat() if self.completed else None,
+            "genome": list(self.genome) if self.genome is not None else None,
         }
 
 
@@ -92,6 +96,7 @@ def record_from_trial(
         timings={str(k): float(v) for k, v in (attrs.get("timings") or {}).items()},
         estimator=attrs.get("estimator"),
         n_items=attrs.get("n_items"),
+        genome=tuple(float(g) for g in attrs["genome"]) if attrs.get("genome") else None,
     )
 
 

@@ -271,6 +271,38 @@ class SearchSpace:
             genome.append(float(np.clip((float(value) - gene.low) / (gene.high - gene.low), 0.0, 1.0)))
         return genome
 
+    def try_encode(self, recipe: Any) -> list[float] | None:
+        """The point of `recipe` when it is one of this space (its genes decode back to the very
+        same parameters on every layer, model and tensor group), else None: another method, a
+        parameter the space fixes to another value, a value outside the search bounds."""
+        if recipe.merge_method != self.method.name:
+            return None
+        try:
+            genome = self.encode(recipe)
+        except ConfigError:
+            return None
+        return genome if self._resolved(self.decode(genome)) == self._resolved(recipe) else None
+
+    def _resolved(self, recipe: Any) -> dict[tuple[str, str | None, str, int], float | bool | None]:
+        """Every parameter of the method as the engine reads it (method defaults filled in), on
+        each layer, model and tensor group; floats rounded as `decode_dict` rounds them."""
+        values = {}
+        groups = [OTHER if f in (None, OTHER) else f for f in self.filter_groups]
+        for spec in self.method.params:
+            models: list[str | None] = list(self.parents) if spec.scope == "model" else [None]
+            for model in models:
+                for flt in groups:
+                    for layer in range(self.num_layers):
+                        tensor = f"model.layers.{layer}.{flt}.weight"
+                        value = recipe.resolve_param(
+                            spec.name, model=model, tensor=tensor, layer=layer, n_layers=self.num_layers
+                        )
+                        value = spec.default if value is None else value
+                        if isinstance(value, float):
+                            value = round(value, 6)
+                        values[(spec.name, model, flt, layer)] = value
+        return values
+
     # ----- recipes evaluated before the search -----------------------------------------------
     def parent_recipes(self) -> list[tuple[str, dict[str, Any]]]:
         """Each parent alone (a linear merge of one model), labelled by its directory name."""

@@ -87,6 +87,32 @@ def test_slerp_space(tiny_family) -> None:
     assert s.baseline_recipe()[1]["parameters"]["t"] == 0.5
 
 
+def test_baseline_is_encoded_only_when_it_is_a_point_of_the_space(tiny_family) -> None:
+    """`try_encode` gives the genome of a recipe whose genes decode back to the same parameters
+    everywhere, and None otherwise (the driver then stores the baseline's genome as null)."""
+    base, parents = tiny_family
+
+    def baseline_genome(**over):
+        s = space(tiny_family, **over)
+        return s, s.try_encode(s.decode_recipe(s.baseline_recipe()[1]))
+
+    _, genome = baseline_genome()  # a TIES space: the task-arithmetic baseline is no point of it
+    assert genome is None
+    s, genome = baseline_genome(method="task_arithmetic", search={"weight": {}}, fixed={})
+    assert genome is not None and len(genome) == s.dim
+    assert s.decode(genome).to_dict()["models"][0]["parameters"]["weight"] == [0.5] * 4
+    _, genome = baseline_genome(
+        method="task_arithmetic", search={"weight": {"low": 0.6, "high": 1.0}}, fixed={}
+    )
+    assert genome is None  # weight 0.5 lies outside the searched bounds (encode would clip it)
+    _, genome = baseline_genome(method="task_arithmetic", search={"weight": {}}, fixed={"normalize": True})
+    assert genome is None  # the space fixes normalize, the baseline does not normalize
+    slerp = SearchSpace.from_dict(
+        {"base": str(parents[0]), "parents": [str(parents[1])], "method": "slerp", "search": {"t": {}}}
+    )
+    assert slerp.try_encode(slerp.decode_recipe(slerp.baseline_recipe()[1])) == [0.5] * 4
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
