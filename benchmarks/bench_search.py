@@ -66,10 +66,9 @@ def overhead(url: str | None, optimizer_name: str, n: int, directory: Path) -> f
     start = time.perf_counter()
     for _ in range(n):
         candidate = optimizer.ask()
-        if not optimizer.state_in_storage:
-            save_checkpoint(optimizer, store.checkpoint_path)
+        save_checkpoint(optimizer, store.checkpoint_path)
         recipe = space.decode(candidate.genome).to_yaml()
-        own = candidate.id if optimizer.state_in_storage else None
+        own = candidate.id if optimizer.owns_trials else None
         number = store.start_trial(candidate.genome, recipe, "search", "", candidate.id, own)
         values = rng.random(len(TASKS))
         result = {
@@ -82,8 +81,7 @@ def overhead(url: str | None, optimizer_name: str, n: int, directory: Path) -> f
         }
         store.complete_trial(number, result)
         optimizer.tell(candidate.id, values.tolist())
-        if not optimizer.state_in_storage:
-            save_checkpoint(optimizer, store.checkpoint_path)
+        save_checkpoint(optimizer, store.checkpoint_path)
     return (time.perf_counter() - start) / n
 
 

@@ -5,7 +5,8 @@ space: ../search_spaces/quickstart_demo.yaml   # paths are relative to this file
 suite: ../fitness/quickstart.yaml
 calibration: null                              # a calibration directory, for IRT estimators
 optimizer: {name: cma, settings: {popsize: 8}}
-budget: {trials: 24, minutes: 10}               # stop at whichever comes first
+budget: {trials: 24, minutes: 10}               # stop at whichever comes first; both count the
+                                               # whole run, over --resume sessions
 workers: {count: 2, cpus_per_worker: 1, batch_size: 16}
 ray: {num_cpus: 2}                             # the embedded local Ray
 storage: null                                  # default: SQLite in the run directory

@@ -30,6 +30,7 @@ T = TypeVar("T")
 RUN_FILE = "run.json"
 DB_FILE = "study.db"
 CHECKPOINT_FILE = "optimizer.pkl"
+SEARCH_SECONDS = "search_seconds"  # study attribute: the search time of every session so far
 RETRIES = 6  # backoff 0.5 s doubling: about 30 s of unavailability survived
 
 
@@ -112,6 +113,22 @@ class RunStore:
     def checkpoint_path(self) -> Path | None:
         return self.run_dir / CHECKPOINT_FILE if self.run_dir else None
 
+    # ----- the run's search time, over all its sessions ------------------------------------
+    def search_seconds(self) -> float:
+        """Seconds the run's search sessions have spent so far (`budget.minutes` counts these)."""
+        attrs = retry(
+            lambda: self.study._storage.get_study_user_attrs(self.study._study_id), "reading the study"
+        )
+        return float(attrs.get(SEARCH_SECONDS, 0.0))
+
+    def set_search_seconds(self, seconds: float) -> None:
+        retry(
+            lambda: self.study._storage.set_study_user_attr(
+                self.study._study_id, SEARCH_SECONDS, round(float(seconds), 3)
+            ),
+            "writing the search time",
+        )
+
     # ----- trials --------------------------------------------------------------------------
     def start_trial(
         self,
@@ -122,14 +139,31 @@ class RunStore:
         candidate: int | None = None,
         trial_number: int | None = None,
     ) -> int:
-        """Create (or adopt, when an optimizer made it) a RUNNING trial with its recipe; its number."""
-        if trial_number is None:
-            trial_number = retry(lambda: self.study.ask(), "creating a trial").number
-        attrs = {"recipe": recipe_yaml, "genome": list(genome or []), "kind": kind, "label": label}
+        """Create (or adopt, when an optimizer made it) a RUNNING trial with its recipe; its number.
+
+        A trial this store creates bypasses the study's sampler: the parents and the baseline must
+        not join a genetic sampler's generations nor draw from its random state. `genome` is None
+        for a recipe that is no point of the search space (the parents; a baseline of another
+        method): it is stored as null, with `in_space` false. A new trial is written with its
+        attributes in one transaction, so a killed driver never leaves a trial without them."""
+        attrs: dict[str, Any] = {
+            "recipe": recipe_yaml,
+            "genome": None if genome is None else [float(g) for g in genome],
+            "in_space": genome is not None,
+            "kind": kind,
+            "label": label,
+        }
         if candidate is not None:
             attrs["candidate"] = candidate
-        self._set_attrs(trial_number, attrs)
-        return trial_number
+        if trial_number is not None:
+            self._set_attrs(trial_number, attrs)
+            return trial_number
+        storage, study_id = self.study._storage, self.study._study_id
+        template = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=attrs)
+        trial_id = retry(
+            lambda: storage.create_new_trial(study_id, template_trial=template), "creating a trial"
+        )
+        return retry(lambda: storage.get_trial_number_from_id(trial_id), "creating a trial")
 
     def complete_trial(self, number: int, result: dict[str, Any]) -> None:
         """Record a worker's result (estimates, intervals, timings, worker, ...) and COMPLETE it."""

@@ -70,6 +70,8 @@ def search(
     for t, v in summary.best.items():
         console.print(f"  best {t}: {v:.3f}")
     console.print(f"run: {run_dir}  (inspect: evomerge status {shlex.quote(str(run_dir))})")
+    for message in summary.messages:
+        console.print(message, soft_wrap=True, highlight=False)
     if summary.stopped in ("interrupted", "time"):
         console.print(f"resume with: {resume_cmd}", soft_wrap=True, highlight=False)
         if summary.stopped == "interrupted":

@@ -35,8 +35,8 @@ class Candidate:
 class Optimizer(ABC):
     """Ask/tell over [0, 1]^dim, maximizing `n_objectives` values."""
 
-    # True when everything needed to resume lives in the run's Optuna study (no pickle needed).
-    state_in_storage: ClassVar[bool] = False
+    # True when the optimizer creates the study's trials itself (a candidate's id is its trial number).
+    owns_trials: ClassVar[bool] = False
 
     def __init__(self, dim: int, n_objectives: int, seed: int) -> None:
         if dim < 1:
@@ -73,6 +73,12 @@ class Optimizer(ABC):
     def pending(self) -> list[Candidate]:
         """Candidates asked and not yet told (what a resumed search must evaluate or re-tell)."""
         return list(self._pending.values())
+
+    def renew(self, candidate: Candidate) -> Candidate:
+        """A pending candidate whose evaluation was cut short, to evaluate again (same genome).
+
+        By default the same candidate; an optimizer that owns the trials gives it a fresh one."""
+        return candidate
 
     def bind(self, study: Any) -> None:
         """Attach the run's Optuna study (only optimizers that keep their state there use it)."""

@@ -1,16 +1,27 @@
 """Optuna samplers (NSGA-II by default, TPE) driven through ask/tell on the run's own study.
 
-The sampler reads the study's trials to build each generation, so this optimizer holds no state of
-its own: a resumed run reopens the study and continues from its trials. The gene of index i is the
+NSGA-II keeps its generations and parent populations in the study (trial and study system
+attributes), and its random number generator in the sampler: the optimizer is pickled with its
+sampler (the study is left out), so a resumed run reopens the study with the very sampler object of
+the checkpoint and asks what an uninterrupted run would have asked. The gene of index i is the
 study parameter `g{i:04d}` in [0, 1]; a candidate's id is its trial number.
+
+The relative search space is the genes themselves. Optuna's default (the intersection of the
+parameters of every completed trial) is empty in a run, because the parent and baseline trials have
+no genes, and NSGA-II then silently degenerates to random sampling (no crossover at all). The
+parent and baseline trials are created without the sampler (`RunStore.start_trial`), so they never
+join a generation either.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, ClassVar
 
 import optuna
+from optuna.distributions import BaseDistribution, FloatDistribution
+from optuna.trial import TrialState
 
 from evomerge.errors import ConfigError
 from evomerge.optimizers.base import OPTIMIZERS, Candidate, Optimizer
@@ -22,9 +33,31 @@ def gene_name(index: int) -> str:
     return f"g{index:04d}"
 
 
+class GeneNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """NSGA-II whose relative search space is the fixed genes (see the module docstring)."""
+
+    def __init__(self, genes: dict[str, BaseDistribution], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._genes = dict(genes)
+
+    def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, BaseDistribution]:
+        return dict(self._genes)
+
+
+class GeneTPESampler(optuna.samplers.TPESampler):
+    """Multivariate TPE over the fixed genes (the intersection would be empty; see above)."""
+
+    def __init__(self, genes: dict[str, BaseDistribution], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._genes = dict(genes)
+
+    def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, BaseDistribution]:
+        return dict(self._genes)
+
+
 @OPTIMIZERS.register("optuna")
 class OptunaOptimizer(Optimizer):
-    state_in_storage: ClassVar[bool] = True
+    owns_trials: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -41,16 +74,18 @@ class OptunaOptimizer(Optimizer):
             raise ConfigError(f"optimizer.settings.population_size: {population_size} must be at least 2")
         self.sampler_name = sampler
         self.population_size = population_size
-        self.distributions = {
-            gene_name(i): optuna.distributions.FloatDistribution(0.0, 1.0) for i in range(dim)
-        }
+        self.distributions = {gene_name(i): FloatDistribution(0.0, 1.0) for i in range(dim)}
+        self._sampler = self._make_sampler()
         self.study: optuna.Study | None = None
-        self._trials: dict[int, optuna.Trial] = {}
+
+    def _make_sampler(self) -> optuna.samplers.BaseSampler:
+        if self.sampler_name == "tpe":
+            return GeneTPESampler(self.distributions, seed=self.seed, multivariate=True)
+        return GeneNSGAIISampler(self.distributions, population_size=self.population_size, seed=self.seed)
 
     def sampler(self) -> optuna.samplers.BaseSampler:
-        if self.sampler_name == "tpe":
-            return optuna.samplers.TPESampler(seed=self.seed, multivariate=True)
-        return optuna.samplers.NSGAIISampler(population_size=self.population_size, seed=self.seed)
+        """The one sampler object of this optimizer (its random state is part of the checkpoint)."""
+        return self._sampler
 
     def bind(self, study: Any) -> None:
         self.study = study
@@ -59,7 +94,7 @@ class OptunaOptimizer(Optimizer):
         if self.study is None:  # used on its own (no run): an in-memory study
             optuna.logging.set_verbosity(optuna.logging.WARNING)
             self.study = optuna.create_study(
-                directions=["maximize"] * self.n_objectives, sampler=self.sampler()
+                directions=["maximize"] * self.n_objectives, sampler=self._sampler
             )
         return self.study
 
@@ -67,9 +102,38 @@ class OptunaOptimizer(Optimizer):
         trial = self._ensure_study().ask(self.distributions)
         genome = tuple(float(trial.params[gene_name(i)]) for i in range(self.dim))
         candidate = Candidate(trial.number, genome)
-        self._trials[trial.number] = trial
         self._pending[candidate.id] = candidate
         return candidate
+
+    def renew(self, candidate: Candidate) -> Candidate:
+        """A new RUNNING trial with the interrupted trial's genes and generation, made without the
+        sampler (its random state stays where the uninterrupted run would have it)."""
+        study = self._ensure_study()
+        storage = study._storage
+        old = storage.get_trial(
+            storage.get_trial_id_from_study_id_trial_number(study._study_id, candidate.id)
+        )
+        keep = getattr(self._sampler, "_get_generation_key", lambda: None)()  # NSGA-II's generation
+        system_attrs = {k: v for k, v in old.system_attrs.items() if k == keep}
+        template = optuna.trial.FrozenTrial(
+            number=-1,
+            state=TrialState.RUNNING,
+            value=None,
+            values=None,
+            datetime_start=datetime.now(),
+            datetime_complete=None,
+            params=dict(old.params),
+            distributions=dict(old.distributions),
+            user_attrs={},
+            system_attrs=system_attrs,
+            intermediate_values={},
+            trial_id=-1,
+        )
+        trial_id = storage.create_new_trial(study._study_id, template_trial=template)
+        renewed = Candidate(storage.get_trial_number_from_id(trial_id), candidate.genome)
+        del self._pending[candidate.id]
+        self._pending[renewed.id] = renewed
+        return renewed
 
     def _propose(self) -> Sequence[float]:
         raise NotImplementedError("OptunaOptimizer.ask creates the study trial directly")
@@ -77,11 +141,13 @@ class OptunaOptimizer(Optimizer):
     def _observe(self, candidate: Candidate, values: list[float] | None) -> None:
         # The run store tells the study first (with the trial's attributes); skip_if_finished
         # makes this a no-op then, and the real tell when the optimizer is used on its own.
-        trial = self._trials.pop(candidate.id)
+        study = self._ensure_study()
         if values is None:
-            self.study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            study.tell(candidate.id, state=TrialState.FAIL, skip_if_finished=True)
         else:
-            self.study.tell(trial, values, skip_if_finished=True)
+            study.tell(candidate.id, values, skip_if_finished=True)
 
     def __getstate__(self) -> dict[str, Any]:
-        raise TypeError("OptunaOptimizer keeps its state in the study; it is never pickled")
+        state = dict(self.__dict__)
+        state["study"] = None  # reopened from the storage on resume (`bind`)
+        return state

@@ -6,13 +6,19 @@ Resume contract (what makes `--resume` continue exactly):
 - A result is committed to the study before it is told to the optimizer; on resume, a candidate
   still pending in the checkpoint whose trial is finished is re-told from the study (not
   re-evaluated), and one whose trial was cut short (RUNNING when the driver died, now FAIL
-  "interrupted") is evaluated again under the same id. Optimizers that keep their state in the
-  study (optuna) simply sample again.
+  "interrupted") is evaluated again (`Optimizer.renew`: under the same id, or, for an optimizer
+  that owns the study's trials, as a new trial with the same genes).
+- Every optimizer is checkpointed (random state included; optuna's sampler too), so a resumed
+  run asks the candidates an uninterrupted run would have asked.
 - Parents and the baseline are evaluated first (trials of kind parent / baseline), once per run.
+- `budget.minutes` is the search time of the whole run, over all its sessions: each session adds
+  its time to the study's `search_seconds` attribute (written about once a second and when it
+  stops), and a resumed run gets what is left. Time between sessions does not count.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -29,7 +35,7 @@ from evomerge.errors import ConfigError, StorageError
 from evomerge.experiment import Experiment
 from evomerge.optimizers import Optimizer, load_checkpoint, make_optimizer, save_checkpoint
 from evomerge.space import SearchSpace
-from evomerge.store import RUN_FILE, RunStore, create_run, open_run
+from evomerge.store import CHECKPOINT_FILE, RUN_FILE, RunStore, create_run, open_run
 
 INTERRUPTED = "interrupted"
 
@@ -66,6 +72,7 @@ class SearchSummary:
     utilization: float
     retries: int = 0
     messages: list[str] = field(default_factory=list)
+    search_seconds: float = 0.0  # the run's search time over all its sessions
 
 
 def _recipe_yaml(recipe: dict[str, Any]) -> str:
@@ -146,6 +153,23 @@ class _StopOnSigint:
             signal.signal(signal.SIGINT, self._previous)
 
 
+class _SearchClock:
+    """The run's search time over all sessions, written to the study about once a second."""
+
+    def __init__(self, store: RunStore, spent: float, start: float) -> None:
+        self.store, self.spent, self.start = store, spent, start
+        self._saved = start
+
+    def total(self) -> float:
+        return self.spent + time.perf_counter() - self.start
+
+    def save(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if force or now - self._saved >= 1.0:
+            self.store.set_search_seconds(self.total())
+            self._saved = now
+
+
 class SearchDriver:
     def __init__(
         self,
@@ -185,21 +209,21 @@ class SearchDriver:
         return make_optimizer(spec.optimizer.name, self.space.dim, len(self.tasks), spec.seed, settings)
 
     def _open(self) -> tuple[Optimizer, RunStore]:
-        fresh = self._new_optimizer()
         exists = (self.run_dir / RUN_FILE).is_file()
         if self.resume:
             if not exists:
                 raise ConfigError(
                     f"--resume: {self.run_dir} holds no run ({RUN_FILE} missing); drop --resume"
                 )
-            store = open_run(self.run_dir, sampler=fresh.sampler())
+            optimizer = load_checkpoint(self.run_dir / CHECKPOINT_FILE)
+            store = open_run(self.run_dir, sampler=optimizer.sampler())
             if store.objectives != self.tasks:
                 raise ConfigError(
                     f"--resume: the run's objectives {store.objectives} differ from "
                     f"the suite's tasks {self.tasks}"
                 )
-            optimizer = fresh if fresh.state_in_storage else load_checkpoint(store.checkpoint_path)
         else:
+            fresh = self._new_optimizer()
             if exists:
                 raise ConfigError(
                     f"--run-dir {self.run_dir}: a run already exists there; add --resume to continue it, "
@@ -222,7 +246,7 @@ class SearchDriver:
 
     def _checkpoint(self, optimizer: Optimizer | None = None, store: RunStore | None = None) -> None:
         optimizer, store = optimizer or self.optimizer, store or self.store
-        if not optimizer.state_in_storage and store.checkpoint_path is not None:
+        if store.checkpoint_path is not None:
             save_checkpoint(optimizer, store.checkpoint_path)
 
     # ----- what is left to do ----------------------------------------------------------------
@@ -246,8 +270,7 @@ class SearchDriver:
                 jobs.append(self._start("parent", label, None, _recipe_yaml(recipe)))
         label, recipe = self.space.baseline_recipe()
         if ("baseline", label) not in labels:
-            same_method = recipe["merge_method"] == self.space.method.name
-            genome = self.space.encode(self.space.decode_recipe(recipe)) if same_method else None
+            genome = self.space.try_encode(self.space.decode_recipe(recipe))  # None: not in the space
             jobs.append(self._start("baseline", label, genome, _recipe_yaml(recipe)))
         reissue = []
         for candidate in self.optimizer.pending():
@@ -258,7 +281,8 @@ class SearchDriver:
                 values = trial.values if trial.state == TrialState.COMPLETE else None
                 self.optimizer.tell(candidate.id, values)
         for candidate in reissue:
-            jobs.append(self._start_candidate(candidate))
+            jobs.append(self._start_candidate(self.optimizer.renew(candidate)))
+        self._checkpoint()
         failed = sum(t.state == TrialState.FAIL for t in search)
         return jobs, len(search), failed
 
@@ -278,7 +302,7 @@ class SearchDriver:
 
     def _start_candidate(self, candidate: Any) -> Job:
         recipe = _recipe_yaml(self.space.decode_dict(candidate.genome))
-        own_trial = candidate.id if self.optimizer.state_in_storage else None
+        own_trial = candidate.id if self.optimizer.owns_trials else None
         return self._start("search", "", list(candidate.genome), recipe, candidate.id, own_trial)
 
     def _update_best(self, values: Any) -> None:
@@ -296,8 +320,11 @@ class SearchDriver:
         first_jobs, done, failed = self._reconcile()
         scheduler = Scheduler(make_actor, self.experiment.spec.workers.count)
         start = time.perf_counter()
-        deadline = start + 60 * self.budget.minutes if self.budget.minutes else None
+        spent = self.store.search_seconds()  # by the run's earlier sessions
+        deadline = start + 60 * self.budget.minutes - spent if self.budget.minutes else None
+        clock = _SearchClock(self.store, spent, start)
         stopped = "budget"
+        messages: list[str] = []
         in_flight_search = sum(job.kind == "search" for job in first_jobs)
         finished: list[tuple[int, dict[str, Any]]] = []  # ended jobs not yet written and told
         stop = _StopOnSigint()
@@ -329,6 +356,7 @@ class SearchDriver:
                         done += 1
                         failed += not ok
                 self._checkpoint()
+                clock.save()
                 self._report(done, failed, scheduler.outstanding, start)
                 if scheduler.outstanding == 0:
                     break
@@ -349,6 +377,8 @@ class SearchDriver:
             raise error
         finally:
             stop.restore()
+            with contextlib.suppress(StorageError):  # a storage outage is already being reported
+                clock.save(force=True)
             utilization = scheduler.busy_seconds / max(
                 1e-9, scheduler.n_workers * (time.perf_counter() - start)
             )
@@ -356,6 +386,11 @@ class SearchDriver:
             scheduler.shutdown()
             if started_ray:
                 ray.shutdown()
+        if stopped == "time":
+            messages.append(
+                f"the time budget of {self.budget.minutes:g} min (over all sessions of this run) is spent; "
+                "raise budget.minutes in the experiment to continue with --resume"
+            )
         return SearchSummary(
             self.run_dir,
             self.store.study.study_name,
@@ -366,6 +401,8 @@ class SearchDriver:
             stopped,
             utilization,
             retries,
+            messages,
+            clock.total(),
         )
 
     def _record(self, job: Job, result: dict[str, Any]) -> bool:

@@ -4,8 +4,11 @@ search at equal budget (seeded), and survives failures and a pickle round trip."
 from __future__ import annotations
 
 import pickle
+import shutil
+from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 
 from evomerge import pareto
@@ -71,14 +74,32 @@ def test_genomes_stay_in_the_unit_cube_and_failures_do_not_stop_it(name: str) ->
         assert genome.shape == (DIM,) and genome.min() >= 0.0 and genome.max() <= 1.0
 
 
-@pytest.mark.parametrize("name", [n for n in OPTIMIZERS.names() if not OPTIMIZERS.get(n).state_in_storage])
-def test_pickled_optimizer_continues_exactly(name: str) -> None:
-    """A checkpoint taken mid-run, reloaded, asks the same genomes the original asks next."""
+def on_disk_study(optimizer: Optimizer, db: Path) -> None:
+    """An optimizer that owns its trials works on a study in `db` (as in a run)."""
+    study = optuna.create_study(
+        storage=f"sqlite:///{db}", directions=["maximize"] * 2, sampler=optimizer.sampler()
+    )
+    optimizer.bind(study)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS.names())
+def test_pickled_optimizer_continues_exactly(name: str, tmp_path: Path) -> None:
+    """A checkpoint taken mid-run, reloaded, asks the same genomes the original asks next (an
+    optimizer on the run's study reopens a copy of the study as it was at the checkpoint)."""
     optimizer = make(name, seed=3)
+    if optimizer.owns_trials:
+        on_disk_study(optimizer, tmp_path / "run.db")
     run_partial = [optimizer.ask() for _ in range(30)]
     for c in run_partial[:25]:
         optimizer.tell(c.id, tasks(np.array(c.genome)))
     clone = pickle.loads(pickle.dumps(optimizer))
+    if optimizer.owns_trials:
+        shutil.copy(tmp_path / "run.db", tmp_path / "copy.db")
+        study = optuna.load_study(
+            study_name=optimizer.study.study_name, storage=f"sqlite:///{tmp_path / 'copy.db'}",
+            sampler=clone.sampler(),
+        )  # fmt: skip
+        clone.bind(study)
     assert [c.id for c in clone.pending()] == [c.id for c in run_partial[25:]]
     for c in run_partial[25:]:
         optimizer.tell(c.id, tasks(np.array(c.genome)))

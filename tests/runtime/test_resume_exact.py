@@ -1,0 +1,204 @@
+"""Resume continues exactly, for every optimizer: a run stopped (Ctrl-C) after k search trials and
+resumed asks the very genomes an uninterrupted run of the same seed asks. The real driver, store
+and checkpoints run; Ray is replaced by an in-process scheduler whose jobs end in submission order
+and whose 'worker' scores a recipe analytically (no model is loaded), so a test takes seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from optuna.trial import TrialState
+from searchfixture import write_experiment
+
+import evomerge.runtime.scheduler
+from evomerge.experiment import Experiment
+from evomerge.optimizers import OPTIMIZERS
+from evomerge.runtime.driver import SearchDriver
+from evomerge.store import open_run
+
+TASKS = ["arithmetic", "dates"]
+N, K = 14, 6  # trials of the whole run; search trials done when the first session is stopped
+OPTIMIZERS_SETTINGS = {
+    "cma": {"popsize": 4},
+    "optuna": {"population_size": 4},
+    "nevergrad": {"method": "DE", "budget": N, "num_workers": 2},
+    "random": {},
+}
+
+
+def numbers(node: Any) -> list[float]:
+    """Every number under a recipe's `models[].parameters` and `parameters`, in order."""
+    if isinstance(node, bool):
+        return []
+    if isinstance(node, int | float):
+        return [float(node)]
+    if isinstance(node, dict):
+        return [x for v in node.values() for x in numbers(v)]
+    if isinstance(node, list):
+        return [x for v in node for x in numbers(v)]
+    return []
+
+
+def score(recipe_yaml: str) -> dict[str, Any]:
+    """A worker's result for a recipe: two conflicting analytic 'accuracies' of its coefficients."""
+    recipe = yaml.safe_load(recipe_yaml)
+    x = np.array(
+        numbers([m.get("parameters", {}) for m in recipe["models"]]) + numbers(recipe.get("parameters"))
+    )
+    estimates = {
+        "arithmetic": float(1 - np.mean((x - 0.3) ** 2)),
+        "dates": float(1 - np.mean((x - 0.8) ** 2)),
+    }
+    return {
+        "ok": True,
+        "estimates": estimates,
+        "intervals": {t: [v - 0.05, v + 0.05] for t, v in estimates.items()},
+        "timings": {"merge": 0.0, "score": 0.0, "total": 0.001},
+        "worker": "inline",
+        "n_items": 16,
+        "estimator": "mean",
+    }
+
+
+class InlineScheduler:
+    """The Scheduler's interface without Ray: jobs end one at a time, oldest first."""
+
+    def __init__(self, make_actor: Any, n_workers: int) -> None:
+        self.n_workers = n_workers
+        self._queue: list[tuple[Any, str]] = []
+        self._running: list[tuple[Any, str]] = []
+        self.busy_seconds = 0.0
+        self.retries = 0
+
+    @property
+    def idle_workers(self) -> int:
+        return max(0, self.n_workers - len(self._running) - len(self._queue))
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._running) + len(self._queue)
+
+    def submit(self, key: Any, payload: str) -> None:
+        self._queue.append((key, payload))
+        while self._queue and len(self._running) < self.n_workers:
+            self._running.append(self._queue.pop(0))
+
+    def wait(self, timeout: float | None = None) -> list[tuple[Any, dict[str, Any]]]:
+        if not self._running:
+            return []
+        key, payload = self._running.pop(0)
+        if self._queue:
+            self._running.append(self._queue.pop(0))
+        return [(key, score(payload))]
+
+    def cancel_all(self) -> list[Any]:
+        keys = [k for k, _ in self._running + self._queue]
+        self._running, self._queue = [], []
+        return keys
+
+    def shutdown(self) -> None:
+        pass
+
+
+@pytest.fixture(autouse=True)
+def inline_scheduler(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(evomerge.runtime.scheduler, "Scheduler", InlineScheduler)
+
+
+def driver(path: Path, run_dir: Path, **kwargs: Any) -> SearchDriver:
+    return SearchDriver(Experiment.load(path), run_dir, make_actor=lambda index: None, **kwargs)
+
+
+def search_genomes(run_dir: Path) -> list[tuple[float, ...]]:
+    """The genomes of the completed search trials, in the order they were asked."""
+    trials = [t for t in open_run(run_dir).trials() if t.user_attrs.get("kind") == "search"]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    return [tuple(t.user_attrs["genome"]) for t in sorted(complete, key=lambda t: t.user_attrs["candidate"])]
+
+
+def stop_after(k: int):
+    def on_progress(progress: Any) -> None:
+        if progress.done >= k:
+            raise KeyboardInterrupt  # what Ctrl-C raises between two steps of the loop
+
+    return on_progress
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS.names())
+def test_stopped_and_resumed_run_asks_what_an_uninterrupted_run_asks(tmp_path, tiny_family, name) -> None:
+    optimizer = {"name": name, "settings": OPTIMIZERS_SETTINGS[name]}
+    path = write_experiment(tmp_path / "exp", tiny_family, trials=N, optimizer=optimizer, workers=2)
+    whole = driver(path, tmp_path / "whole").run()
+    assert whole.stopped == "budget" and whole.complete == N
+
+    first = driver(path, tmp_path / "split", on_progress=stop_after(K)).run()
+    assert first.stopped == "interrupted" and first.complete == K
+    interrupted = [t for t in open_run(tmp_path / "split").trials() if t.state == TrialState.FAIL]
+    assert len(interrupted) == 2  # both workers' candidates were cut short
+    resumed = driver(path, tmp_path / "split", resume=True).run()
+    assert (
+        resumed.stopped == "budget" and resumed.complete == N and resumed.failed == 0
+    )  # interrupted ones do not count
+
+    expected, got = search_genomes(tmp_path / "whole"), search_genomes(tmp_path / "split")
+    assert len(expected) == len(got) == N
+    assert got == expected  # nothing lost, nothing repeated, the same continuation
+
+
+def test_time_budget_counts_every_session_of_the_run(tmp_path, tiny_family) -> None:
+    path = write_experiment(tmp_path / "exp", tiny_family, trials=N, minutes=1.0)
+    first = driver(path, tmp_path / "run", on_progress=stop_after(K)).run()
+    assert first.stopped == "interrupted"
+    store = open_run(tmp_path / "run")
+    spent = store.search_seconds()
+    assert 0 < spent < 60 and first.search_seconds == pytest.approx(spent, abs=0.01)
+
+    store.set_search_seconds(61.0)  # as if the earlier sessions had used the whole minute
+    resumed = driver(path, tmp_path / "run", resume=True).run()
+    assert resumed.stopped == "time"
+    assert resumed.complete == K + 2  # the two interrupted candidates ran again; nothing new was asked
+    assert any("time budget of 1 min" in m and "budget.minutes" in m for m in resumed.messages)
+    assert open_run(tmp_path / "run").search_seconds() >= 61.0
+
+
+def test_baseline_outside_the_space_is_marked_and_inspected(tmp_path, tiny_family) -> None:
+    """A TIES space: the task-arithmetic baseline (and each parent) is no point of it, so its genome
+    is stored as null with `in_space` false; front, plot and export treat it as any trial."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from evomerge.cli import app
+
+    path = write_experiment(tmp_path / "exp", tiny_family, trials=4)
+    driver(path, tmp_path / "run").run()
+    trials = open_run(tmp_path / "run").trials()
+    by_kind = {t.user_attrs["kind"]: t for t in trials}
+    for kind in ("baseline", "parent"):
+        assert by_kind[kind].user_attrs["genome"] is None and by_kind[kind].user_attrs["in_space"] is False
+    assert (
+        by_kind["search"].user_attrs["in_space"] is True and len(by_kind["search"].user_attrs["genome"]) > 0
+    )
+
+    runner = CliRunner()
+    front = runner.invoke(app, ["front", str(tmp_path / "run"), "--format", "json"])
+    assert front.exit_code == 0, front.output
+    rows = {r["number"]: r for r in json.loads(front.stdout)["front"]}
+    assert all(
+        (r["genome"] is None) == (r["kind"] != "search") for r in rows.values()
+    )  # null exactly for the recipes outside the space
+    baseline = by_kind["baseline"].number
+    out = tmp_path / "baseline.yaml"
+    export = runner.invoke(
+        app, ["export", str(tmp_path / "run"), "--trial", str(baseline), "--out", str(out), "--quiet"]
+    )
+    assert export.exit_code == 0, export.output
+    assert yaml.safe_load(out.read_text())["merge_method"] == "task_arithmetic"
+    plot = runner.invoke(
+        app, ["plot", str(tmp_path / "run"), "--out", str(tmp_path / "plots"), "--trial", str(baseline)]
+    )
+    assert plot.exit_code == 0, plot.output
