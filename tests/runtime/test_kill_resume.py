@@ -18,6 +18,7 @@ from searchfixture import write_experiment
 from evomerge.store import open_run
 
 EVOMERGE = [sys.executable, "-m", "evomerge.cli"]
+TRIALS = 60
 
 
 def completed_search_trials(db: Path) -> int:
@@ -36,7 +37,8 @@ def completed_search_trials(db: Path) -> int:
 
 @pytest.mark.slow
 def test_kill_9_then_resume(tmp_path, tiny_family) -> None:
-    path = write_experiment(tmp_path / "exp", tiny_family, trials=10)
+    # Tiny-model trials take tens of milliseconds: a budget long enough that the kill lands mid-search.
+    path = write_experiment(tmp_path / "exp", tiny_family, trials=TRIALS)
     run_dir = tmp_path / "run"
     driver = subprocess.Popen(
         [*EVOMERGE, "search", str(path), "--run-dir", str(run_dir)],
@@ -47,7 +49,7 @@ def test_kill_9_then_resume(tmp_path, tiny_family) -> None:
         while completed_search_trials(run_dir / "study.db") < 3:
             assert driver.poll() is None, "the search ended before it could be killed"
             assert time.time() < deadline, "no search trial completed in 300 s"
-            time.sleep(0.5)
+            time.sleep(0.05)
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait()
     finally:
@@ -71,7 +73,7 @@ def test_kill_9_then_resume(tmp_path, tiny_family) -> None:
     trials = open_run(run_dir).trials()
     search = [t for t in trials if t.user_attrs["kind"] == "search"]
     complete = [t.user_attrs["candidate"] for t in search if t.state == TrialState.COMPLETE]
-    assert sorted(complete) == list(range(10))  # each candidate evaluated to completion exactly once
+    assert sorted(complete) == list(range(TRIALS))  # each candidate evaluated to completion exactly once
     assert done_before <= set(complete)
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert failed and all(t.user_attrs["fail_reason"].startswith("interrupted") for t in failed)
