@@ -202,3 +202,26 @@ def test_baseline_outside_the_space_is_marked_and_inspected(tmp_path, tiny_famil
         app, ["plot", str(tmp_path / "run"), "--out", str(tmp_path / "plots"), "--trial", str(baseline)]
     )
     assert plot.exit_code == 0, plot.output
+
+
+def test_nsga2_crosses_over_in_a_run(tmp_path, tiny_family, monkeypatch) -> None:
+    """In a run the parent and baseline trials have no genes; NSGA-II must still breed children
+    (with optuna's default search space, the intersection over trials, it never did)."""
+    from evomerge.optimizers.nsga2 import GeneNSGAIISampler
+
+    children = []
+    sample_relative = GeneNSGAIISampler.sample_relative
+
+    def spy(self, study, trial, search_space):
+        params = sample_relative(self, study, trial, search_space)
+        children.append(bool(params))
+        return params
+
+    monkeypatch.setattr(GeneNSGAIISampler, "sample_relative", spy)
+    optimizer = {"name": "optuna", "settings": {"population_size": 4}}
+    path = write_experiment(tmp_path / "exp", tiny_family, trials=N, optimizer=optimizer)
+    driver(path, tmp_path / "run").run()
+    assert len(children) == N  # the sampler ran for the search trials only, not parents/baseline
+    # every trial after the first generation is a child; the first holds the 4 of the population
+    # plus those asked while it was still being evaluated (2 workers)
+    assert sum(children) >= N - 4 - 2
