@@ -3,7 +3,8 @@
 The run directory holds `run.json` ({"storage": url, "study": name}), `experiment.yaml` (a copy)
 and, by default, `study.db`. Trial values are the per-task estimates in `objectives` order
 (maximized); every trial carries the user attributes of the run contract (recipe, genome,
-estimates, intervals, timings, worker, n_items, estimator, kind, label, fail_reason), plus
+in_space, estimates, intervals, answers (anchor item id -> 0/1), timings, worker, n_items,
+estimator, kind, label, fail_reason), plus
 `candidate`, the optimizer's id of the genome, which a resumed search uses to re-tell results.
 
 Storage calls retry with exponential backoff when the database is briefly unavailable (locked
@@ -168,7 +169,10 @@ class RunStore:
     def complete_trial(self, number: int, result: dict[str, Any]) -> None:
         """Record a worker's result (estimates, intervals, timings, worker, ...) and COMPLETE it."""
         keys = ("estimates", "intervals", "timings", "worker", "n_items", "estimator")
-        self._set_attrs(number, {k: result[k] for k in keys})
+        attrs = {k: result[k] for k in keys}
+        if "answers" in result:  # the anchors used, each with the candidate's 0/1 answer
+            attrs["answers"] = {str(item): int(v) for item, v in result["answers"].items()}
+        self._set_attrs(number, attrs)
         values = [float(result["estimates"][task]) for task in self.objectives]
         retry(lambda: self.study.tell(number, values, skip_if_finished=True), "completing a trial")
 

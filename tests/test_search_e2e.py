@@ -48,6 +48,7 @@ def test_search_then_resume_on_local_ray(local_ray, tmp_path, tiny_family) -> No
         a = t.user_attrs
         assert t.values == [a["estimates"]["arithmetic"], a["estimates"]["dates"]]
         assert set(a["intervals"]) == {"arithmetic", "dates"} and a["n_items"] == 16
+        assert len(a["answers"]) == 16 and set(a["answers"].values()) <= {0, 1}  # the anchors used
         assert a["estimator"] == "mean" and a["worker"].startswith("worker-")
         assert a["timings"]["total"] > 0
         if a["kind"] == "search":
