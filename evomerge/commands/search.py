@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from evomerge.commands.inspect import QUIET_OPT, Format, _check_format, _print_json, _show_progress
+
 
 def search(
     experiment: Path = typer.Argument(..., help="Experiment YAML (see experiments/)."),
@@ -25,6 +27,10 @@ def search(
         None, "--max-trials", min=1, help="Search-trial budget (overrides)."
     ),
     seed: int | None = typer.Option(None, "--seed", help="Seed (overrides the experiment's)."),
+    quiet: bool = QUIET_OPT,
+    fmt: Format = typer.Option(
+        Format.table, "--format", help="table (a summary for people) or json (the summary on stdout)."
+    ),
 ) -> None:
     """Search merge recipes: parents and a baseline first, then the optimizer's candidates."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -32,6 +38,7 @@ def search(
     from evomerge.experiment import Experiment
     from evomerge.runtime.driver import SearchDriver, SearchProgress
 
+    _check_format(fmt, (Format.table, Format.json))
     loaded = Experiment.load(experiment)
     run_dir = run_dir or Path("runs") / loaded.name
     console = Console(stderr=True)
@@ -44,6 +51,7 @@ def search(
         TimeRemainingColumn(),
         console=console,
         transient=False,
+        disable=not _show_progress(quiet),
     ) as bar:
         task = bar.add_task("search", total=None, info="starting workers")
 
@@ -63,6 +71,27 @@ def search(
             on_progress=show,
         )
         summary = driver.run()
+    stopped_early = summary.stopped in ("interrupted", "time")
+    if fmt is Format.json:
+        _print_json(
+            {
+                "run_dir": str(run_dir),
+                "study": summary.study,
+                "storage": summary.storage,
+                "complete": summary.complete,
+                "failed": summary.failed,
+                "best": summary.best,
+                "stopped": summary.stopped,
+                "utilization": summary.utilization,
+                "retries": summary.retries,
+                "search_seconds": summary.search_seconds,
+                "messages": summary.messages,
+                "resume": resume_cmd if stopped_early else None,
+            }
+        )
+        if summary.stopped == "interrupted":
+            raise typer.Exit(130)
+        return
     console.print(
         f"[bold]{summary.study}[/]: {summary.complete} complete, {summary.failed} failed search trials; "
         f"stopped: {summary.stopped}; worker utilization {100 * summary.utilization:.0f}%"
@@ -72,7 +101,7 @@ def search(
     console.print(f"run: {run_dir}  (inspect: evomerge status {shlex.quote(str(run_dir))})")
     for message in summary.messages:
         console.print(message, soft_wrap=True, highlight=False)
-    if summary.stopped in ("interrupted", "time"):
+    if stopped_early:
         console.print(f"resume with: {resume_cmd}", soft_wrap=True, highlight=False)
         if summary.stopped == "interrupted":
             raise typer.Exit(130)

@@ -18,7 +18,6 @@ Resume contract (what makes `--resume` continue exactly):
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import threading
@@ -377,7 +376,7 @@ class SearchDriver:
             raise error
         finally:
             stop.restore()
-            with contextlib.suppress(StorageError):  # a storage outage is already being reported
+            if stopped != "storage":  # (during an outage the error is already on its way)
                 clock.save(force=True)
             utilization = scheduler.busy_seconds / max(
                 1e-9, scheduler.n_workers * (time.perf_counter() - start)

@@ -225,3 +225,23 @@ def test_nsga2_crosses_over_in_a_run(tmp_path, tiny_family, monkeypatch) -> None
     # every trial after the first generation is a child; the first holds the 4 of the population
     # plus those asked while it was still being evaluated (2 workers)
     assert sum(children) >= N - 4 - 2
+
+
+def test_search_cli_json_summary(tmp_path, tiny_family, monkeypatch) -> None:
+    """`evomerge search --format json --quiet`: the summary a script reads, on stdout."""
+    import json
+
+    from typer.testing import CliRunner
+
+    import evomerge.runtime.driver
+    from evomerge.cli import app
+
+    monkeypatch.setattr(evomerge.runtime.driver, "_init_ray", lambda experiment, address: False)
+    monkeypatch.setattr(evomerge.runtime.driver, "actor_factory", lambda experiment, space: lambda i: None)
+    path = write_experiment(tmp_path / "exp", tiny_family, trials=5)
+    args = ["search", str(path), "--run-dir", str(tmp_path / "run"), "--format", "json", "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["complete"] == 5 and summary["stopped"] == "budget" and summary["resume"] is None
+    assert set(summary["best"]) == set(TASKS) and summary["search_seconds"] > 0
