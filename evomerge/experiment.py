@@ -4,7 +4,7 @@ name: quickstart
 space: ../search_spaces/quickstart_demo.yaml   # paths are relative to this file
 suite: ../fitness/quickstart.yaml
 calibration: null                              # a calibration directory, for IRT estimators
-optimizer: {name: cma, settings: {popsize: 8}}
+optimizer: {name: cma, settings: {popsize: 8}}    # optional start: [baseline, recipes/x.yaml]
 budget: {trials: 24, minutes: 10}               # stop at whichever comes first; both count the
                                                # whole run, over --resume sessions
 workers: {count: 2, cpus_per_worker: 1, batch_size: 16}
@@ -31,6 +31,10 @@ class _Strict(BaseModel):
 class OptimizerSpec(_Strict):
     name: str = "cma"
     settings: dict[str, Any] = Field(default_factory=dict)
+    # Known recipes evaluated as the first search candidates (and learned from like any other):
+    # "baseline" (the run's baseline recipe) or recipe YAML paths relative to the experiment file.
+    # Each must be a point of the search space (same method, values within the search bounds).
+    start: list[str] = Field(default_factory=list)
 
 
 class Budget(_Strict):

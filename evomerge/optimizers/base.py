@@ -48,10 +48,21 @@ class Optimizer(ABC):
         self.seed = seed
         self._next_id = 0
         self._pending: dict[int, Candidate] = {}
+        self._starts: list[tuple[float, ...]] = []  # known good points to hand out first (`suggest`)
 
     # ----- the interface ---------------------------------------------------------------------
+    def suggest(self, genome: Sequence[float]) -> None:
+        """Hand out `genome` (a known recipe's point) before any proposal of the optimizer's own; it
+        is evaluated and told like any candidate."""
+        point = tuple(float(g) for g in genome)
+        if len(point) != self.dim or not all(0.0 <= g <= 1.0 for g in point):
+            raise ConfigError(f"suggest: a start point needs {self.dim} genes in [0, 1], got {list(point)}")
+        self._starts.append(point)
+
     def ask(self) -> Candidate:
-        genome = np.clip(np.asarray(self._propose(), dtype=float), 0.0, 1.0)  # bounds policy: clip
+        start = self._starts.pop(0) if getattr(self, "_starts", None) else None
+        proposed = self._propose() if start is None else self._propose_start(start)
+        genome = np.clip(np.asarray(proposed, dtype=float), 0.0, 1.0)  # bounds policy: clip
         candidate = Candidate(self._next_id, tuple(float(g) for g in genome))
         self._next_id += 1
         self._pending[candidate.id] = candidate
@@ -91,6 +102,10 @@ class Optimizer(ABC):
         return optuna.samplers.RandomSampler(seed=self.seed)
 
     # ----- what each optimizer provides ------------------------------------------------------
+    def _propose_start(self, start: tuple[float, ...]) -> Sequence[float]:
+        """A start point handed out as the next candidate (optimizers note its id where needed)."""
+        return start
+
     @abstractmethod
     def _propose(self) -> Sequence[float]:
         """A new genome (it may leave the cube slightly; `ask` clips it)."""

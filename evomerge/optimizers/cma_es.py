@@ -11,8 +11,9 @@ as `popsize` results have arrived (completion order). A result that arrives afte
 was told ("late") is told with the current generation instead, in place of one of its samples, as
 an injected solution: pycma repairs its Mahalanobis length before the update (`check_points`; Hansen,
 "Injecting external solutions into CMA-ES", arXiv:1110.4181, 2011), so an old sample far from the
-new mean cannot derail the step size. Every completed evaluation is told exactly once; a late
-*failure* carries no information about the new distribution and is only counted (`late_failed`).
+new mean cannot derail the step size. Start points (`suggest`, e.g. a known recipe) are told the
+same way. Every completed evaluation is told exactly once; a late *failure* carries no information
+about the new distribution and is only counted (`late_failed`).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class CMAOptimizer(Optimizer):
         self._born: dict[int, tuple[int, np.ndarray]] = {}  # id -> (generation, sample as CMA drew it)
         # results for the next tell: (sample, values or None, late: from an older generation)
         self._results: list[tuple[np.ndarray, list[float] | None, bool]] = []
-        self.late = 0  # late results told with a later generation
+        self.injected = 0  # late results and start points, told as injected solutions
         self.late_failed = 0  # late failures, not told
 
     @property
@@ -85,6 +86,11 @@ class CMAOptimizer(Optimizer):
         self._born[self._next_id] = (self._generation, sample)
         return sample
 
+    def _propose_start(self, start: tuple[float, ...]) -> Sequence[float]:
+        # A start point is no sample of CMA: it is told as an injected solution, like a late result.
+        self._born[self._next_id] = (-1, np.asarray(start, dtype=float))
+        return start
+
     def _observe(self, candidate: Candidate, values: list[float] | None) -> None:
         generation, sample = self._born.pop(candidate.id)
         if values is not None:
@@ -93,7 +99,7 @@ class CMAOptimizer(Optimizer):
         if late and values is None:
             self.late_failed += 1
             return
-        self.late += late
+        self.injected += late
         self._results.append((sample, values, late))
         if len(self._results) >= self.popsize:
             # Real results first, so a failure's penalty ranks below every result seen so far.

@@ -47,6 +47,10 @@ class NevergradOptimizer(Optimizer):
         self._asked[self._next_id] = candidate
         return candidate.value
 
+    def _propose_start(self, start: tuple[float, ...]) -> Sequence[float]:
+        self.optimizer.suggest(np.asarray(start, dtype=float))  # nevergrad's next ask returns it
+        return self._propose()
+
     def _observe(self, candidate: Candidate, values: list[float] | None) -> None:
         if values is not None:
             self.scalarizer.observe(values)

@@ -99,7 +99,10 @@ class OptunaOptimizer(Optimizer):
         return self.study
 
     def ask(self) -> Candidate:
-        trial = self._ensure_study().ask(self.distributions)
+        study = self._ensure_study()
+        if self._starts:  # a start point: a fixed-parameter trial, in the current generation
+            study.enqueue_trial({gene_name(i): g for i, g in enumerate(self._starts.pop(0))})
+        trial = study.ask(self.distributions)
         genome = tuple(float(trial.params[gene_name(i)]) for i in range(self.dim))
         candidate = Candidate(trial.number, genome)
         self._pending[candidate.id] = candidate

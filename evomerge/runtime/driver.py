@@ -223,6 +223,7 @@ class SearchDriver:
                 )
         else:
             fresh = self._new_optimizer()
+            starts = self._start_points()  # checked before anything is written
             if exists:
                 raise ConfigError(
                     f"--run-dir {self.run_dir}: a run already exists there; add --resume to continue it, "
@@ -239,9 +240,37 @@ class SearchDriver:
             )
             (self.run_dir / "experiment.yaml").write_text(self.experiment.text)
             optimizer = fresh
+            for genome in starts:
+                optimizer.suggest(genome)
             self._checkpoint(optimizer, store)
         optimizer.bind(store.study)
         return optimizer, store
+
+    def _start_points(self) -> list[list[float]]:
+        """The genomes of `optimizer.start` (checked before the run is created)."""
+        from evomerge.recipe import MergeRecipe
+
+        points = []
+        for entry in self.experiment.spec.optimizer.start:
+            if entry == "baseline":
+                recipe = self.space.decode_recipe(self.space.baseline_recipe()[1])
+            else:
+                path = (self.experiment.root / entry).resolve()
+                if not path.is_file():
+                    raise ConfigError(
+                        f"optimizer.start: {entry!r} does not exist (resolved to {path}); "
+                        "give 'baseline' or a recipe YAML path relative to the experiment"
+                    )
+                recipe = MergeRecipe.from_yaml(path.read_text())
+            genome = self.space.try_encode(recipe)
+            if genome is None:
+                raise ConfigError(
+                    f"optimizer.start: {entry!r} ({recipe.merge_method}) is no point of the search space "
+                    f"({self.space.method.name}): it needs the space's method, its fixed parameters and "
+                    "values within the searched bounds; drop it or widen the space"
+                )
+            points.append(genome)
+        return points
 
     def _checkpoint(self, optimizer: Optimizer | None = None, store: RunStore | None = None) -> None:
         optimizer, store = optimizer or self.optimizer, store or self.store

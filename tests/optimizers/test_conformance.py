@@ -12,6 +12,7 @@ import optuna
 import pytest
 
 from evomerge import pareto
+from evomerge.errors import ConfigError
 from evomerge.optimizers import OPTIMIZERS, Optimizer, make_optimizer
 
 DIM, BUDGET, WORKERS = 12, 240, 4
@@ -115,3 +116,21 @@ def test_tell_rejects_unknown_ids_and_bad_values() -> None:
     optimizer.tell(c.id, [0.5, 0.5])
     with pytest.raises(ValueError, match="already told"):
         optimizer.tell(c.id, [0.5, 0.5])
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS.names())
+def test_start_points_are_asked_first_and_learned_from(name: str) -> None:
+    optimizer = make(name, seed=2)
+    starts = [tuple(float(x) for x in np.linspace(0.1, 0.9, DIM)), (0.25,) * DIM]
+    for point in starts:
+        optimizer.suggest(point)
+    asked = [optimizer.ask() for _ in range(3)]
+    assert [c.genome for c in asked[:2]] == starts and asked[2].genome not in starts
+    for c in asked:
+        optimizer.tell(c.id, tasks(np.array(c.genome)))
+    if name == "cma":
+        assert optimizer.injected == 2 and len(optimizer._results) == 3  # told with its first generation
+    found = run(optimizer)  # and it goes on as usual
+    assert len(found) == BUDGET
+    with pytest.raises(ConfigError, match="needs 12 genes in"):
+        optimizer.suggest([0.5, 1.5])

@@ -245,3 +245,25 @@ def test_search_cli_json_summary(tmp_path, tiny_family, monkeypatch) -> None:
     summary = json.loads(result.stdout)
     assert summary["complete"] == 5 and summary["stopped"] == "budget" and summary["resume"] is None
     assert set(summary["best"]) == set(TASKS) and summary["search_seconds"] > 0
+
+
+def test_known_recipes_start_the_search(tmp_path, tiny_family) -> None:
+    """`optimizer.start`: known recipes are the first search candidates; one that is no point of
+    the space is a clear error before anything is written."""
+    from evomerge.errors import ConfigError
+    from evomerge.space import SearchSpace
+
+    optimizer = {"name": "cma", "settings": {"popsize": 4}, "start": ["start.yaml"]}
+    path = write_experiment(tmp_path / "exp", tiny_family, trials=5, optimizer=optimizer)
+    space = SearchSpace.load(tmp_path / "exp" / "space.yaml")
+    genome = [round(float(g), 6) for g in np.linspace(0.0, 1.0, space.dim)]
+    (tmp_path / "exp" / "start.yaml").write_text(space.decode(genome).to_yaml())
+    driver(path, tmp_path / "run").run()
+    first = search_genomes(tmp_path / "run")[0]
+    assert first == pytest.approx(genome, abs=1e-6)
+
+    optimizer["start"] = ["baseline"]  # uniform task arithmetic: no point of a TIES space
+    path = write_experiment(tmp_path / "exp2", tiny_family, trials=5, optimizer=optimizer)
+    with pytest.raises(ConfigError, match=r"optimizer.start: 'baseline' \(task_arithmetic\) is no point"):
+        driver(path, tmp_path / "run2")
+    assert not (tmp_path / "run2").exists()
