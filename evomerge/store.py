@@ -212,7 +212,7 @@ def create_run(
     run_dir: Path,
     study_name: str,
     objectives: list[str],
-    attrs: dict[str, str],
+    attrs: dict[str, Any],
     storage: str | None = None,
     sampler: Any = None,
 ) -> RunStore:

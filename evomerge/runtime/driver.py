@@ -186,6 +186,7 @@ class SearchDriver:
         from evomerge.fitness.suite import FitnessSuite
 
         self.experiment = experiment.with_overrides(seed=seed, storage=storage, trials=max_trials)
+        self._seed_override = seed
         self.run_dir = Path(run_dir)
         self.resume = resume
         self.ray_address = ray_address
@@ -221,6 +222,7 @@ class SearchDriver:
                     f"--resume: the run's objectives {store.objectives} differ from "
                     f"the suite's tasks {self.tasks}"
                 )
+            self._check_same_run(store)
         else:
             fresh = self._new_optimizer()
             starts = self._start_points()  # checked before anything is written
@@ -234,7 +236,12 @@ class SearchDriver:
                 self.run_dir,
                 f"{self.experiment.name}-{stamp}",
                 self.tasks,
-                {"experiment": self.experiment.text, "space": self.space.to_yaml()},
+                {
+                    "experiment": self.experiment.text,
+                    "space": self.space.to_yaml(),
+                    "seed": self.experiment.spec.seed,  # the effective one (--seed included)
+                    "optimizer": self.experiment.spec.optimizer.model_dump(mode="json"),
+                },
                 storage=self.experiment.spec.storage,
                 sampler=fresh.sampler(),
             )
@@ -245,6 +252,33 @@ class SearchDriver:
             self._checkpoint(optimizer, store)
         optimizer.bind(store.study)
         return optimizer, store
+
+    def _check_same_run(self, store: RunStore) -> None:
+        """A resumed run keeps the space, optimizer and seed it was started with (its workers score
+        with the run's seed; a changed space would decode the checkpoint's genomes differently).
+        The budget, workers and Ray settings may change between sessions."""
+        stored = store.study.user_attrs
+        copy = self.run_dir / "experiment.yaml"
+        if "space" in stored and stored["space"] != self.space.to_yaml():
+            raise ConfigError(
+                f"--resume: the search space {self.experiment.space_path} differs from the one the run "
+                f"was started with; resume with that space (the run's experiment is copied in {copy})"
+            )
+        if "optimizer" in stored and stored["optimizer"] != self.experiment.spec.optimizer.model_dump(
+            mode="json"
+        ):
+            raise ConfigError(
+                f"--resume: optimizer {self.experiment.spec.optimizer.model_dump(mode='json')} differs from "
+                f"the run's {stored['optimizer']}; its state is in the checkpoint: resume with the run's "
+                f"optimizer settings ({copy}), or start a new run"
+            )
+        if "seed" in stored:
+            if self._seed_override is not None and self._seed_override != stored["seed"]:
+                raise ConfigError(
+                    f"--seed {self._seed_override}: the run was started with seed {stored['seed']}; "
+                    "drop --seed to resume it"
+                )
+            self.experiment = self.experiment.with_overrides(seed=int(stored["seed"]))
 
     def _start_points(self) -> list[list[float]]:
         """The genomes of `optimizer.start` (checked before the run is created)."""

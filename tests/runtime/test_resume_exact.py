@@ -267,3 +267,23 @@ def test_known_recipes_start_the_search(tmp_path, tiny_family) -> None:
     with pytest.raises(ConfigError, match=r"optimizer.start: 'baseline' \(task_arithmetic\) is no point"):
         driver(path, tmp_path / "run2")
     assert not (tmp_path / "run2").exists()
+
+
+def test_resume_keeps_the_runs_space_optimizer_and_seed(tmp_path, tiny_family) -> None:
+    from evomerge.errors import ConfigError
+
+    path = write_experiment(tmp_path / "exp", tiny_family, trials=4)
+    driver(path, tmp_path / "run", seed=7).run()
+    resumed = driver(path, tmp_path / "run", resume=True, max_trials=5)  # no --seed: the run's
+    assert resumed.experiment.spec.seed == 7
+    with pytest.raises(ConfigError, match="--seed 3: the run was started with seed 7; drop --seed"):
+        driver(path, tmp_path / "run", resume=True, seed=3)
+    other = write_experiment(tmp_path / "exp", tiny_family, trials=4, optimizer={"name": "random"})
+    with pytest.raises(ConfigError, match="optimizer .* differs from the run's"):
+        driver(other, tmp_path / "run", resume=True)
+    path = write_experiment(tmp_path / "exp", tiny_family, trials=4)
+    space = yaml.safe_load((tmp_path / "exp" / "space.yaml").read_text())
+    space["granularity"] = "global"
+    (tmp_path / "exp" / "space.yaml").write_text(yaml.safe_dump(space))
+    with pytest.raises(ConfigError, match="search space .* differs from the one the run was started with"):
+        driver(path, tmp_path / "run", resume=True)
