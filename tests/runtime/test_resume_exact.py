@@ -287,3 +287,28 @@ def test_resume_keeps_the_runs_space_optimizer_and_seed(tmp_path, tiny_family) -
     (tmp_path / "exp" / "space.yaml").write_text(yaml.safe_dump(space))
     with pytest.raises(ConfigError, match="search space .* differs from the one the run was started with"):
         driver(path, tmp_path / "run", resume=True)
+
+
+def test_failed_candidates_are_fail_trials_and_the_search_goes_on(tmp_path, tiny_family, monkeypatch) -> None:
+    import sys
+
+    module = sys.modules[__name__]
+    real_score, calls = module.score, []
+
+    def sometimes_nan(recipe_yaml: str) -> dict[str, Any]:
+        calls.append(recipe_yaml)
+        if len(calls) > 3 and len(calls) % 3 == 0:  # search candidates only (parents/baseline first)
+            return {
+                "ok": False,
+                "reason": "CandidateError: non-finite estimates {'dates': nan}",
+                "worker": "w",
+            }
+        return real_score(recipe_yaml)
+
+    monkeypatch.setattr(module, "score", sometimes_nan)
+    path = write_experiment(tmp_path / "exp", tiny_family, trials=9)
+    summary = driver(path, tmp_path / "run").run()
+    assert summary.stopped == "budget" and summary.complete + summary.failed == 9 and summary.failed == 3
+    failed = [t for t in open_run(tmp_path / "run").trials() if t.state == TrialState.FAIL]
+    assert len(failed) == 3 and all("non-finite" in t.user_attrs["fail_reason"] for t in failed)
+    assert all(t.values is None for t in failed)
