@@ -25,6 +25,7 @@ N, K = 14, 6  # trials of the whole run; search trials done when the first sessi
 OPTIMIZERS_SETTINGS = {
     "cma": {"popsize": 4},
     "optuna": {"population_size": 4},
+    "optuna-tpe": {"sampler": "tpe"},
     "nevergrad": {"method": "DE", "budget": N, "num_workers": 2},
     "random": {},
 }
@@ -128,9 +129,9 @@ def stop_after(k: int):
     return on_progress
 
 
-@pytest.mark.parametrize("name", OPTIMIZERS.names())
+@pytest.mark.parametrize("name", [*OPTIMIZERS.names(), "optuna-tpe"])
 def test_stopped_and_resumed_run_asks_what_an_uninterrupted_run_asks(tmp_path, tiny_family, name) -> None:
-    optimizer = {"name": name, "settings": OPTIMIZERS_SETTINGS[name]}
+    optimizer = {"name": name.split("-")[0], "settings": OPTIMIZERS_SETTINGS[name]}
     path = write_experiment(tmp_path / "exp", tiny_family, trials=N, optimizer=optimizer, workers=2)
     whole = driver(path, tmp_path / "whole").run()
     assert whole.stopped == "budget" and whole.complete == N
