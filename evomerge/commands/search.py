@@ -55,9 +55,15 @@ def search(
     ) as bar:
         task = bar.add_task("search", total=None, info="starting workers")
 
+        started = False
+
         def show(p: SearchProgress) -> None:
+            nonlocal started
             best = " ".join(f"{t}={v:.3f}" for t, v in p.best.items()) or "-"
             info = f"failed {p.failed} | running {p.running} | best {best}"
+            if not started:  # the ETA's speed is measured from here, without a resumed run's past
+                bar.reset(task, completed=p.done, total=p.budget, info=info)
+                started = True
             bar.update(task, completed=p.done, total=p.budget, info=info)
 
         driver = SearchDriver(
