@@ -32,8 +32,9 @@ class OptimizerSpec(_Strict):
     name: str = "cma"
     settings: dict[str, Any] = Field(default_factory=dict)
     # Known recipes evaluated as the first search candidates (and learned from like any other):
-    # "baseline" (the run's baseline recipe) or recipe YAML paths relative to the experiment file.
-    # Each must be a point of the search space (same method, values within the search bounds).
+    # "uniform" (the space's method with weights 1/n and default parameters), "baseline" (the
+    # run's baseline recipe) or recipe YAML paths relative to the experiment file. A baseline or
+    # recipe must be a point of the search space (its method, values within the search bounds).
     start: list[str] = Field(default_factory=list)
 
 

@@ -271,6 +271,22 @@ class SearchSpace:
             genome.append(float(np.clip((float(value) - gene.low) / (gene.high - gene.low), 0.0, 1.0)))
         return genome
 
+    def uniform_genome(self) -> list[float]:
+        """The space's own uniform merge: every parent weighted 1/n, t = 0.5, every other searched
+        parameter at the method's default (the middle of its bounds where it has none); values
+        outside the searched bounds are clipped into them."""
+        defaults = {p.name: p.default for p in self.method.params}
+        genome = []
+        for gene in self.genes:
+            if gene.param == "weight":
+                value = 1.0 / len(self.parents)
+            elif gene.param == "t" or not isinstance(defaults.get(gene.param), float):
+                value = (gene.low + gene.high) / 2
+            else:
+                value = float(defaults[gene.param])
+            genome.append(float(np.clip((value - gene.low) / (gene.high - gene.low), 0.0, 1.0)))
+        return genome
+
     def try_encode(self, recipe: Any) -> list[float] | None:
         """The point of `recipe` when it is one of this space (its genes decode back to the very
         same parameters on every layer, model and tensor group), else None: another method, a

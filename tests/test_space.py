@@ -111,6 +111,16 @@ def test_baseline_is_encoded_only_when_it_is_a_point_of_the_space(tiny_family) -
         {"base": str(parents[0]), "parents": [str(parents[1])], "method": "slerp", "search": {"t": {}}}
     )
     assert slerp.try_encode(slerp.decode_recipe(slerp.baseline_recipe()[1])) == [0.5] * 4
+    assert slerp.uniform_genome() == [0.5] * 4
+
+
+def test_uniform_point_of_the_space(tiny_family) -> None:
+    """The space's own uniform merge: weights 1/n, other parameters at the method's default."""
+    s = space(tiny_family)
+    recipe = s.decode(s.uniform_genome()).to_dict()
+    for model in recipe["models"]:
+        assert model["parameters"]["weight"] == [0.5] * 4 and model["parameters"]["density"] == [1.0] * 4
+    assert recipe["parameters"] == {"normalize": True}
 
 
 @pytest.mark.parametrize(

@@ -286,6 +286,9 @@ class SearchDriver:
 
         points = []
         for entry in self.experiment.spec.optimizer.start:
+            if entry == "uniform":
+                points.append(self.space.uniform_genome())
+                continue
             if entry == "baseline":
                 recipe = self.space.decode_recipe(self.space.baseline_recipe()[1])
             else:
@@ -293,7 +296,7 @@ class SearchDriver:
                 if not path.is_file():
                     raise ConfigError(
                         f"optimizer.start: {entry!r} does not exist (resolved to {path}); "
-                        "give 'baseline' or a recipe YAML path relative to the experiment"
+                        "give 'uniform', 'baseline' or a recipe YAML path relative to the experiment"
                     )
                 recipe = MergeRecipe.from_yaml(path.read_text())
             genome = self.space.try_encode(recipe)

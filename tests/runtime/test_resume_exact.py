@@ -263,6 +263,12 @@ def test_known_recipes_start_the_search(tmp_path, tiny_family) -> None:
     first = search_genomes(tmp_path / "run")[0]
     assert first == pytest.approx(genome, abs=1e-6)
 
+    optimizer["start"] = ["uniform", "start.yaml"]
+    path = write_experiment(tmp_path / "exp", tiny_family, trials=5, optimizer=optimizer)
+    driver(path, tmp_path / "run_u").run()
+    asked = search_genomes(tmp_path / "run_u")
+    assert asked[0] == pytest.approx(space.uniform_genome()) and asked[1] == pytest.approx(genome, abs=1e-6)
+
     optimizer["start"] = ["baseline"]  # uniform task arithmetic: no point of a TIES space
     path = write_experiment(tmp_path / "exp2", tiny_family, trials=5, optimizer=optimizer)
     with pytest.raises(ConfigError, match=r"optimizer.start: 'baseline' \(task_arithmetic\) is no point"):
