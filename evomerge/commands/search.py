@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from evomerge.commands.inspect import QUIET_OPT, Format, _check_format, _print_json, _show_progress
+from evomerge.errors import StorageError
 
 
 def search(
@@ -76,7 +77,10 @@ def search(
             seed=seed,
             on_progress=show,
         )
-        summary = driver.run()
+        try:
+            summary = driver.run()
+        except StorageError as error:  # the run exists; everything finished is committed
+            raise StorageError(f"{error}; resume with: {resume_cmd}") from error
     stopped_early = summary.stopped in ("interrupted", "time")
     if fmt is Format.json:
         _print_json(

@@ -319,3 +319,44 @@ def test_failed_candidates_are_fail_trials_and_the_search_goes_on(tmp_path, tiny
     failed = [t for t in open_run(tmp_path / "run").trials() if t.state == TrialState.FAIL]
     assert len(failed) == 3 and all("non-finite" in t.user_attrs["fail_reason"] for t in failed)
     assert all(t.values is None for t in failed)
+
+
+def test_storage_outage_stops_cleanly_and_resumes(tmp_path, tiny_family, monkeypatch) -> None:
+    """Storage still down after the retries: the search stops with the resume command; resumed,
+    it completes the budget with every candidate evaluated to completion once."""
+    from typer.testing import CliRunner
+
+    import evomerge.runtime.driver
+    from evomerge.cli import app
+    from evomerge.errors import StorageError
+    from evomerge.store import RunStore
+
+    monkeypatch.setattr(evomerge.runtime.driver, "_init_ray", lambda experiment, address: False)
+    monkeypatch.setattr(evomerge.runtime.driver, "actor_factory", lambda experiment, space: lambda i: None)
+    complete_trial, written = RunStore.complete_trial, []
+
+    def outage_after_five(self, number, result):
+        if len(written) == 5:
+            raise StorageError(
+                "storage unavailable while completing a trial after 6 retries (OperationalError)"
+            )
+        written.append(number)
+        complete_trial(self, number, result)
+
+    monkeypatch.setattr(RunStore, "complete_trial", outage_after_five)
+    path = write_experiment(tmp_path / "exp", tiny_family, trials=8)
+    args = ["search", str(path), "--run-dir", str(tmp_path / "run"), "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, StorageError)
+    assert "resume with: evomerge search" in str(result.exception) and "--resume" in str(result.exception)
+
+    monkeypatch.setattr(RunStore, "complete_trial", complete_trial)  # the storage is back
+    result = CliRunner().invoke(app, [*args, "--resume", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    trials = open_run(tmp_path / "run").trials()
+    done = [
+        t.user_attrs["candidate"]
+        for t in trials
+        if t.state == TrialState.COMPLETE and "candidate" in t.user_attrs
+    ]
+    assert sorted(done) == list(range(8))
