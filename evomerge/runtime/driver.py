@@ -2,7 +2,9 @@
 
 Resume contract (what makes `--resume` continue exactly):
 - New candidates are asked, the optimizer is checkpointed, and only then are their trials created,
-  so every trial's candidate id is known to the checkpoint.
+  so every trial's candidate id is known to the checkpoint. (An optimizer that owns the study's
+  trials creates them when it asks; one the checkpoint does not know is FAIL "interrupted" on
+  resume, and the restored optimizer asks its point again.)
 - A result is committed to the study before it is told to the optimizer; on resume, a candidate
   still pending in the checkpoint whose trial is finished is re-told from the study (not
   re-evaluated), and one whose trial was cut short (RUNNING when the driver died, now FAIL
