@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from build_base import DEFAULT_ROOT  # noqa: E402
-from evaluate import RESULTS_DIR, make_evaluator, measure, record  # noqa: E402
+from evaluate import RESULTS_DIR, add_dtype_option, make_evaluator, measure, record, tagged  # noqa: E402
 
 from evomerge.merge.live import LiveMerger  # noqa: E402
 from evomerge.recipe import MergeRecipe  # noqa: E402
@@ -62,11 +62,13 @@ def main() -> None:
     parser.add_argument(
         "--per-task", type=int, help="score a seeded stratified subset of N eval items per task"
     )
+    add_dtype_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("EVOMERGE_THREADS", "2")))
     base, experts = args.root / "base", [args.root / name for name in args.experts]
-    merger = LiveMerger(base, experts)
+    merger = LiveMerger(base, experts, model_dtype=getattr(torch, args.dtype))
     evaluator, tag = make_evaluator(base, args.per_task, args.batch_size)
+    tag = tagged(tag, args.dtype)
     (RESULTS_DIR / "recipes").mkdir(parents=True, exist_ok=True)
     if args.recipe:
         recipes = {k: MergeRecipe.from_yaml(Path(v)) for k, v in (r.split("=", 1) for r in args.recipe)}

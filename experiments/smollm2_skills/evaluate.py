@@ -50,6 +50,20 @@ def make_evaluator(tokenizer_dir: Path, per_task: int | None, batch_size: int, s
     return evaluator, f"eval{per_task}"
 
 
+def add_dtype_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="dtype of the scored model (bfloat16: ~3x faster on this CPU; merges stay float32)",
+    )
+
+
+def tagged(tag: str, dtype: str) -> str:
+    """Result files of bfloat16 scoring are kept apart from float32 ones (e.g. accuracy_full-bfloat16)."""
+    return tag if dtype == "float32" else f"{tag}-{dtype}"
+
+
 def measure(model, evaluator: FitnessEvaluator, tag: str) -> tuple[dict[str, float], dict[str, int]]:
     """Measured accuracy per task on the evaluator's items, and the 0/1 answer of every item.
 
@@ -96,13 +110,16 @@ def main() -> None:
     parser.add_argument(
         "--per-task", type=int, help="score a seeded stratified subset of N eval items per task"
     )
+    add_dtype_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("EVOMERGE_THREADS", "2")))
     from transformers import AutoModelForCausalLM
 
     evaluator, tag = make_evaluator(args.root / "base", args.per_task, args.batch_size, args.suite)
+    tag = tagged(tag, args.dtype)
     for name in args.models:
-        model = AutoModelForCausalLM.from_pretrained(args.root / name, dtype=torch.float32).eval()
+        dtype = getattr(torch, args.dtype)
+        model = AutoModelForCausalLM.from_pretrained(args.root / name, dtype=dtype).eval()
         start = time.perf_counter()
         accuracy, answers = measure(model, evaluator, tag)
         seconds = time.perf_counter() - start
