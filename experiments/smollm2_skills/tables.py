@@ -10,8 +10,11 @@ import json
 import math
 from pathlib import Path
 
+from evomerge.fitness.suite import FitnessSuite
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+SUITE = HERE.parents[1] / "fitness" / "skills.yaml"
 ORDER = ["base", "arithmetic", "reasoning", "task_arithmetic", "ties"]
 
 
@@ -20,7 +23,9 @@ def accuracy_table(tag: str) -> str:
     names = [n for n in ORDER if n in results] + sorted(set(results) - set(ORDER))
     tasks = list(results[names[0]]["accuracy"])
     responses = {n: json.loads((RESULTS / "responses" / tag / f"{n}.json").read_text()) for n in names}
-    per_task = len(next(iter(responses.values()))) // len(tasks)
+    answered = next(iter(responses.values()))
+    eval_ids = FitnessSuite.load(SUITE).eval_ids
+    n_items = {t: sum(1 for i in eval_ids[t] if i in answered) for t in tasks}  # items scored per task
     lines = [
         "| model | " + " | ".join(tasks) + " | mean | items | seconds |",
         "|---" * (len(tasks) + 4) + "|",
@@ -29,12 +34,17 @@ def accuracy_table(tag: str) -> str:
         row = results[name]
         # binomial standard error of each measured accuracy: sqrt(p(1-p)/n)
         cells = [
-            f"{p:.3f} ± {math.sqrt(p * (1 - p) / per_task):.3f}" for p in (row["accuracy"][t] for t in tasks)
+            f"{row['accuracy'][t]:.3f} ± {_standard_error(row['accuracy'][t], n_items[t]):.3f}" for t in tasks
         ]
         lines.append(
             f"| {name} | " + " | ".join(cells) + f" | {row['mean']:.3f} | {row['items']} | {row['seconds']} |"
         )
     return "\n".join(lines)
+
+
+def _standard_error(p: float, n: int) -> float:
+    """Binomial standard error of an accuracy p measured on n items: sqrt(p(1-p)/n)."""
+    return math.sqrt(p * (1 - p) / n)
 
 
 def experts_table() -> str:
