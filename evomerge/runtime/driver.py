@@ -34,7 +34,7 @@ from optuna.trial import TrialState
 
 from evomerge.errors import ConfigError, StorageError
 from evomerge.experiment import Experiment
-from evomerge.optimizers import Optimizer, load_checkpoint, make_optimizer, save_checkpoint
+from evomerge.optimizers import OPTIMIZERS, Optimizer, load_checkpoint, make_optimizer, save_checkpoint
 from evomerge.space import SearchSpace
 from evomerge.store import CHECKPOINT_FILE, RUN_FILE, RunStore, create_run, open_run
 
@@ -197,6 +197,7 @@ class SearchDriver:
         self.tasks = FitnessSuite.load(self.experiment.suite_path).tasks
         self.budget = self.experiment.spec.budget
         self._make_actor = make_actor
+        self.messages: list[str] = []  # said to the user with the summary
         self.optimizer, self.store = self._open()
         self.jobs: dict[int, Job] = {}
         self.best: dict[str, float] = {}
@@ -217,7 +218,7 @@ class SearchDriver:
                 raise ConfigError(
                     f"--resume: {self.run_dir} holds no run ({RUN_FILE} missing); drop --resume"
                 )
-            optimizer = load_checkpoint(self.run_dir / CHECKPOINT_FILE)
+            optimizer = self._resumed_optimizer()
             store = open_run(self.run_dir, sampler=optimizer.sampler())
             if store.objectives != self.tasks:
                 raise ConfigError(
@@ -254,6 +255,18 @@ class SearchDriver:
             self._checkpoint(optimizer, store)
         optimizer.bind(store.study)
         return optimizer, store
+
+    def _resumed_optimizer(self) -> Optimizer:
+        path = self.run_dir / CHECKPOINT_FILE
+        if not path.exists() and OPTIMIZERS.get(self.experiment.spec.optimizer.name).owns_trials:
+            # Runs made before 2026-11-24 kept no checkpoint for optuna, and their NSGA-II had an
+            # empty search space (see optimizers/nsga2.py): the sampler starts again.
+            self.messages.append(
+                f"{path} is missing (a run from before optuna checkpoints): the sampler starts again "
+                "(new random state; NSGA-II's generations start from the trials of this session)"
+            )
+            return self._new_optimizer()
+        return load_checkpoint(path)
 
     def _check_same_run(self, store: RunStore) -> None:
         """A resumed run keeps the space, optimizer and seed it was started with (its workers score
@@ -391,7 +404,7 @@ class SearchDriver:
         deadline = start + 60 * self.budget.minutes - spent if self.budget.minutes else None
         clock = _SearchClock(self.store, spent, start)
         stopped = "budget"
-        messages: list[str] = []
+        messages = self.messages
         in_flight_search = sum(job.kind == "search" for job in first_jobs)
         finished: list[tuple[int, dict[str, Any]]] = []  # ended jobs not yet written and told
         stop = _StopOnSigint()

@@ -360,3 +360,13 @@ def test_storage_outage_stops_cleanly_and_resumes(tmp_path, tiny_family, monkeyp
         if t.state == TrialState.COMPLETE and "candidate" in t.user_attrs
     ]
     assert sorted(done) == list(range(8))
+
+
+def test_optuna_run_without_a_checkpoint_still_resumes(tmp_path, tiny_family) -> None:
+    """Runs made before optuna was checkpointed: resume says the sampler starts again, and goes on."""
+    optimizer = {"name": "optuna", "settings": {"population_size": 4}}
+    path = write_experiment(tmp_path / "exp", tiny_family, trials=4, optimizer=optimizer)
+    driver(path, tmp_path / "run").run()
+    (tmp_path / "run" / "optimizer.pkl").unlink()
+    summary = driver(path, tmp_path / "run", resume=True, max_trials=6).run()
+    assert summary.complete == 6 and any("the sampler starts again" in m for m in summary.messages)
