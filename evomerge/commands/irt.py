@@ -151,10 +151,25 @@ def calibrate(
     batch_size: int = typer.Option(32, "--batch-size"),
     dims: str = typer.Option("1,2,3,5", "--dims", help="IRT dimensions to choose from."),
     seed: int = typer.Option(0, "--seed"),
+    space: Path | None = typer.Option(
+        None, "--space", help="Search space YAML the --merges are sampled from (its base and parents)."
+    ),
+    merges: int = typer.Option(
+        0, "--merges", help="Also score N space-filling merges of --space (in memory, not saved)."
+    ),
+    dtype: str = typer.Option(
+        "float32", "--dtype", help="dtype the subjects are scored in (float32, bfloat16, float16)."
+    ),
 ) -> None:
     """Score every subject on the suite's full eval split, fit IRT, write the calibration."""
     from evomerge.fitness.population import calibrate_suite
     from evomerge.fitness.suite import FitnessSuite
+    from evomerge.space import SearchSpace
+
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(f"--dtype {dtype!r}: choose float32, bfloat16 or float16")
+    if merges < 0:
+        raise ConfigError(f"--merges {merges}: give a count >= 0")
 
     # `--subjects A B C`: the directories after the first arrive as extra arguments.
     all_subjects = [*subjects, *(Path(arg) for arg in ctx.args)]
@@ -169,10 +184,13 @@ def calibrate(
         dims=_dims(dims),
         seed=seed,
         progress=lambda message: typer.echo(message, err=True),
+        space=SearchSpace.load(space) if space is not None else None,
+        merges=merges,
+        dtype=dtype,
     )
     calibration.save(out)
     typer.echo(
-        f"{out}: {len(all_subjects)} subjects x {len(calibration.item_ids)} items, "
+        f"{out}: {len(calibration.subjects)} subjects x {len(calibration.item_ids)} items, "
         f"IRT dimension {calibration.irt.dim}"
     )
 

@@ -6,14 +6,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from evomerge.errors import ConfigError, ModelLoadError
 from evomerge.fitness.calibration import DEFAULT_DIMS, Calibration, fit_calibration, subject_sha256
 from evomerge.fitness.evaluator import FitnessEvaluator
 from evomerge.fitness.suite import FitnessSuite
+from evomerge.space import SearchSpace
 
 
-def load_subject(model_dir: Path, device: str = "cpu") -> object:
+def load_subject(model_dir: Path, device: str = "cpu", dtype: object = None) -> object:
     """A model directory as an eval-mode causal LM (safetensors only, no remote code)."""
     from transformers import AutoModelForCausalLM
 
@@ -25,7 +27,9 @@ def load_subject(model_dir: Path, device: str = "cpu") -> object:
         raise ModelLoadError(
             f"subject {str(model_dir)!r} has no .safetensors weights (pickled weights are refused)"
         )
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), use_safetensors=True, dtype="float32")
+    model = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), use_safetensors=True, dtype=dtype or "float32"
+    )
     return model.to(device).eval()
 
 
@@ -38,28 +42,64 @@ def calibrate_suite(
     dims: Sequence[int] = DEFAULT_DIMS,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    space: SearchSpace | None = None,
+    merges: int = 0,
+    dtype: str = "float32",
 ) -> Calibration:
-    """Every subject (model directory) answers every eval item of the suite; fit; return the artifact."""
+    """Every subject answers every eval item of the suite; fit; return the artifact.
+
+    Subjects are the model directories, then (with `space` and `merges`) that many space-filling
+    merges of the space: a scrambled Latin hypercube sample of its unit cube, decoded to recipes
+    and materialized in memory (LiveMerger, float32 merge), never written to disk. `dtype` is the
+    dtype the subjects are scored in (e.g. bfloat16, faster on CPUs with native bf16).
+    """
     dirs = [Path(s).resolve() for s in subjects]
     names = [d.name for d in dirs]
     if len(set(names)) != len(names):
         raise ConfigError(f"--subjects: directory names must be unique (got {names}); they name the subjects")
+    if merges and space is None:
+        raise ConfigError("--merges needs --space: the search space the merges are sampled from")
     item_ids = [i for task in suite.tasks for i in suite.eval_ids[task]]
-    rows = []
-    for model_dir in dirs:
+    torch_dtype = getattr(torch, dtype)
+    rows, infos = [], []
+
+    def score(name: str, model: object, tokenizer_dir: Path) -> None:
         if progress:
-            progress(f"scoring {model_dir.name} on {len(item_ids)} items")
-        evaluator = FitnessEvaluator(suite, model_dir, device=device, batch_size=batch_size, estimator="mean")
-        answers = evaluator.score_eval_split(load_subject(model_dir, device))
+            progress(f"scoring {name} on {len(item_ids)} items")
+        evaluator = FitnessEvaluator(
+            suite, tokenizer_dir, device=device, batch_size=batch_size, estimator="mean"
+        )
+        answers = evaluator.score_eval_split(model)
         rows.append([answers[i] for i in item_ids])
+
+    for model_dir in dirs:
+        score(model_dir.name, load_subject(model_dir, device, torch_dtype), model_dir)
+        infos.append({"name": model_dir.name, "path": str(model_dir), "sha256": subject_sha256(model_dir)})
+    if merges and space is not None:
+        from evomerge.merge.live import LiveMerger
+
+        merger = LiveMerger(space.base, space.parents, device=device, model_dtype=torch_dtype)
+        for number, (name, recipe) in enumerate(space_filling_recipes(space, merges, seed)):
+            if name in names:
+                raise ConfigError(f"--subjects: {name!r} is the name of a space-filling merge; rename it")
+            score(name, merger.apply(space.decode_recipe(recipe)), merger.tokenizer_dir)
+            infos.append({"name": name, "recipe": recipe, "space": space.spec.name, "sample": number})
     return fit_calibration(
         np.array(rows, dtype=float),
         item_ids,
         suite.eval_ids,
-        [{"name": d.name, "path": str(d), "sha256": subject_sha256(d)} for d in dirs],
+        infos,
         dims=dims,
         groups={i: suite.items[i].group or "" for i in item_ids},
         suite=suite.name,
         bank_hashes=suite.bank_hashes(),
         seed=seed,
     )
+
+
+def space_filling_recipes(space: SearchSpace, n: int, seed: int = 0) -> list[tuple[str, dict]]:
+    """n recipes (name, mergekit dict) spread over the space: a scrambled Latin hypercube of its cube."""
+    from scipy.stats import qmc
+
+    points = qmc.LatinHypercube(d=space.dim, seed=seed).random(n)
+    return [(f"merge_{k:02d}", space.decode_dict(point)) for k, point in enumerate(points)]

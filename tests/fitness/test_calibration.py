@@ -133,3 +133,49 @@ def test_responses_csv_errors(tmp_path: Path) -> None:
     bad.write_text("model,i1\nm1,1\n")
     with pytest.raises(ConfigError, match="first column must be named 'subject'"):
         read_responses_csv(bad)
+
+
+def test_calibrate_cli_scores_space_filling_merges(
+    tiny_family: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    """`evomerge calibrate --space S --merges N --dtype bfloat16`: the subjects, then N in-memory
+    merges spread over the space (distinct recipes, none written to disk), all in the response matrix."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from evomerge.cli import app
+
+    base, parents = tiny_family
+    space_path = tmp_path / "space.yaml"
+    space_path.write_text(
+        yaml.safe_dump(
+            {
+                "base": str(base),
+                "parents": [str(p) for p in parents],
+                "method": "ties",
+                "granularity": "global",
+                "search": {"weight": {"low": 0.0, "high": 1.0}, "density": {}},
+                "fixed": {"normalize": True},
+            }
+        )
+    )
+    out = tmp_path / "calib.json"
+    args = ["calibrate", write_mini_suite(tmp_path), "--subjects", base, *parents]
+    args += ["--space", space_path, "--merges", 3, "--dtype", "bfloat16", "--dims", "1", "--out", out]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    calibration = Calibration.load(out)
+    names = ["base", "parent_0", "parent_1", "merge_00", "merge_01", "merge_02"]
+    assert calibration.subject_names() == names and calibration.responses.shape == (6, 20)
+    recipes = [s["recipe"] for s in calibration.subjects[3:]]
+    weights = [r["models"][0]["parameters"]["weight"] for r in recipes]
+    assert len(set(weights)) == 3 and all(0.0 <= w <= 1.0 for w in weights)  # one per stratum
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "arith.jsonl",
+        "calib.json",
+        "dates.jsonl",
+        "mini.yaml",
+        "space.yaml",
+    ]
+    result = CliRunner().invoke(app, [str(a) for a in [*args[:4], "--merges", 2, "--out", out]])
+    assert result.exit_code != 0 and "--merges needs --space" in str(result.exception or result.output)
