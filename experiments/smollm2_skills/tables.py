@@ -15,7 +15,7 @@ from evomerge.fitness.suite import FitnessSuite
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 SUITE = HERE.parents[1] / "fitness" / "skills.yaml"
-ORDER = ["base", "arithmetic", "reasoning", "task_arithmetic", "ties"]
+ORDER = ["base", "arithmetic", "reasoning", "task_arithmetic", "ties", "cma_knee", "nsga2_knee", "random_knee"]
 
 
 def accuracy_table(tag: str) -> str:
@@ -74,6 +74,34 @@ def dump_trials(run_dir: Path, out: Path) -> None:
     out.write_text(json.dumps(rows) + "\n")
 
 
+def search_table(names: tuple[str, ...] = ("cma", "nsga2", "random")) -> str:
+    """Per search (results/search_NAME_trials.json): trials, median timings, items scored, best mean."""
+    import statistics
+
+    lines = [
+        "| search | trials (parents+baseline / search) | median merge s | median score s | items scored "
+        "| same trials on the full split | best mean estimate (trial) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    full = sum(len(ids) for ids in FitnessSuite.load(SUITE).eval_ids.values())
+    for name in names:
+        path = RESULTS / f"search_{name}_trials.json"
+        if not path.is_file():
+            continue
+        done = [t for t in json.loads(path.read_text()) if t["state"] == "COMPLETE"]
+        search = [t for t in done if t["kind"] == "search"]
+        best = max(done, key=lambda t: sum(t["estimates"].values()) / len(t["estimates"]))
+        best_mean = sum(best["estimates"].values()) / len(best["estimates"])
+        items = sum(t["n_items"] for t in done)
+        lines.append(
+            f"| {name} | {len(done)} ({len(done) - len(search)} / {len(search)}) "
+            f"| {statistics.median(t['timings']['merge'] for t in search):.2f} "
+            f"| {statistics.median(t['timings']['score'] for t in search):.1f} "
+            f"| {items} | {full * len(done)} | {best_mean:.3f} ({best['number']}) |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tag", default="eval100")
@@ -84,6 +112,7 @@ def main() -> None:
     if args.trials:
         dump_trials(*args.trials)
     print(experts_table(), end="\n\n")
+    print(search_table(), end="\n\n")
     print(accuracy_table(args.tag))
 
 
