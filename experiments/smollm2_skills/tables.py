@@ -15,7 +15,16 @@ from evomerge.fitness.suite import FitnessSuite
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 SUITE = HERE.parents[1] / "fitness" / "skills.yaml"
-ORDER = ["base", "arithmetic", "reasoning", "task_arithmetic", "ties", "cma_knee", "nsga2_knee", "random_knee"]
+ORDER = [
+    "base",
+    "arithmetic",
+    "reasoning",
+    "task_arithmetic",
+    "ties",
+    "cma_knee",
+    "nsga2_knee",
+    "random_knee",
+]
 
 
 def accuracy_table(tag: str) -> str:
