@@ -4,6 +4,9 @@
 # short). Run from the repository root after run_searches.sh; output in logs/final_eval.out.
 set -uo pipefail
 HERE=experiments/smollm2_skills
+# one at a time on 2 cores (and one writer of results/accuracy_*.json): a second call exits at once
+exec 9> /tmp/evomerge_smollm2_final_eval.lock
+flock -n 9 || { echo "run_final_eval.sh is already running (lock /tmp/evomerge_smollm2_final_eval.lock)"; exit 1; }
 export EVOMERGE_THREADS=2
 stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
 stamp "base and experts"
