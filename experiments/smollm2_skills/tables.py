@@ -111,9 +111,42 @@ def search_table(names: tuple[str, ...] = ("cma", "nsga2", "random")) -> str:
     return "\n".join(lines)
 
 
+def paired_table(tag: str, reference: str) -> str:
+    """The reference model against every other one, paired over the same items: per task, items only
+    the reference gets right / only the other gets right, and the difference of the task-mean
+    accuracy with its standard error (sum of the tasks' paired-difference variances, over 3^2)."""
+    responses = {
+        p.stem: json.loads(p.read_text()) for p in sorted((RESULTS / "responses" / tag).glob("*.json"))
+    }
+    if reference not in responses:
+        return f"({reference} not scored under {tag})"
+    eval_ids = FitnessSuite.load(SUITE).eval_ids
+    ref = responses[reference]
+    lines = [
+        f"| {reference} vs | " + " | ".join(f"{t}: +/-" for t in eval_ids) + " | mean diff ± se |",
+        "|---" * (len(eval_ids) + 2) + "|",
+    ]
+    for name, other in responses.items():
+        if name == reference:
+            continue
+        cells, diffs, variances = [], [], []
+        for task_ids in eval_ids.values():
+            ids = [i for i in task_ids if i in ref]  # the scored items (all of them for "full")
+            n = len(ids)
+            gained = sum(1 for i in ids if ref[i] and not other[i])
+            lost = sum(1 for i in ids if other[i] and not ref[i])
+            cells.append(f"{gained} / {lost}")
+            diffs.append((gained - lost) / n)
+            variances.append((gained + lost - (gained - lost) ** 2 / n) / n**2)
+        mean, se = sum(diffs) / len(diffs), math.sqrt(sum(variances)) / len(diffs)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean:+.3f} ± {se:.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tag", default="eval100")
+    parser.add_argument("--paired", help="also compare this model with every other one, item by item")
     parser.add_argument(
         "--trials", nargs=2, type=Path, metavar=("RUN_DIR", "OUT"), help="dump a run's trials"
     )
@@ -123,6 +156,8 @@ def main() -> None:
     print(experts_table(), end="\n\n")
     print(search_table(), end="\n\n")
     print(accuracy_table(args.tag))
+    if args.paired:
+        print("\n" + paired_table(args.tag, args.paired))
 
 
 if __name__ == "__main__":
