@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 import time
 from pathlib import Path
@@ -28,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fitness"
 
 from synthetic import make_population  # noqa: E402
 
-from evomerge.fitness.calibration import fit_calibration  # noqa: E402
-from evomerge.fitness.fidelity import FidelityRow, evaluate_estimators  # noqa: E402
+from evomerge.fitness.calibration import Calibration, fit_calibration, read_responses_csv  # noqa: E402
+from evomerge.fitness.fidelity import FidelityRow, cross_validate, evaluate_estimators  # noqa: E402
+from evomerge.fitness.suite import FitnessSuite  # noqa: E402
 
 ESTIMATORS = ["mean", "anchor", "pirt", "gpirt", "mpirt", "gmpirt"]
 FITNESS = Path(__file__).resolve().parents[1] / "fitness"
@@ -70,6 +72,60 @@ def fidelity(quick: bool, seed: int = 0) -> None:
         print_table(rows)
 
 
+def load_responses(path: Path, suite_path: Path) -> Calibration:
+    """A calibration JSON (with its response matrix), a CSV (`subject`, item ids...) or a folder of
+    per-subject JSON answers ({item id: 0/1}, the SmolLM2 experiment's results/responses/TAG); for
+    the last two, `suite_path` maps item ids to tasks and the matrix is fitted here."""
+    if path.is_file() and path.suffix == ".json":
+        return Calibration.load(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.json"))
+        answers = [json.loads(f.read_text()) for f in files]
+        subjects, item_ids = [f.stem for f in files], list(answers[0])
+        matrix = np.array([[a.get(i, np.nan) for i in item_ids] for a in answers], dtype=float)
+    else:
+        subjects, item_ids, matrix = read_responses_csv(path)
+    suite = FitnessSuite.load(suite_path)
+    task_of = {i: task for task, ids in suite.eval_ids.items() for i in ids}
+    unknown = [i for i in item_ids if i not in task_of]
+    if unknown:
+        raise SystemExit(
+            f"{path}: {len(unknown)} item ids are not eval items of {suite_path} (e.g. {unknown[0]})"
+        )
+    tasks: dict[str, list[str]] = {}
+    for item_id in item_ids:
+        tasks.setdefault(task_of[item_id], []).append(item_id)
+    return fit_calibration(matrix, item_ids, tasks, [{"name": s} for s in subjects])
+
+
+def real_fidelity(path: Path, suite: Path, leave_out: int, parents: list[str], seed: int = 0) -> None:
+    full = load_responses(path, suite)
+    shape = ", ".join(f"{task} {len(ids)}" for task, ids in full.tasks.items())
+    print(
+        f"### real response matrix {path}: "
+        f"{len(full.subject_names())} subjects x {len(full.item_ids)} items ({shape})\n"
+    )
+    print(
+        f"subjects: {', '.join(full.subject_names())}; mp-IRT parents (never held out): {parents or 'none'}"
+    )
+    n_values = [n for n in (10, 25, 50, 100) if all(n <= len(ids) for ids in full.tasks.values())]
+    start = time.perf_counter()
+    rows, n_heldout = cross_validate(
+        full, n_values, ESTIMATORS, leave_out=leave_out, parents=parents, seed=seed
+    )
+    print(
+        f"leave-{leave_out}-subjects-out: {n_heldout} held-out subjects, each estimated by an IRT "
+        f"model refitted without its fold ({time.perf_counter() - start:.0f} s)\n"
+    )
+    if n_heldout < 20:
+        print(
+            f"WARNING: only {n_heldout} held-out subjects: Kendall tau over so few subjects is coarse "
+            f"(one swapped pair moves it by {4 / max(1, n_heldout * (n_heldout - 1)):.2f}) "
+            "and the MAE has a wide spread; read these numbers as indicative only.\n"
+        )
+    print_table(rows)
+
+
 def print_table(rows: list[FidelityRow]) -> None:
     print("| estimator | anchors | n/task | MAE | Kendall tau | items scored | compute saved |")
     print("|---|---|---:|---:|---:|---:|---:|")
@@ -97,6 +153,8 @@ def load_smollm2() -> tuple[object, object]:
 
 
 def scorer_throughput(n_items: int, batch_size: int) -> None:
+    import copy
+
     import torch
 
     from evomerge.fitness.scoring import Scorer
@@ -104,38 +162,53 @@ def scorer_throughput(n_items: int, batch_size: int) -> None:
 
     torch.manual_seed(0)
     model, tokenizer = load_smollm2()
+    models = {"float32": model, "bfloat16": copy.deepcopy(model).to(torch.bfloat16)}
     suite = FitnessSuite.load(FITNESS / "skills.yaml")
     per_task = max(1, n_items // len(suite.tasks))
     items = [item for task in suite.tasks for item in suite.task_items(task)[:per_task]]
     choices = sum(len(item.choices or ()) for item in items)
-    print(f"### scorer on SmolLM2-135M-Instruct (fp32, CPU, {torch.get_num_threads()} threads)\n")
+    print(f"### scorer on SmolLM2-135M-Instruct (CPU, {torch.get_num_threads()} threads)\n")
     where = f"{per_task} per task of fitness/skills.yaml"
     print(f"{len(items)} items ({where}), {choices} choices, batch {batch_size}\n")
-    print("| prefix sharing | seconds | items/s | tokens run | tokens/s | accuracy |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| dtype | prefix sharing | seconds | items/s | tokens run | tokens/s | accuracy |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     results = {}
-    for share in (False, True):
-        scorer = Scorer(tokenizer, batch_size=batch_size, share_prefix=share)
-        for item in items:
-            scorer.encode(item)  # tokenization is cached across candidates; time the model only
-        start = time.perf_counter()
-        result = scorer.score(model, items, "mean")
-        seconds = time.perf_counter() - start
-        results[share] = result
-        accuracy = np.mean(list(result.correct.values()))
-        print(
-            f"| {'yes' if share else 'no'} | {seconds:.1f} | {len(items) / seconds:.2f} | "
-            f"{result.n_tokens} | {result.n_tokens / seconds:.0f} | {accuracy:.3f} |"
-        )
-    gap = max(
+    for dtype, live in models.items():
+        for share in (False, True):
+            scorer = Scorer(tokenizer, batch_size=batch_size, share_prefix=share)
+            for item in items:
+                scorer.encode(item)  # tokenization is cached across candidates; time the model only
+            start = time.perf_counter()
+            result = scorer.score(live, items, "mean")
+            seconds = time.perf_counter() - start
+            results[dtype, share] = result
+            accuracy = np.mean(list(result.correct.values()))
+            print(
+                f"| {dtype} | {'yes' if share else 'no'} | {seconds:.1f} | {len(items) / seconds:.2f} | "
+                f"{result.n_tokens} | {result.n_tokens / seconds:.0f} | {accuracy:.3f} |"
+            )
+    print()
+    for dtype in models:
+        gap = max_score_gap(results[dtype, True], results[dtype, False], items)
+        same = results[dtype, True].correct == results[dtype, False].correct
+        print(f"{dtype}: same answers with and without sharing: {same}; max |score difference| = {gap:.2e}")
+    fp32, bf16 = results["float32", True].correct, results["bfloat16", True].correct
+    flips = [i for i in fp32 if fp32[i] != bf16[i]]
+    gained = sum(bf16[i] for i in flips)
+    gap = max_score_gap(results["bfloat16", True], results["float32", True], items)
+    print(
+        f"bfloat16 vs float32 (prefix sharing): {len(flips)}/{len(items)} items change correctness "
+        f"({gained} right only in bfloat16, {len(flips) - gained} right only in float32); "
+        f"max |score difference| = {gap:.2e}\n"
+    )
+
+
+def max_score_gap(first: object, second: object, items: list) -> float:
+    return max(
         abs(a - b)
         for item in items
-        for a, b in zip(
-            results[True].choice_scores[item.id], results[False].choice_scores[item.id], strict=True
-        )
+        for a, b in zip(first.choice_scores[item.id], second.choice_scores[item.id], strict=True)
     )
-    same = results[True].correct == results[False].correct
-    print(f"\nsame answers with and without sharing: {same}; max |score difference| = {gap:.2e}\n")
 
 
 def main() -> None:
@@ -145,9 +218,21 @@ def main() -> None:
     parser.add_argument("--skip-fidelity", action="store_true")
     parser.add_argument("--scorer-items", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--responses",
+        type=Path,
+        help="real responses: a calibration JSON, a CSV or a folder of per-subject answer JSONs; "
+        "replaces the synthetic populations",
+    )
+    parser.add_argument("--suite", type=Path, default=FITNESS / "skills.yaml", help="item id -> task map")
+    parser.add_argument("--leave-out", type=int, default=1, help="subjects per cross-validation fold")
+    parser.add_argument("--parents", default="", help="comma-separated subjects used as mp-IRT parents")
     args = parser.parse_args()
     print(f"# bench_fitness ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n")
-    if not args.skip_fidelity:
+    if args.responses is not None and not args.skip_fidelity:
+        parents = [p for p in args.parents.split(",") if p]
+        real_fidelity(args.responses, args.suite, args.leave_out, parents)
+    elif not args.skip_fidelity:
         fidelity(args.quick)
     if not args.skip_scorer:
         scorer_throughput(args.scorer_items, args.batch_size)

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import kendalltau
 
+from evomerge.errors import ConfigError
 from evomerge.fitness.anchors import cluster_anchors
-from evomerge.fitness.calibration import Calibration
+from evomerge.fitness.calibration import Calibration, fit_calibration
 from evomerge.fitness.estimators import ESTIMATORS, NEEDS_PARENTS, EstimationContext
 
 
@@ -36,6 +37,64 @@ def full_accuracy(calibration: Calibration, responses: np.ndarray) -> dict[str, 
     }
 
 
+def predict(
+    calibration: Calibration,
+    heldout: np.ndarray,
+    n: int,
+    estimators: Sequence[str],
+    *,
+    parents: Sequence[str] = (),
+    seed: int = 0,
+) -> dict[str, tuple[str, int, dict[str, np.ndarray]]]:
+    """Per estimator: (anchor method, anchors scored, {task: estimate per held-out subject}).
+
+    `mean` is evaluated on stratified random anchors (the subsample baseline); every other
+    estimator on k-means anchors in IRT space. Estimators that need parents are skipped without.
+    """
+    index = calibration.item_index
+    parent_thetas = np.array([calibration.theta_of(p) for p in parents]) if parents else None
+    anchor_sets = {
+        "random": cluster_anchors(calibration, n, "random", seed),
+        "irt": cluster_anchors(calibration, n, "irt", seed),
+    }
+    out = {}
+    for name in estimators:
+        if name in NEEDS_PARENTS and parent_thetas is None:
+            continue
+        method = "random" if name == "mean" else "irt"
+        anchors = anchor_sets[method]
+        ctx = EstimationContext(calibration.tasks, anchors, calibration.irt, index, parent_thetas)
+        estimate = ESTIMATORS.get(name)
+        predicted: dict[str, list[float]] = {task: [] for task in calibration.tasks}
+        for row in heldout:
+            answers = {
+                i: int(row[index[i]])
+                for ids in anchors.ids.values()
+                for i in ids
+                if not np.isnan(row[index[i]])
+            }
+            for task, value in estimate(ctx, answers).items():
+                predicted[task].append(value)
+        out[name] = (method, anchors.n_items(), {t: np.array(v) for t, v in predicted.items()})
+    return out
+
+
+def summarize(
+    name: str,
+    method: str,
+    n: int,
+    predicted: dict[str, np.ndarray],
+    truth: dict[str, np.ndarray],
+    items_scored: int,
+    items_full: int,
+) -> FidelityRow:
+    errors = [np.abs(predicted[t] - truth[t]) for t in truth]
+    taus = [kendalltau(predicted[t], truth[t]).statistic for t in truth]
+    return FidelityRow(
+        name, method, n, float(np.mean(errors)), float(np.nanmean(taus)), items_scored, items_full
+    )
+
+
 def evaluate_estimators(
     calibration: Calibration,
     heldout: np.ndarray,
@@ -45,49 +104,68 @@ def evaluate_estimators(
     parents: Sequence[str] = (),
     seed: int = 0,
 ) -> list[FidelityRow]:
-    """`heldout`: (subjects, calibration items) 0/1 responses of subjects not in the calibration.
-
-    `mean` is evaluated on stratified random anchors (the subsample baseline); every other
-    estimator on k-means anchors in IRT space.
-    """
+    """`heldout`: (subjects, calibration items) 0/1 responses of subjects not in the calibration."""
     truth = full_accuracy(calibration, heldout)
-    index = calibration.item_index
-    parent_thetas = np.array([calibration.theta_of(p) for p in parents]) if parents else None
     items_full = sum(map(len, calibration.tasks.values()))
     rows = []
     for n in n_values:
-        anchor_sets = {
-            "random": cluster_anchors(calibration, n, "random", seed),
-            "irt": cluster_anchors(calibration, n, "irt", seed),
-        }
-        for name in estimators:
-            if name in NEEDS_PARENTS and parent_thetas is None:
-                continue
-            method = "random" if name == "mean" else "irt"
-            anchors = anchor_sets[method]
-            ctx = EstimationContext(calibration.tasks, anchors, calibration.irt, index, parent_thetas)
-            estimate = ESTIMATORS.get(name)
-            predicted: dict[str, list[float]] = {task: [] for task in calibration.tasks}
-            for row in heldout:
-                answers = {
-                    i: int(row[index[i]])
-                    for ids in anchors.ids.values()
-                    for i in ids
-                    if not np.isnan(row[index[i]])
-                }
-                for task, value in estimate(ctx, answers).items():
-                    predicted[task].append(value)
-            errors = [np.abs(np.array(predicted[t]) - truth[t]) for t in calibration.tasks]
-            taus = [kendalltau(predicted[t], truth[t]).statistic for t in calibration.tasks]
-            rows.append(
-                FidelityRow(
-                    name,
-                    method,
-                    n,
-                    float(np.mean(errors)),
-                    float(np.nanmean(taus)),
-                    anchors.n_items(),
-                    items_full,
-                )
-            )
+        for name, (method, scored, predicted) in predict(
+            calibration, heldout, n, estimators, parents=parents, seed=seed
+        ).items():
+            rows.append(summarize(name, method, n, predicted, truth, scored, items_full))
     return rows
+
+
+def cross_validate(
+    full: Calibration,
+    n_values: Sequence[int],
+    estimators: Sequence[str],
+    *,
+    leave_out: int = 1,
+    parents: Sequence[str] = (),
+    dims: Sequence[int] = (1, 2, 3, 5),
+    seed: int = 0,
+) -> tuple[list[FidelityRow], int]:
+    """Leave-`leave_out`-subjects-out: refit the IRT model (dimension chosen again) without each
+    fold's subjects, estimate them from anchors chosen on the refit, and pool every fold's held-out
+    predictions before computing MAE and Kendall tau. `parents` (for mp-IRT) stay in every
+    training fold and are never held out. Returns the rows and the number of held-out subjects."""
+    names = full.subject_names()
+    unknown = [p for p in parents if p not in names]
+    if unknown:
+        raise ConfigError(f"parents {unknown} are not subjects of the calibration; subjects: {names}")
+    pool = [j for j, name in enumerate(names) if name not in parents]
+    order = np.random.default_rng(seed).permutation(pool)
+    folds = [order[k : k + leave_out] for k in range(0, len(order), leave_out)]
+    items_full = sum(map(len, full.tasks.values()))
+    n_values = [n for n in n_values if all(n <= len(ids) for ids in full.tasks.values())]
+    pooled: dict[tuple[str, int], tuple[str, int, dict[str, list[np.ndarray]]]] = {}
+    truths: dict[str, list[np.ndarray]] = {task: [] for task in full.tasks}
+    for fold in folds:
+        train = [j for j in range(len(names)) if j not in set(fold)]
+        calibration = fit_calibration(
+            full.responses[train],
+            full.item_ids,
+            full.tasks,
+            [full.subjects[j] for j in train],
+            dims=dims,
+            seed=seed,
+        )
+        heldout = full.responses[fold]
+        for task, values in full_accuracy(calibration, heldout).items():
+            truths[task].append(values)
+        for n in n_values:
+            for name, (method, scored, predicted) in predict(
+                calibration, heldout, n, estimators, parents=parents, seed=seed
+            ).items():
+                entry = pooled.setdefault((name, n), (method, scored, {t: [] for t in full.tasks}))
+                for task, values in predicted.items():
+                    entry[2][task].append(values)
+    truth = {task: np.concatenate(v) for task, v in truths.items()}
+    rows = [
+        summarize(
+            name, method, n, {t: np.concatenate(v) for t, v in preds.items()}, truth, scored, items_full
+        )
+        for (name, n), (method, scored, preds) in pooled.items()
+    ]
+    return rows, len(order)

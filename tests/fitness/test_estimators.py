@@ -7,9 +7,9 @@ import pytest
 
 from evomerge.errors import ConfigError, EvomergeError
 from evomerge.fitness.anchors import AnchorSet, cluster_anchors
-from evomerge.fitness.calibration import Calibration
+from evomerge.fitness.calibration import Calibration, fit_calibration
 from evomerge.fitness.estimators import ESTIMATORS, EstimationContext
-from evomerge.fitness.fidelity import evaluate_estimators
+from evomerge.fitness.fidelity import cross_validate, evaluate_estimators
 
 ALL = ["mean", "anchor", "pirt", "gpirt", "mpirt", "gmpirt"]
 
@@ -74,3 +74,25 @@ def test_irt_estimators_need_calibration_and_parents(synthetic_calibration: Cali
         ESTIMATORS.get("gpirt")(bare, answers)
     with pytest.raises(ConfigError, match="parents' abilities"):
         ESTIMATORS.get("mpirt")(_context(synthetic_calibration, anchors), answers)
+
+
+def test_cross_validation_refits_without_each_fold(synthetic_calibration: Calibration) -> None:
+    small = fit_calibration(
+        synthetic_calibration.responses[:31],
+        synthetic_calibration.item_ids,
+        synthetic_calibration.tasks,
+        synthetic_calibration.subjects[:31],
+        dims=(1,),
+    )
+    rows, n_heldout = cross_validate(
+        small, [10, 500], ["mean", "pirt", "mpirt"], leave_out=10, parents=["s0"], dims=(1,)
+    )
+    assert n_heldout == 30  # every subject but the parent, in 3 folds of 10
+    assert {(r.estimator, r.n) for r in rows} == {
+        ("mean", 10),
+        ("pirt", 10),
+        ("mpirt", 10),
+    }  # 500 > task size
+    assert all(r.items_scored == 20 and r.items_full == 240 and 0 <= r.mae < 0.3 for r in rows)
+    with pytest.raises(ConfigError, match="not subjects"):
+        cross_validate(small, [10], ["mpirt"], parents=["nobody"])
