@@ -1,8 +1,8 @@
 """IRT calibration of the skills suite from the full-eval-split answers already measured.
 
-Every model scored on the full eval split by evaluate.py / baselines.py (base, experts, baselines,
-search knees) left its 0/1 answer to each of the 985 eval items in results/responses/TAG/NAME.json;
-these rows are the response matrix, fitted here (2PL, dimension chosen by held-out likelihood)
+Every model scored by evaluate.py / baselines.py (base, experts, baselines, search knees) left its
+0/1 answer to each scored eval item in results/responses/TAG/NAME.json; these rows are the response
+matrix (the items every model answered), fitted here (2PL, dimension chosen by held-out likelihood)
 without scoring any model again. The calibration goes to results/calibration.json.
 
     python experiments/smollm2_skills/calibration.py [--tag full-bfloat16]
@@ -38,10 +38,13 @@ def main() -> None:
     parser.add_argument("--dims", default="1,2,3,5")
     args = parser.parse_args()
     suite = FitnessSuite.load(SUITE)
-    item_ids = [i for task in suite.tasks for i in suite.eval_ids[task]]
+    files = sorted((RESULTS_DIR / "responses" / args.tag).glob("*.json"))
+    answered = [json.loads(path.read_text()) for path in files]
+    # the items every subject answered: all eval items after a full-split scoring, else the subset
+    tasks = {t: [i for i in suite.eval_ids[t] if all(i in a for a in answered)] for t in suite.tasks}
+    item_ids = [i for task in suite.tasks for i in tasks[task]]
     rows, subjects = [], []
-    for path in sorted((RESULTS_DIR / "responses" / args.tag).glob("*.json")):
-        answers = json.loads(path.read_text())
+    for path, answers in zip(files, answered, strict=True):
         rows.append([answers[i] for i in item_ids])
         info = {"name": path.stem, "dtype": args.tag.split("-")[-1]}
         model_dir = DEFAULT_ROOT / path.stem
@@ -54,7 +57,7 @@ def main() -> None:
     calibration = fit_calibration(
         np.array(rows, dtype=float),
         item_ids,
-        suite.eval_ids,
+        tasks,
         subjects,
         dims=[int(d) for d in args.dims.split(",")],
         groups={i: suite.items[i].group or "" for i in item_ids},

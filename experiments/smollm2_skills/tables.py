@@ -143,10 +143,40 @@ def paired_table(tag: str, reference: str) -> str:
     return "\n".join(lines)
 
 
+def heldout_table(tag: str, search_suite: Path) -> str:
+    """Accuracy per task on the scored items that are NOT anchors of the search's suite (items the
+    search never selected on), so a knee's number carries no selection bias from its own anchors."""
+    from evomerge.fitness.anchors import select_for_suite
+
+    search = FitnessSuite.load(search_suite)
+    groups = {i.id: i.group or "" for i in search.items.values()}
+    n = {task: search.n_anchors(task) for task in search.tasks}
+    used = {
+        i for ids in select_for_suite(search.eval_ids, n, groups, None, search.seed).ids.values() for i in ids
+    }
+    responses = {
+        p.stem: json.loads(p.read_text()) for p in sorted((RESULTS / "responses" / tag).glob("*.json"))
+    }
+    eval_ids = FitnessSuite.load(SUITE).eval_ids
+    first = next(iter(responses.values()))
+    kept = {t: [i for i in ids if i in first and i not in used] for t, ids in eval_ids.items()}
+    lines = [
+        "| model | " + " | ".join(f"{t} (n={len(ids)})" for t, ids in kept.items()) + " | mean |",
+        "|---" * (len(kept) + 2) + "|",
+    ]
+    names = [n for n in ORDER if n in responses] + sorted(set(responses) - set(ORDER))
+    for name in names:
+        accuracy = [sum(responses[name][i] for i in ids) / len(ids) for ids in kept.values()]
+        cells = " | ".join(f"{a:.3f}" for a in accuracy)
+        lines.append(f"| {name} | {cells} | {sum(accuracy) / len(accuracy):.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tag", default="eval100")
     parser.add_argument("--paired", help="also compare this model with every other one, item by item")
+    parser.add_argument("--heldout", type=Path, help="also: accuracy without this search suite's anchors")
     parser.add_argument(
         "--trials", nargs=2, type=Path, metavar=("RUN_DIR", "OUT"), help="dump a run's trials"
     )
@@ -158,6 +188,8 @@ def main() -> None:
     print(accuracy_table(args.tag))
     if args.paired:
         print("\n" + paired_table(args.tag, args.paired))
+    if args.heldout:
+        print("\n" + heldout_table(args.tag, args.heldout))
 
 
 if __name__ == "__main__":
