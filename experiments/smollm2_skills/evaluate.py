@@ -70,7 +70,7 @@ def measure(model, evaluator: FitnessEvaluator, tag: str) -> tuple[dict[str, flo
     The per-item answers are kept: they are the rows of the response matrix the IRT calibration
     is fitted on, so no model is scored twice.
     """
-    if tag == "full":
+    if tag.split("-")[0] == "full":  # "full" or a dtype-tagged "full-bfloat16"
         answers, ids = evaluator.score_eval_split(model), evaluator.suite.eval_ids
     else:
         answers, ids = evaluator.evaluate(model).answers, evaluator.anchor_ids

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 sys.path.insert(0, str(Path(__file__).parents[2] / "experiments" / "smollm2_skills"))
 sys.path.insert(0, str(Path(__file__).parents[1] / "fitness"))
 
-from evaluate import make_evaluator, measure, record  # noqa: E402
+from evaluate import make_evaluator, measure, record, tagged  # noqa: E402
 from suites import write_mini_suite  # noqa: E402
 
 
@@ -30,6 +30,8 @@ def test_full_split_scores_every_eval_item_and_is_recorded(tiny_family, tiny_mod
     for task, ids in evaluator.suite.eval_ids.items():
         assert accuracy[task] == sum(answers[i] for i in ids) / len(ids)
     assert accuracy == evaluator.evaluate_full(tiny_model)
+    # the bfloat16 results' tag still means the full split (it once fell back to the suite's anchors)
+    assert measure(tiny_model, evaluator, tagged(tag, "bfloat16")) == (accuracy, answers)
 
     record("tiny", accuracy, answers, 1.23, tag, results_dir=tmp_path / "results")
     saved = json.loads((tmp_path / "results" / "accuracy_full.json").read_text())["tiny"]
