@@ -37,6 +37,8 @@ class ScoreDtype(str, Enum):
     float16 = "float16"
 
 
+TABLE_OR_JSON_OPT = typer.Option(Format.table, "--format", help="table or json.")
+DEVICE_OPT = typer.Option("cpu", "--device", help="torch device to score on (audit, export --verify).")
 DTYPE_OPT = typer.Option(
     ScoreDtype.float32,
     "--dtype",
@@ -111,7 +113,7 @@ def status(
     run: Path | None = RUN_ARG,
     storage: str | None = STORAGE_OPT,
     study: str | None = STUDY_OPT,
-    fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+    fmt: Format = TABLE_OR_JSON_OPT,
 ) -> None:
     """Trials done / failed / running, best per task, front size, hypervolume, estimator audit."""
     _check_format(fmt, (Format.table, Format.json))
@@ -249,10 +251,10 @@ def audit(
     on_front: bool = typer.Option(False, "--front", help="Audit every trial on the Pareto front."),
     trials: str | None = typer.Option(None, "--trials", help="Audit these trials, e.g. 3,7,12."),
     suite: Path | None = SUITE_OPT,
-    device: str = typer.Option("cpu", "--device", help="torch device to score on."),
+    device: str = DEVICE_OPT,
     dtype: ScoreDtype = DTYPE_OPT,
     quiet: bool = QUIET_OPT,
-    fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+    fmt: Format = TABLE_OR_JSON_OPT,
 ) -> None:
     """Re-score chosen trials on the full eval split; store measured beside estimated accuracy."""
     from rich.progress import Progress
@@ -347,10 +349,10 @@ def export(
     verify: bool = typer.Option(False, "--verify", help="Score the exported model on the full eval split."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out / --materialize if they exist."),
     suite: Path | None = SUITE_OPT,
-    device: str = typer.Option("cpu", "--device", help="torch device for --verify."),
+    device: str = DEVICE_OPT,
     dtype: ScoreDtype = DTYPE_OPT,
     quiet: bool = QUIET_OPT,
-    fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+    fmt: Format = TABLE_OR_JSON_OPT,
 ) -> None:
     """Write a trial's recipe (and optionally the merged model, verified on the full eval split)."""
     import tempfile
