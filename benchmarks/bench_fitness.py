@@ -108,7 +108,7 @@ def real_fidelity(path: Path, suite: Path, leave_out: int, parents: list[str], s
     print(
         f"subjects: {', '.join(full.subject_names())}; mp-IRT parents (never held out): {parents or 'none'}"
     )
-    n_values = [n for n in (10, 25, 50, 100) if all(n <= len(ids) for ids in full.tasks.values())]
+    n_values = [n for n in (10, 25, 50, 100) if all(n < len(ids) for ids in full.tasks.values())]
     start = time.perf_counter()
     rows, n_heldout = cross_validate(
         full, n_values, ESTIMATORS, leave_out=leave_out, parents=parents, seed=seed

@@ -128,8 +128,9 @@ def cross_validate(
 ) -> tuple[list[FidelityRow], int]:
     """Leave-`leave_out`-subjects-out: refit the IRT model (dimension chosen again) without each
     fold's subjects, estimate them from anchors chosen on the refit, and pool every fold's held-out
-    predictions before computing MAE and Kendall tau. `parents` (for mp-IRT) stay in every
-    training fold and are never held out. Returns the rows and the number of held-out subjects."""
+    predictions before computing MAE and Kendall tau. An n as large as a task is left out
+    (no saving). `parents` (for mp-IRT) stay in every training fold and are never held out.
+    Returns the rows and the number of held-out subjects."""
     names = full.subject_names()
     unknown = [p for p in parents if p not in names]
     if unknown:
@@ -138,7 +139,7 @@ def cross_validate(
     order = np.random.default_rng(seed).permutation(pool)
     folds = [order[k : k + leave_out] for k in range(0, len(order), leave_out)]
     items_full = sum(map(len, full.tasks.values()))
-    n_values = [n for n in n_values if all(n <= len(ids) for ids in full.tasks.values())]
+    n_values = [n for n in n_values if all(n < len(ids) for ids in full.tasks.values())]
     pooled: dict[tuple[str, int], tuple[str, int, dict[str, list[np.ndarray]]]] = {}
     truths: dict[str, list[np.ndarray]] = {task: [] for task in full.tasks}
     for fold in folds:
