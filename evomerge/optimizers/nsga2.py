@@ -33,8 +33,8 @@ def gene_name(index: int) -> str:
     return f"g{index:04d}"
 
 
-class GeneNSGAIISampler(optuna.samplers.NSGAIISampler):
-    """NSGA-II whose relative search space is the fixed genes (see the module docstring)."""
+class _FixedGenes:
+    """A sampler mixin whose relative search space is the fixed genes (see the module docstring)."""
 
     def __init__(self, genes: dict[str, BaseDistribution], **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -44,15 +44,12 @@ class GeneNSGAIISampler(optuna.samplers.NSGAIISampler):
         return dict(self._genes)
 
 
-class GeneTPESampler(optuna.samplers.TPESampler):
+class GeneNSGAIISampler(_FixedGenes, optuna.samplers.NSGAIISampler):
+    """NSGA-II over the fixed genes."""
+
+
+class GeneTPESampler(_FixedGenes, optuna.samplers.TPESampler):
     """Multivariate TPE over the fixed genes (the intersection would be empty; see above)."""
-
-    def __init__(self, genes: dict[str, BaseDistribution], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._genes = dict(genes)
-
-    def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, BaseDistribution]:
-        return dict(self._genes)
 
 
 @OPTIMIZERS.register("optuna")
