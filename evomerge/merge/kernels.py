@@ -33,8 +33,8 @@ RANKED = "ranked"  # keep where uniform < p(rank) (DELLA), kept entries not resc
 RANKED_RESCALED = "ranked_rescaled"  # the same, kept entries divided by p(rank)
 
 # Columns of the per-model parameter matrix (one row per merged model).
+# Each entry is read in the kernels as a 0-d tensor, so new values never recompile.
 WEIGHT, LO, HI, DENSITY, EPSILON, SCALE, LAMBDA = range(7)
-N_COLUMNS = 7
 
 
 def parameter_row(weight: float, **values: float) -> list[float]:
@@ -64,28 +64,21 @@ class KernelCall:
     ranks: list[Tensor | None] = field(default_factory=list)
 
 
-def _column(rows: Tensor, model: int, column: int) -> Tensor:
-    """One model's parameter (a 0-d tensor: new values never recompile)."""
-    return rows[model, column]
-
-
-def _sparsified(
-    delta: Tensor, kind: str, rows: Tensor, model: int, uniform: Tensor | None, rank: Tensor | None
-) -> Tensor:
+def _sparsified(delta: Tensor, kind: str, row: Tensor, uniform: Tensor | None, rank: Tensor | None) -> Tensor:
     if kind == KEEP_ALL:
         return delta
     if kind == BAND:  # written as "not outside the band" so a NaN entry stays NaN (a broken model shows)
         magnitude = delta.abs()
-        outside = (magnitude < _column(rows, model, LO)) | (magnitude > _column(rows, model, HI))
-        return delta * ~outside * _column(rows, model, SCALE)
+        outside = (magnitude < row[LO]) | (magnitude > row[HI])
+        return delta * ~outside * row[SCALE]
     assert uniform is not None
     uniform = uniform.to(delta.dtype)  # compare in the merge dtype, eager and compiled alike
     if kind == RANDOM:
-        return delta * (uniform < _column(rows, model, DENSITY)) * _column(rows, model, SCALE)
+        return delta * (uniform < row[DENSITY]) * row[SCALE]
     # DELLA (Deep et al. 2024): keep probability rises linearly with the magnitude rank in the row.
     assert rank is not None
-    epsilon = _column(rows, model, EPSILON)
-    probability = (_column(rows, model, DENSITY) - epsilon) + 2 * epsilon * rank
+    epsilon = row[EPSILON]
+    probability = (row[DENSITY] - epsilon) + 2 * epsilon * rank
     kept = delta * (uniform < probability)
     return kept / probability if kind == RANKED_RESCALED else kept
 
@@ -101,16 +94,16 @@ def _task_vector_kernel(
     consensus: bool,
     normalize: bool,
 ) -> None:
-    """out = base + lam * merged task vectors, all tensors flat, rows [models, N_COLUMNS]. Without
+    """out = base + lam * merged task vectors, all tensors flat, rows [models, 7]. Without
     consensus the WEIGHT column holds each model's coefficient (normalization
     already folded in); with it, TIES sign election (Yadav et al. 2023): the majority sign of
     sum_i w_i s_i (zero counts as positive), entries of w_i s_i with that sign kept, divided by the
     summed weights of the kept entries when normalizing."""
     weighted = [
-        _sparsified(delta, kind, rows, i, uniforms[i], ranks[i]) * _column(rows, i, WEIGHT)
+        _sparsified(delta, kind, rows[i], uniforms[i], ranks[i]) * rows[i, WEIGHT]
         for i, (delta, kind) in enumerate(zip(deltas, kinds, strict=True))
     ]
-    lam = _column(rows, 0, LAMBDA)
+    lam = rows[0, LAMBDA]
     if not consensus:
         out.copy_(base + _total(weighted) * lam)
         return
@@ -118,7 +111,7 @@ def _task_vector_kernel(
     agree = [torch.where(positive, w > 0, w < 0) for w in weighted]
     mixed = _total([torch.where(a, w, 0.0) for a, w in zip(agree, weighted, strict=True)])
     if normalize:
-        divisor = _total([torch.where(a, _column(rows, i, WEIGHT), 0.0) for i, a in enumerate(agree)])
+        divisor = _total([torch.where(a, rows[i, WEIGHT], 0.0) for i, a in enumerate(agree)])
         mixed = mixed / torch.where(divisor == 0, 1.0, divisor)
     out.copy_(base + mixed * lam)
 
@@ -128,7 +121,7 @@ def _total(terms: list[Tensor]) -> Tensor:
 
 
 def _weighted_sum_kernel(out: Tensor, tensors: list[Tensor], rows: Tensor) -> None:
-    out.copy_(_total([t * _column(rows, i, WEIGHT) for i, t in enumerate(tensors)]))
+    out.copy_(_total([t * rows[i, WEIGHT] for i, t in enumerate(tensors)]))
 
 
 class _Kernel:
