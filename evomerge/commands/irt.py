@@ -160,8 +160,15 @@ def calibrate(
     dtype: str = typer.Option(
         "float32", "--dtype", help="dtype the subjects are scored in (float32, bfloat16, float16)."
     ),
+    answers: Path | None = typer.Option(
+        None,
+        "--answers",
+        help="Directory keeping each subject's answers as it is scored, so a stopped or extended "
+        "calibration scores only what is missing (default: the --out path with suffix .answers).",
+    ),
 ) -> None:
     """Score every subject on the suite's full eval split, fit IRT, write the calibration."""
+    from evomerge.fitness.answer_cache import AnswerCache
     from evomerge.fitness.population import calibrate_suite
     from evomerge.fitness.suite import FitnessSuite
     from evomerge.space import SearchSpace
@@ -187,6 +194,7 @@ def calibrate(
         space=SearchSpace.load(space) if space is not None else None,
         merges=merges,
         dtype=dtype,
+        answers=AnswerCache(answers or out.with_suffix(".answers")),
     )
     calibration.save(out)
     typer.echo(

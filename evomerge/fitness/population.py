@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from evomerge.errors import ConfigError, ModelLoadError
+from evomerge.fitness.answer_cache import AnswerCache, answers_key
 from evomerge.fitness.calibration import DEFAULT_DIMS, Calibration, fit_calibration, subject_sha256
 from evomerge.fitness.evaluator import FitnessEvaluator
 from evomerge.fitness.suite import FitnessSuite
@@ -45,6 +46,7 @@ def calibrate_suite(
     space: SearchSpace | None = None,
     merges: int = 0,
     dtype: str = "float32",
+    answers: AnswerCache | None = None,
 ) -> Calibration:
     """Every subject answers every eval item of the suite; fit; return the artifact.
 
@@ -52,6 +54,8 @@ def calibrate_suite(
     merges of the space: a scrambled Latin hypercube sample of its unit cube, decoded to recipes
     and materialized in memory (LiveMerger, float32 merge), never written to disk. `dtype` is the
     dtype the subjects are scored in (e.g. bfloat16, faster on CPUs with native bf16).
+    With `answers`, every subject's answers are saved as soon as they are scored and a subject
+    whose saved answers are current is not scored again (an interrupted calibration resumes).
     """
     dirs = [Path(s).resolve() for s in subjects]
     names = [d.name for d in dirs]
@@ -61,28 +65,61 @@ def calibrate_suite(
         raise ConfigError("--merges needs --space: the search space the merges are sampled from")
     item_ids = [i for task in suite.tasks for i in suite.eval_ids[task]]
     torch_dtype = getattr(torch, dtype)
+    # What every subject's answers depend on besides the subject itself.
+    scoring = {
+        "banks": suite.bank_hashes(),
+        "specs": {name: spec.model_dump() for name, spec in suite.spec.banks.items()},
+        "items": item_ids,
+        "dtype": dtype,
+        "device": torch.device(device).type,
+    }
     rows, infos = [], []
 
-    def score(name: str, model: object, tokenizer_dir: Path) -> None:
-        if progress:
-            progress(f"scoring {name} on {len(item_ids)} items")
-        evaluator = FitnessEvaluator(
-            suite, tokenizer_dir, device=device, batch_size=batch_size, estimator="mean"
-        )
-        answers = evaluator.score_eval_split(model)
-        rows.append([answers[i] for i in item_ids])
+    def score(name: str, subject: dict, make_model: Callable[[], tuple[object, Path]]) -> None:
+        key = answers_key(**scoring, subject=subject)
+        saved = answers.get(name, key) if answers else None
+        if saved is not None:
+            if progress:
+                progress(f"{name}: answers saved in {answers.directory} are current, not scored again")
+        else:
+            if progress:
+                progress(f"scoring {name} on {len(item_ids)} items")
+            model, tokenizer_dir = make_model()
+            evaluator = FitnessEvaluator(
+                suite, tokenizer_dir, device=device, batch_size=batch_size, estimator="mean"
+            )
+            saved = evaluator.score_eval_split(model)
+            if answers:
+                answers.put(name, key, saved)
+        rows.append([saved[i] for i in item_ids])
 
     for model_dir in dirs:
-        score(model_dir.name, load_subject(model_dir, device, torch_dtype), model_dir)
-        infos.append({"name": model_dir.name, "path": str(model_dir), "sha256": subject_sha256(model_dir)})
+        info = {"name": model_dir.name, "path": str(model_dir), "sha256": subject_sha256(model_dir)}
+        score(
+            model_dir.name,
+            {"sha256": info["sha256"]},
+            lambda model_dir=model_dir: (load_subject(model_dir, device, torch_dtype), model_dir),
+        )
+        infos.append(info)
     if merges and space is not None:
         from evomerge.merge.live import LiveMerger
 
-        merger = LiveMerger(space.base, space.parents, device=device, model_dtype=torch_dtype)
+        models = {str(p): subject_sha256(Path(p)) for p in [space.base, *space.parents] if p}
+        merger: list[LiveMerger] = []  # made on the first merge not already saved
+
+        def materialize(recipe: dict) -> tuple[object, Path]:
+            if not merger:
+                merger.append(LiveMerger(space.base, space.parents, device=device, model_dtype=torch_dtype))
+            return merger[0].apply(space.decode_recipe(recipe)), merger[0].tokenizer_dir
+
         for number, (name, recipe) in enumerate(space_filling_recipes(space, merges, seed)):
             if name in names:
                 raise ConfigError(f"--subjects: {name!r} is the name of a space-filling merge; rename it")
-            score(name, merger.apply(space.decode_recipe(recipe)), merger.tokenizer_dir)
+            score(
+                name,
+                {"recipe": recipe, "models": models, "merge_dtype": "float32"},
+                lambda recipe=recipe: materialize(recipe),
+            )
             infos.append({"name": name, "recipe": recipe, "space": space.spec.name, "sample": number})
     return fit_calibration(
         np.array(rows, dtype=float),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from suites import FITNESS, write_mini_suite
 from transformers import AutoModelForCausalLM
 
 from evomerge.errors import CandidateError, ConfigError
+from evomerge.fitness.answer_cache import AnswerCache
 from evomerge.fitness.calibration import Calibration, read_responses_csv
 from evomerge.fitness.evaluator import FitnessEvaluator, FitnessResult
 from evomerge.fitness.items import load_bank, write_bank
@@ -172,6 +174,7 @@ def test_calibrate_cli_scores_space_filling_merges(
     assert len(set(weights)) == 3 and all(0.0 <= w <= 1.0 for w in weights)  # one per stratum
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "arith.jsonl",
+        "calib.answers",
         "calib.json",
         "dates.jsonl",
         "mini.yaml",
@@ -179,3 +182,56 @@ def test_calibrate_cli_scores_space_filling_merges(
     ]
     result = CliRunner().invoke(app, [str(a) for a in [*args[:4], "--merges", 2, "--out", out]])
     assert result.exit_code != 0 and "--merges needs --space" in str(result.exception or result.output)
+
+
+def test_calibration_keeps_answers_and_rescores_only_what_changed(
+    tiny_family: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    """Answers are saved per subject as scored; a re-run reuses current ones (even edited ones,
+    proving they are read) and re-scores a subject whose weights changed, and the merges of it."""
+    from evomerge.space import SearchSpace
+
+    subjects = [
+        Path(shutil.copytree(s, tmp_path / "models" / s.name)) for s in [tiny_family[0], *tiny_family[1]]
+    ]
+    space = SearchSpace.from_dict(
+        {
+            "base": str(subjects[0]),
+            "parents": [str(p) for p in subjects[1:]],
+            "method": "linear",
+            "granularity": "global",
+            "search": {"weight": {"low": 0.0, "high": 1.0}},
+        }
+    )
+    suite = FitnessSuite.load(write_mini_suite(tmp_path))
+    cache = AnswerCache(tmp_path / "answers")
+
+    def run() -> tuple[Calibration, list[str]]:
+        scored: list[str] = []
+
+        def progress(message: str) -> None:
+            if message.startswith("scoring"):
+                scored.append(message.split()[1])
+
+        calibration = calibrate_suite(
+            suite, subjects, dims=(1,), space=space, merges=2, answers=cache, progress=progress
+        )
+        return calibration, scored
+
+    first, scored = run()
+    assert scored == ["base", "parent_0", "parent_1", "merge_00", "merge_01"]
+    assert sorted(p.name for p in cache.directory.iterdir()) == [f"{n}.json" for n in sorted(scored)]
+    again, scored = run()
+    assert scored == [] and np.array_equal(first.responses, again.responses)
+
+    saved = cache.directory / "parent_0.json"
+    data = json.loads(saved.read_text())
+    data["answers"] = {item: 1 - value for item, value in data["answers"].items()}
+    saved.write_text(json.dumps(data))
+    edited, scored = run()
+    assert scored == [] and np.array_equal(edited.responses[1], 1 - first.responses[1])
+
+    config = subjects[2] / "config.json"  # parent_1 re-trained: its answers and the merges' are stale
+    config.write_text(config.read_text() + "\n")
+    _, scored = run()
+    assert scored == ["parent_1", "merge_00", "merge_01"]
