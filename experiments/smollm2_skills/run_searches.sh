@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The three searches at equal budgets, one after another (2 cores), each logged and timed.
-# Run from the repository root: bash experiments/smollm2_skills/run_searches.sh
+# Run from the repository root: bash experiments/smollm2_skills/run_searches.sh [SUFFIX]
+# SUFFIX picks the configs search_{cma,nsga2,random}SUFFIX.yaml: "" (anchor-mean fitness) or
+# "_irt" (gp-IRT fitness from results/calibration_space.json).
 set -uo pipefail
 HERE=experiments/smollm2_skills
+SUFFIX=${1:-}
 for opt in cma nsga2 random; do
+  name=$opt$SUFFIX
   start=$(date +%s)
-  OMP_NUM_THREADS=1 nice -n 5 evomerge search $HERE/search_$opt.yaml --run-dir runs/smollm2_skills_$opt \
-    > $HERE/logs/search_$opt.out 2>&1
-  echo "search $opt: rc=$? wall $(( $(date +%s) - start )) s" | tee -a $HERE/logs/search_$opt.out
+  OMP_NUM_THREADS=1 nice -n 5 evomerge search $HERE/search_$name.yaml --run-dir runs/smollm2_skills_$name \
+    > $HERE/logs/search_$name.out 2>&1
+  echo "search $name: rc=$? wall $(( $(date +%s) - start )) s" | tee -a $HERE/logs/search_$name.out
 done
