@@ -184,7 +184,8 @@ class Scorer:
         )  # predicts each first choice token
         # One row per (item, choice): the cache rows are repeated for the item's choices.
         owner = torch.tensor([r for r, e in enumerate(encoded) for _ in e.choices], device=device)
-        cache = out.past_key_values
+        # Newer transformers name the returned cache `cache` (`past_key_values` is deprecated).
+        cache = out.cache if "cache" in out else out.past_key_values
         cache.reorder_cache(owner)
         rows = [c for e in encoded for c in e.choices]
         cont_ids, cont_mask = self._right_pad(rows, device)
