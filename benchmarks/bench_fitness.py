@@ -98,7 +98,9 @@ def load_responses(path: Path, suite_path: Path) -> Calibration:
     return fit_calibration(matrix, item_ids, tasks, [{"name": s} for s in subjects])
 
 
-def real_fidelity(path: Path, suite: Path, leave_out: int, parents: list[str], seed: int = 0) -> None:
+def real_fidelity(
+    path: Path, suite: Path, leave_out: int, parents: list[str], keep: list[str], seed: int = 0
+) -> None:
     full = load_responses(path, suite)
     shape = ", ".join(f"{task} {len(ids)}" for task, ids in full.tasks.items())
     print(
@@ -106,12 +108,13 @@ def real_fidelity(path: Path, suite: Path, leave_out: int, parents: list[str], s
         f"{len(full.subject_names())} subjects x {len(full.item_ids)} items ({shape})\n"
     )
     print(
-        f"subjects: {', '.join(full.subject_names())}; mp-IRT parents (never held out): {parents or 'none'}"
+        f"subjects: {', '.join(full.subject_names())}; mp-IRT parents (never held out): {parents or 'none'}; "
+        f"also never held out: {keep or 'none'}"
     )
     n_values = [n for n in (10, 25, 50, 100) if all(n < len(ids) for ids in full.tasks.values())]
     start = time.perf_counter()
     rows, n_heldout = cross_validate(
-        full, n_values, ESTIMATORS, leave_out=leave_out, parents=parents, seed=seed
+        full, n_values, ESTIMATORS, leave_out=leave_out, parents=parents, keep=keep, seed=seed
     )
     print(
         f"leave-{leave_out}-subjects-out: {n_heldout} held-out subjects, each estimated by an IRT "
@@ -227,11 +230,13 @@ def main() -> None:
     parser.add_argument("--suite", type=Path, default=FITNESS / "skills.yaml", help="item id -> task map")
     parser.add_argument("--leave-out", type=int, default=1, help="subjects per cross-validation fold")
     parser.add_argument("--parents", default="", help="comma-separated subjects used as mp-IRT parents")
+    parser.add_argument("--keep", default="", help="comma-separated subjects never held out (not parents)")
     args = parser.parse_args()
     print(f"# bench_fitness ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n")
     if args.responses is not None and not args.skip_fidelity:
         parents = [p for p in args.parents.split(",") if p]
-        real_fidelity(args.responses, args.suite, args.leave_out, parents)
+        keep = [k for k in args.keep.split(",") if k]
+        real_fidelity(args.responses, args.suite, args.leave_out, parents, keep)
     elif not args.skip_fidelity:
         fidelity(args.quick)
     if not args.skip_scorer:

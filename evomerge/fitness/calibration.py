@@ -57,8 +57,9 @@ class Calibration:
             if wanted == info["name"] or resolved == info.get("path"):
                 return self.thetas[row]
         raise ConfigError(
-            f"parent {wanted!r} is not a subject of calibration {self.path or ''} "
-            f"(subjects: {self.subject_names()}); calibrate with the parents among --subjects"
+            f"model {wanted!r} (a base or parent whose ability mp-IRT needs) is not a subject of "
+            f"calibration {self.path or ''} (subjects: {self.subject_names()}); calibrate with the "
+            "base and the parents among --subjects"
         )
 
     def to_dict(self) -> dict[str, Any]:

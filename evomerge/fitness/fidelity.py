@@ -123,19 +123,20 @@ def cross_validate(
     *,
     leave_out: int = 1,
     parents: Sequence[str] = (),
+    keep: Sequence[str] = (),
     dims: Sequence[int] = (1, 2, 3, 5),
     seed: int = 0,
 ) -> tuple[list[FidelityRow], int]:
     """Leave-`leave_out`-subjects-out: refit the IRT model (dimension chosen again) without each
     fold's subjects, estimate them from anchors chosen on the refit, and pool every fold's held-out
     predictions before computing MAE and Kendall tau. An n as large as a task is left out
-    (no saving). `parents` (for mp-IRT) stay in every training fold and are never held out.
-    Returns the rows and the number of held-out subjects."""
+    (no saving). `parents` (for mp-IRT) and `keep` stay in every training fold and are never held
+    out. Returns the rows and the number of held-out subjects."""
     names = full.subject_names()
-    unknown = [p for p in parents if p not in names]
+    unknown = [p for p in [*parents, *keep] if p not in names]
     if unknown:
-        raise ConfigError(f"parents {unknown} are not subjects of the calibration; subjects: {names}")
-    pool = [j for j, name in enumerate(names) if name not in parents]
+        raise ConfigError(f"{unknown} are not subjects of the calibration; subjects: {names}")
+    pool = [j for j, name in enumerate(names) if name not in {*parents, *keep}]
     order = np.random.default_rng(seed).permutation(pool)
     folds = [order[k : k + leave_out] for k in range(0, len(order), leave_out)]
     items_full = sum(map(len, full.tasks.values()))

@@ -30,7 +30,7 @@ class Worker:
     ) -> None:
         import torch
 
-        from evomerge.fitness.estimators import NEEDS_PARENTS
+        from evomerge.fitness.estimators import NEEDS_PARENTS, merge_endpoints
         from evomerge.fitness.evaluator import FitnessEvaluator
         from evomerge.fitness.suite import FitnessSuite
         from evomerge.merge.live import LiveMerger
@@ -49,7 +49,7 @@ class Worker:
             device=device,
             batch_size=batch_size,
             seed=seed,
-            parents=parents if suite_obj.estimator in NEEDS_PARENTS else None,
+            parents=merge_endpoints(base, parents) if suite_obj.estimator in NEEDS_PARENTS else None,
         )
 
     def ping(self) -> str:

@@ -8,7 +8,7 @@ import pytest
 from evomerge.errors import ConfigError, EvomergeError
 from evomerge.fitness.anchors import AnchorSet, cluster_anchors
 from evomerge.fitness.calibration import Calibration, fit_calibration
-from evomerge.fitness.estimators import ESTIMATORS, EstimationContext
+from evomerge.fitness.estimators import ESTIMATORS, EstimationContext, merge_endpoints
 from evomerge.fitness.fidelity import cross_validate, evaluate_estimators
 
 ALL = ["mean", "anchor", "pirt", "gpirt", "mpirt", "gmpirt"]
@@ -96,3 +96,11 @@ def test_cross_validation_refits_without_each_fold(synthetic_calibration: Calibr
     assert all(r.items_scored == 20 and r.items_full == 240 and 0 <= r.mae < 0.3 for r in rows)
     with pytest.raises(ConfigError, match="not subjects"):
         cross_validate(small, [10], ["mpirt"], parents=["nobody"])
+    _, n_heldout = cross_validate(small, [10], ["mean"], leave_out=10, keep=["s1", "s2"], dims=(1,))
+    assert n_heldout == 29  # `keep` subjects are always in the training folds
+
+
+def test_mp_irt_combines_the_base_and_the_parents() -> None:
+    assert merge_endpoints("base", ["p1", "p2"]) == ["base", "p1", "p2"]
+    assert merge_endpoints(None, ["p1", "p2"]) == ["p1", "p2"]  # e.g. linear merges with no base
+    assert merge_endpoints("p1", ["p1", "p2"]) == ["p1", "p2"]
