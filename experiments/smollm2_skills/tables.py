@@ -24,6 +24,9 @@ ORDER = [
     "cma_knee",
     "nsga2_knee",
     "random_knee",
+    "cma_irt_knee",
+    "nsga2_irt_knee",
+    "random_irt_knee",
 ]
 
 
@@ -83,7 +86,9 @@ def dump_trials(run_dir: Path, out: Path) -> None:
     out.write_text(json.dumps(rows) + "\n")
 
 
-def search_table(names: tuple[str, ...] = ("cma", "nsga2", "random")) -> str:
+def search_table(
+    names: tuple[str, ...] = ("cma", "nsga2", "random", "cma_irt", "nsga2_irt", "random_irt"),
+) -> str:
     """Per search (results/search_NAME_trials.json): trials, median timings, items scored, best mean."""
     import statistics
 
@@ -143,16 +148,21 @@ def paired_table(tag: str, reference: str) -> str:
     return "\n".join(lines)
 
 
-def heldout_table(tag: str, search_suite: Path) -> str:
+def heldout_table(tag: str, search_suite: Path, calibration: Path | None = None) -> str:
     """Accuracy per task on the scored items that are NOT anchors of the search's suite (items the
-    search never selected on), so a knee's number carries no selection bias from its own anchors."""
+    search never selected on), so a knee's number carries no selection bias from its own anchors.
+    `calibration`: the one the search's anchors were clustered on (its IRT suites)."""
     from evomerge.fitness.anchors import select_for_suite
+    from evomerge.fitness.calibration import Calibration
 
+    calibrated = Calibration.load(calibration) if calibration else None
     search = FitnessSuite.load(search_suite)
     groups = {i.id: i.group or "" for i in search.items.values()}
     n = {task: search.n_anchors(task) for task in search.tasks}
     used = {
-        i for ids in select_for_suite(search.eval_ids, n, groups, None, search.seed).ids.values() for i in ids
+        i
+        for ids in select_for_suite(search.eval_ids, n, groups, calibrated, search.seed).ids.values()
+        for i in ids
     }
     responses = {
         p.stem: json.loads(p.read_text()) for p in sorted((RESULTS / "responses" / tag).glob("*.json"))
@@ -177,6 +187,7 @@ def main() -> None:
     parser.add_argument("--tag", default="eval100")
     parser.add_argument("--paired", help="also compare this model with every other one, item by item")
     parser.add_argument("--heldout", type=Path, help="also: accuracy without this search suite's anchors")
+    parser.add_argument("--calibration", type=Path, help="the calibration --heldout's anchors came from")
     parser.add_argument(
         "--trials", nargs=2, type=Path, metavar=("RUN_DIR", "OUT"), help="dump a run's trials"
     )
@@ -189,7 +200,7 @@ def main() -> None:
     if args.paired:
         print("\n" + paired_table(args.tag, args.paired))
     if args.heldout:
-        print("\n" + heldout_table(args.tag, args.heldout))
+        print("\n" + heldout_table(args.tag, args.heldout, args.calibration))
 
 
 if __name__ == "__main__":
