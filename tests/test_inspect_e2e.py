@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from evomerge.cli import app
 from evomerge.commands.inspect import _suite_for
+from evomerge.errors import ConfigError
 from evomerge.recipe import MergeRecipe
 from evomerge.store import open_run
 
@@ -72,7 +73,13 @@ def test_inspect_a_real_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     files = json.loads(invoke("plot", run, "--out", tmp_path / "plots", "--format", "json").stdout)["files"]
     assert len(files) == 4 and all(Path(f).stat().st_size > 0 for f in files)
 
-    # The run's experiment names its suite relative to experiments/: found from the repository root.
+    # The run records its suite's absolute path: found from any directory.
+    monkeypatch.chdir(tmp_path)
+    assert _suite_for(store, None) == (REPO / "fitness" / "quickstart.yaml").resolve()
+    # Runs from before that record: the experiment's relative path, tried under ./experiments.
+    store.study.set_user_attr("suite_path", "")
+    with pytest.raises(ConfigError, match="not found beside the run"):
+        _suite_for(store, None)
     monkeypatch.chdir(REPO)
     assert _suite_for(store, None) == (REPO / "fitness" / "quickstart.yaml").resolve()
 

@@ -66,13 +66,17 @@ SUITE_OPT = typer.Option(
 def _suite_for(store: Any, suite: Path | None) -> Path:
     """The fitness suite to measure on: --suite, else the one the run's experiment names.
 
-    The experiment's paths are relative to its file; the run keeps a copy of that file, so the
-    path is tried beside the copy and under ./experiments (where `evomerge search` is run from).
+    Runs record the suite's absolute path when they start. For older runs, whose experiment copy
+    holds the path relative to the original file, it is tried beside the copy and under
+    ./experiments (where `evomerge search` is run from).
     """
     if suite is not None:
         return suite
     import yaml
 
+    recorded = store.study.user_attrs.get("suite_path")
+    if recorded and Path(recorded).is_file():
+        return Path(recorded)
     named = (yaml.safe_load(store.experiment_yaml or "") or {}).get("suite")
     roots = [store.run_dir, Path("experiments")] if store.run_dir is not None else [Path("experiments")]
     for root in roots if named else []:

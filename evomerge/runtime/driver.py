@@ -241,6 +241,7 @@ class SearchDriver:
                 self.tasks,
                 {
                     "experiment": self.experiment.text,
+                    "suite_path": str(self.experiment.suite_path),  # audit/export find it from anywhere
                     "space": self.space.to_yaml(),
                     "seed": self.experiment.spec.seed,  # the effective one (--seed included)
                     "optimizer": self.experiment.spec.optimizer.model_dump(mode="json"),
