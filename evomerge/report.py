@@ -201,7 +201,7 @@ def _png_pareto(data: ReportData, path: Path) -> Path:
                     )
         ax.set_xlabel(f"{data.objectives[0]} (estimated accuracy)")
         ax.set_ylabel(f"{data.objectives[1]} (estimated accuracy)")
-        ax.set_title(f"Pareto front of {data.study}: {len(front)} of {len(data.points)} completed trials")
+        ax.set_title(f"Pareto front of {data.study}:\n{len(front)} of {len(data.points)} completed trials")
         ax.grid(alpha=0.3)
     else:
         xs = np.arange(n_obj)
@@ -221,7 +221,7 @@ def _png_pareto(data: ReportData, path: Path) -> Path:
         ax.set_xticks(xs, data.objectives)
         ax.set_ylabel("estimated accuracy")
         n_front = sum(p.on_front for p in data.points)
-        ax.set_title(f"Trials of {data.study} (parallel coordinates): {n_front} on the Pareto front")
+        ax.set_title(f"Trials of {data.study}\n(parallel coordinates): {n_front} on the Pareto front")
         ax.grid(alpha=0.3, axis="y")
     if not data.points:
         ax.text(0.5, 0.5, "no completed trial yet", ha="center", va="center", transform=ax.transAxes)
@@ -229,7 +229,7 @@ def _png_pareto(data: ReportData, path: Path) -> Path:
         ax.legend(loc="best", fontsize=8)
     else:  # lines cross the whole plot: keep the legend outside them
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the outside legend and long titles stay in
     return path
 
 
@@ -250,7 +250,7 @@ def _png_history(data: ReportData, path: Path) -> Path:
     hv_ax.set_ylabel("hypervolume (reference: accuracy 0)")
     hv_ax.set_title("Hypervolume of the front")
     hv_ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the outside legend and long titles stay in
     return path
 
 
@@ -278,7 +278,7 @@ def _png_heatmap(heatmap: Heatmap, path: Path) -> Path:
                 color="black" if value > middle else "white",
             )
     fig.colorbar(image, ax=ax)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the outside legend and long titles stay in
     return path
 
 
