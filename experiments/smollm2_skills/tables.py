@@ -27,6 +27,7 @@ ORDER = [
     "cma_irt_knee",
     "nsga2_irt_knee",
     "random_irt_knee",
+    "cma_mean_knee",
 ]
 
 
@@ -87,7 +88,7 @@ def dump_trials(run_dir: Path, out: Path) -> None:
 
 
 def search_table(
-    names: tuple[str, ...] = ("cma", "nsga2", "random", "cma_irt", "nsga2_irt", "random_irt"),
+    names: tuple[str, ...] = ("cma", "nsga2", "random", "cma_irt", "nsga2_irt", "random_irt", "cma_mean"),
 ) -> str:
     """Per search (results/search_NAME_trials.json): trials, median timings, items scored, best mean."""
     import statistics
