@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -74,6 +75,7 @@ def calibrate_suite(
         "device": torch.device(device).type,
     }
     rows, infos = [], []
+    sha256_of = functools.cache(lambda path: subject_sha256(Path(path)))  # parents are often subjects too
 
     def score(name: str, subject: dict, make_model: Callable[[], tuple[object, Path]]) -> None:
         key = answers_key(**scoring, subject=subject)
@@ -94,7 +96,7 @@ def calibrate_suite(
         rows.append([saved[i] for i in item_ids])
 
     for model_dir in dirs:
-        info = {"name": model_dir.name, "path": str(model_dir), "sha256": subject_sha256(model_dir)}
+        info = {"name": model_dir.name, "path": str(model_dir), "sha256": sha256_of(str(model_dir))}
         score(
             model_dir.name,
             {"sha256": info["sha256"]},
@@ -104,13 +106,11 @@ def calibrate_suite(
     if merges and space is not None:
         from evomerge.merge.live import LiveMerger
 
-        models = {str(p): subject_sha256(Path(p)) for p in [space.base, *space.parents] if p}
-        merger: list[LiveMerger] = []  # made on the first merge not already saved
+        models = {p: sha256_of(p) for p in [space.base, *space.parents] if p}
 
-        def materialize(recipe: dict) -> tuple[object, Path]:
-            if not merger:
-                merger.append(LiveMerger(space.base, space.parents, device=device, model_dtype=torch_dtype))
-            return merger[0].apply(space.decode_recipe(recipe)), merger[0].tokenizer_dir
+        @functools.cache
+        def merger() -> LiveMerger:  # loaded on the first merge whose answers are not saved
+            return LiveMerger(space.base, space.parents, device=device, model_dtype=torch_dtype)
 
         for number, (name, recipe) in enumerate(space_filling_recipes(space, merges, seed)):
             if name in names:
@@ -118,7 +118,7 @@ def calibrate_suite(
             score(
                 name,
                 {"recipe": recipe, "models": models, "merge_dtype": "float32"},
-                lambda recipe=recipe: materialize(recipe),
+                lambda recipe=recipe: (merger().apply(space.decode_recipe(recipe)), merger().tokenizer_dir),
             )
             infos.append({"name": name, "recipe": recipe, "space": space.spec.name, "sample": number})
     return fit_calibration(
