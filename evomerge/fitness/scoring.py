@@ -127,6 +127,20 @@ class Scorer:
             self._generate_batch(model, gen_items[start : start + self.batch_size], result)
         return result
 
+    def choice_scores(
+        self, model: torch.nn.Module, items: Sequence[Item], normalization: str = "mean"
+    ) -> list[torch.Tensor]:
+        """Each choice item's per-choice scores, the ones `score` ranks by, as tensors that keep
+        their autograd graph: a fine-tune can make them its objective (one batch, no sorting)."""
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization {normalization!r} is not one of {NORMALIZATIONS}")
+        scorer = self._choice_batch_shared if self.share_prefix else self._choice_batch_naive
+        sums, counts, _ = scorer(model, [self.encode(i) for i in items])
+        return [
+            total / count if normalization == "mean" else total
+            for total, count in zip(sums, counts, strict=True)
+        ]
+
     def _collect(
         self,
         batch: list[Item],

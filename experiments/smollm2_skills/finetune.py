@@ -1,4 +1,9 @@
-"""Short supervised fine-tune of a causal LM on bank items: prompt + correct answer, loss on the answer only.
+"""Short supervised fine-tune of a causal LM on bank items.
+
+Two objectives: "answer" (cross-entropy on the correct continuation's tokens, plain SFT) and "choice"
+(cross-entropy over an item's choices scored by their mean token log-likelihood: the very score the
+fitness scorer ranks choices by, so the model learns to tell the right choice from the wrong ones,
+not only to write answers of the right shape).
 
 Kept small on purpose: the experts only need to move away from the base in a task-specific direction
 so that merging them is a real question. fp32 AdamW on CPU; the token embeddings (tied to the output
@@ -16,6 +21,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from evomerge.fitness.items import Item
+from evomerge.fitness.scoring import Scorer
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -27,6 +35,14 @@ class TrainConfig:
     max_length: int = 256
     seed: int = 0
     freeze_embeddings: bool = True
+    objective: str = "answer"  # "answer" | "choice"
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective {self.objective!r} is not one of {OBJECTIVES}")
+
+
+OBJECTIVES = ("answer", "choice")
 
 
 @dataclass
@@ -80,6 +96,17 @@ def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return F.cross_entropy(logits, batch["input_ids"][:, 1:][predicts])
 
 
+def choice_loss(model, scorer: Scorer, items: Sequence[Item]) -> torch.Tensor:
+    """Mean cross-entropy of each item's correct choice under the scorer's own per-choice scores."""
+    scores = scorer.choice_scores(model, items)
+    return torch.stack(
+        [
+            F.cross_entropy(s[None].float(), torch.tensor([i.answer]))
+            for s, i in zip(scores, items, strict=True)
+        ]
+    ).mean()
+
+
 def batches(examples: list, batch_size: int, steps: int, seed: int):
     """`steps` batches drawn epoch by epoch from a seeded shuffle: every item once before repeats."""
     rng = random.Random(seed)
@@ -96,11 +123,11 @@ def batches(examples: list, batch_size: int, steps: int, seed: int):
 def train(
     model,
     tokenizer,
-    pairs: Sequence[tuple[str, str]],
+    items: Sequence[Item],
     config: TrainConfig,
     on_step: Callable[[int, float, float], None] | None = None,
 ) -> TrainLog:
-    """Fine-tune `model` in place on (prompt, answer) pairs; return per-step losses and times."""
+    """Fine-tune `model` in place on bank items; return per-step losses and times."""
     torch.manual_seed(config.seed)
     if config.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
@@ -113,12 +140,22 @@ def train(
         optimizer, lambda s: min((s + 1) / warm, max(0.0, (config.steps - s) / max(config.steps - warm, 1)))
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    examples = encode_pairs(tokenizer, pairs, config.max_length)
+    if config.objective == "answer":
+        pairs = [(i.prompt, i.choices[i.answer] if i.is_choice else i.target) for i in items]
+        examples = encode_pairs(tokenizer, pairs, config.max_length)
+    else:
+        generative = [i.id for i in items if not i.is_choice]
+        if generative:
+            raise ValueError(f"objective 'choice' needs choice items; {generative[:3]} have only a target")
+        examples, scorer = list(items), Scorer(tokenizer)
     log = TrainLog()
     model.train()
     for step, chunk in enumerate(batches(examples, config.batch_size, config.steps, config.seed)):
         start = time.perf_counter()
-        loss = answer_loss(model, make_batch(chunk, pad_id))
+        if config.objective == "answer":
+            loss = answer_loss(model, make_batch(chunk, pad_id))
+        else:
+            loss = choice_loss(model, scorer, chunk)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()

@@ -27,21 +27,10 @@ sys.path.insert(0, str(HERE))
 from build_base import DEFAULT_ROOT, MARKER, build_base  # noqa: E402
 from finetune import TrainConfig, train  # noqa: E402
 
-from evomerge.fitness.items import Item, file_sha256, load_bank  # noqa: E402
+from evomerge.fitness.items import file_sha256, load_bank  # noqa: E402
 
 REPO = HERE.parents[1]
 RESULTS = HERE / "results" / "experts.json"
-
-
-def training_pairs(items: list[Item]) -> list[tuple[str, str]]:
-    """(prompt, correct continuation) of every train-split item: the choice the scorer should prefer."""
-    pairs = []
-    for item in items:
-        if item.split != "train":
-            continue
-        answer = item.choices[item.answer] if item.is_choice else item.target
-        pairs.append((item.prompt, answer))
-    return pairs
 
 
 def expert_key(name: str, spec: dict, config: TrainConfig, base: Path) -> str:
@@ -50,7 +39,8 @@ def expert_key(name: str, spec: dict, config: TrainConfig, base: Path) -> str:
     payload = {
         "name": name,
         "banks": {bank: file_sha256(REPO / bank) for bank in spec["banks"]},
-        "train": config.__dict__,
+        # the default objective is left out so experts made before objectives existed stay current
+        "train": {k: v for k, v in config.__dict__.items() if (k, v) != ("objective", "answer")},
         "base": base_marker["gguf_sha256"],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -65,7 +55,8 @@ def make_expert(name: str, spec: dict, config: TrainConfig, base: Path, root: Pa
     if marker.is_file() and json.loads(marker.read_text()).get("key") == key:
         return json.loads(marker.read_text())["record"]
     items = [item for bank in spec["banks"] for item in load_bank(REPO / bank)]
-    pairs = training_pairs(items)
+    # train-split items only: eval items are what the experts and merges are measured on
+    train_items = [item for item in items if item.split == "train"]
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,7 +67,7 @@ def make_expert(name: str, spec: dict, config: TrainConfig, base: Path, root: Pa
             log_file.flush()
 
         start = time.perf_counter()
-        log = train(model, tokenizer, pairs, config, on_step)
+        log = train(model, tokenizer, train_items, config, on_step)
         train_seconds = time.perf_counter() - start
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -88,7 +79,7 @@ def make_expert(name: str, spec: dict, config: TrainConfig, base: Path, root: Pa
     tail = log.losses[-min(5, len(log.losses)) :]
     record = {
         "banks": spec["banks"],
-        "train_items": len(pairs),
+        "train_items": len(train_items),
         "train": config.__dict__,
         "train_seconds": round(train_seconds, 1),
         "seconds_per_step": round(log.seconds / len(log.step_seconds), 2),
