@@ -8,7 +8,7 @@
 Each recipe is applied in memory (LiveMerger, no disk) and scored like the base and experts; the
 recipes are written to results/recipes/NAME.yaml with the cache paths replaced by the model names.
 
-    python experiments/smollm2_skills/baselines.py [--experts arithmetic reasoning] [--per-task N]
+    python experiments/smollm2_skills/baselines.py [--experts A B ...] [--suffix S] [--per-task N]
     python experiments/smollm2_skills/baselines.py --recipe knee=KNEE.yaml   # e.g. an exported search result
 """
 
@@ -50,6 +50,11 @@ def main() -> None:
     parser.add_argument("--experts", nargs="+", default=["arithmetic", "reasoning"])
     parser.add_argument("--only", nargs="+", help="baseline names to run (default: all)")
     parser.add_argument(
+        "--suffix",
+        default="",
+        help="appended to the baselines' result names (e.g. 3: ties3 over three experts)",
+    )
+    parser.add_argument(
         "--recipe",
         action="append",
         default=[],
@@ -73,7 +78,7 @@ def main() -> None:
     if args.recipe:
         recipes = {k: MergeRecipe.from_yaml(Path(v)) for k, v in (r.split("=", 1) for r in args.recipe)}
     else:
-        recipes = baseline_recipes(base, experts)
+        recipes = {name + args.suffix: recipe for name, recipe in baseline_recipes(base, experts).items()}
     for name, recipe in recipes.items():
         if args.only and name not in args.only:
             continue

@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
 # Full-eval-split accuracy (bfloat16, all 985 eval items) of the knees of the gp-IRT searches
-# (run_searches.sh _irt). The parents, the base and the untuned baselines were scored on the same
-# items before (results/accuracy_full-bfloat16.json; the experts rebuild bit-identically).
-# Run from the repository root; output in logs/final_eval_full_irt.out.
+# (run_searches.sh _irt$SUFFIX). Round 2 (SUFFIX ""): the parents, the base and the untuned
+# baselines were scored on the same items before (results/accuracy_full-bfloat16.json; the experts
+# rebuild bit-identically). Round 3 (SUFFIX 3) first scores the logic expert and the untuned
+# baselines over the three experts (ties3, task_arithmetic3).
+# Run from the repository root: bash experiments/smollm2_skills/run_final_eval_irt.sh [SUFFIX]
 set -uo pipefail
 HERE=experiments/smollm2_skills
+SUFFIX=${1:-}
 exec 9> /tmp/evomerge_smollm2_final_eval.lock
 flock -n 9 || { echo "a final evaluation is already running (lock /tmp/evomerge_smollm2_final_eval.lock)"; exit 1; }
 export EVOMERGE_THREADS=2
+experts=(arithmetic reasoning)
+if [ "$SUFFIX" = 3 ]; then
+  experts+=(logic)
+  nice -n 5 python $HERE/evaluate.py --models logic --dtype bfloat16
+  nice -n 5 python $HERE/baselines.py --dtype bfloat16 --experts "${experts[@]}" --suffix 3
+fi
 recipes=()
 for opt in cma nsga2 random; do
-  run=runs/smollm2_skills_${opt}_irt
+  run=runs/smollm2_skills_${opt}_irt$SUFFIX
   [ -d "$run" ] || continue
-  evomerge export $run --knee --out $run/knee.yaml --force -q && recipes+=(--recipe ${opt}_irt_knee=$run/knee.yaml)
+  evomerge export $run --knee --out $run/knee.yaml --force -q && recipes+=(--recipe ${opt}_irt${SUFFIX}_knee=$run/knee.yaml)
 done
 echo "[$(date -u +%H:%M:%S)] ${recipes[*]}"
-nice -n 5 python $HERE/baselines.py --dtype bfloat16 "${recipes[@]}"
+nice -n 5 python $HERE/baselines.py --dtype bfloat16 --experts "${experts[@]}" "${recipes[@]}"
 echo "[$(date -u +%H:%M:%S)] done"
