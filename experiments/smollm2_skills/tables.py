@@ -19,8 +19,11 @@ ORDER = [
     "base",
     "arithmetic",
     "reasoning",
+    "logic",
     "task_arithmetic",
     "ties",
+    "task_arithmetic3",
+    "ties3",
     "cma_knee",
     "nsga2_knee",
     "random_knee",
@@ -28,12 +31,16 @@ ORDER = [
     "nsga2_irt_knee",
     "random_irt_knee",
     "cma_mean_knee",
+    "cma_irt3_knee",
+    "nsga2_irt3_knee",
+    "random_irt3_knee",
 ]
 
 
-def accuracy_table(tag: str) -> str:
+def accuracy_table(tag: str, models: list[str] | None = None) -> str:
     results = json.loads((RESULTS / f"accuracy_{tag}.json").read_text())
     names = [n for n in ORDER if n in results] + sorted(set(results) - set(ORDER))
+    names = [n for n in names if models is None or n in models]
     tasks = list(results[names[0]]["accuracy"])
     responses = {n: json.loads((RESULTS / "responses" / tag / f"{n}.json").read_text()) for n in names}
     answered = next(iter(responses.values()))
@@ -88,7 +95,18 @@ def dump_trials(run_dir: Path, out: Path) -> None:
 
 
 def search_table(
-    names: tuple[str, ...] = ("cma", "nsga2", "random", "cma_irt", "nsga2_irt", "random_irt", "cma_mean"),
+    names: tuple[str, ...] = (
+        "cma",
+        "nsga2",
+        "random",
+        "cma_irt",
+        "nsga2_irt",
+        "random_irt",
+        "cma_mean",
+        "cma_irt3",
+        "nsga2_irt3",
+        "random_irt3",
+    ),
 ) -> str:
     """Per search (results/search_NAME_trials.json): trials, median timings, items scored, best mean."""
     import statistics
@@ -117,7 +135,7 @@ def search_table(
     return "\n".join(lines)
 
 
-def paired_table(tag: str, reference: str) -> str:
+def paired_table(tag: str, reference: str, models: list[str] | None = None) -> str:
     """The reference model against every other one, paired over the same items: per task, items only
     the reference gets right / only the other gets right, and the difference of the task-mean
     accuracy with its standard error (sum of the tasks' paired-difference variances, over 3^2)."""
@@ -133,7 +151,7 @@ def paired_table(tag: str, reference: str) -> str:
         "|---" * (len(eval_ids) + 2) + "|",
     ]
     for name, other in responses.items():
-        if name == reference:
+        if name == reference or (models is not None and name not in models):
             continue
         cells, diffs, variances = [], [], []
         for task_ids in eval_ids.values():
@@ -149,7 +167,9 @@ def paired_table(tag: str, reference: str) -> str:
     return "\n".join(lines)
 
 
-def heldout_table(tag: str, search_suite: Path, calibration: Path | None = None) -> str:
+def heldout_table(
+    tag: str, search_suite: Path, calibration: Path | None = None, models: list[str] | None = None
+) -> str:
     """Accuracy per task on the scored items that are NOT anchors of the search's suite (items the
     search never selected on), so a knee's number carries no selection bias from its own anchors.
     `calibration`: the one the search's anchors were clustered on (its IRT suites)."""
@@ -176,7 +196,7 @@ def heldout_table(tag: str, search_suite: Path, calibration: Path | None = None)
         "|---" * (len(kept) + 2) + "|",
     ]
     names = [n for n in ORDER if n in responses] + sorted(set(responses) - set(ORDER))
-    for name in names:
+    for name in (n for n in names if models is None or n in models):
         accuracy = [sum(responses[name][i] for i in ids) / len(ids) for ids in kept.values()]
         cells = " | ".join(f"{a:.3f}" for a in accuracy)
         lines.append(f"| {name} | {cells} | {sum(accuracy) / len(accuracy):.3f} |")
@@ -189,6 +209,7 @@ def main() -> None:
     parser.add_argument("--paired", help="also compare this model with every other one, item by item")
     parser.add_argument("--heldout", type=Path, help="also: accuracy without this search suite's anchors")
     parser.add_argument("--calibration", type=Path, help="the calibration --heldout's anchors came from")
+    parser.add_argument("--models", nargs="+", help="only these models in the accuracy tables")
     parser.add_argument(
         "--trials", nargs=2, type=Path, metavar=("RUN_DIR", "OUT"), help="dump a run's trials"
     )
@@ -197,11 +218,11 @@ def main() -> None:
         dump_trials(*args.trials)
     print(experts_table(), end="\n\n")
     print(search_table(), end="\n\n")
-    print(accuracy_table(args.tag))
+    print(accuracy_table(args.tag, args.models))
     if args.paired:
-        print("\n" + paired_table(args.tag, args.paired))
+        print("\n" + paired_table(args.tag, args.paired, args.models))
     if args.heldout:
-        print("\n" + heldout_table(args.tag, args.heldout, args.calibration))
+        print("\n" + heldout_table(args.tag, args.heldout, args.calibration, args.models))
 
 
 if __name__ == "__main__":
