@@ -45,6 +45,13 @@ def normalize_answer(text: str) -> str:
     return re.sub(r"\s+", " ", first_line).strip().rstrip(".!?,;:").strip().lower()
 
 
+def _normalized(total: torch.Tensor, count: torch.Tensor, normalization: str) -> torch.Tensor:
+    """Choice scores: summed log-likelihoods ("sum") or their per-token mean ("mean")."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization {normalization!r} is not one of {NORMALIZATIONS}")
+    return total / count if normalization == "mean" else total
+
+
 def _last_logits_only(model: torch.nn.Module) -> dict[str, int]:
     """`logits_to_keep=1` where the model's forward takes it: the prompt pass needs only its last
     position's logits, and the vocabulary projection of every prompt position is ~20% of a small
@@ -119,8 +126,7 @@ class Scorer:
         choice_items.sort(key=lambda i: -(len(self.encode(i).prompt) + max(map(len, self.encode(i).choices))))
         for start in range(0, len(choice_items), self.batch_size):
             batch = choice_items[start : start + self.batch_size]
-            scorer = self._choice_batch_shared if self.share_prefix else self._choice_batch_naive
-            sums, counts, n_tokens = scorer(model, [self.encode(i) for i in batch])
+            sums, counts, n_tokens = self._choice_batch(model, batch)
             result.n_tokens += n_tokens
             self._collect(batch, sums, counts, norm_of, result)
         for start in range(0, len(gen_items), self.batch_size):
@@ -132,14 +138,15 @@ class Scorer:
     ) -> list[torch.Tensor]:
         """Each choice item's per-choice scores, the ones `score` ranks by, as tensors that keep
         their autograd graph: a fine-tune can make them its objective (one batch, no sorting)."""
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(f"normalization {normalization!r} is not one of {NORMALIZATIONS}")
+        sums, counts, _ = self._choice_batch(model, items)
+        return [_normalized(total, count, normalization) for total, count in zip(sums, counts, strict=True)]
+
+    def _choice_batch(
+        self, model: torch.nn.Module, items: Sequence[Item]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+        """Per item, each choice's summed token log-probability and token count; tokens run."""
         scorer = self._choice_batch_shared if self.share_prefix else self._choice_batch_naive
-        sums, counts, _ = scorer(model, [self.encode(i) for i in items])
-        return [
-            total / count if normalization == "mean" else total
-            for total, count in zip(sums, counts, strict=True)
-        ]
+        return scorer(model, [self.encode(i) for i in items])
 
     def _collect(
         self,
@@ -152,10 +159,7 @@ class Scorer:
         for item, total, count in zip(batch, sums, counts, strict=True):
             if not torch.isfinite(total).all():
                 raise CandidateError(f"non-finite log-likelihood on item {item.id!r} (NaN/inf in the model)")
-            norm = norm_of(item.id)
-            if norm not in NORMALIZATIONS:
-                raise ValueError(f"normalization {norm!r} is not one of {NORMALIZATIONS}")
-            scores = total / count if norm == "mean" else total
+            scores = _normalized(total, count, norm_of(item.id))
             result.choice_scores[item.id] = scores.tolist()
             result.correct[item.id] = int(int(torch.argmax(scores)) == item.answer)
 
