@@ -2,11 +2,12 @@
 # The three searches at equal budgets, one after another (2 cores), each logged and timed.
 # Run from the repository root: bash experiments/smollm2_skills/run_searches.sh [SUFFIX]
 # SUFFIX picks the configs search_{cma,nsga2,random}SUFFIX.yaml: "" (anchor-mean fitness) or
-# "_irt" (gp-IRT fitness from results/calibration_space.json).
+# "_irt" (gp-IRT fitness from results/calibration_space.json), "_irt3" (round 3's three experts);
+# OPTIMIZERS picks which of them run (default "cma nsga2 random"), e.g. OPTIMIZERS=nsga2 ... _irt3_a30.
 set -uo pipefail
 HERE=experiments/smollm2_skills
 SUFFIX=${1:-}
-for opt in cma nsga2 random; do
+for opt in ${OPTIMIZERS:-cma nsga2 random}; do
   name=$opt$SUFFIX
   start=$(date +%s)
   OMP_NUM_THREADS=1 nice -n 5 evomerge search $HERE/search_$name.yaml --run-dir runs/smollm2_skills_$name \
