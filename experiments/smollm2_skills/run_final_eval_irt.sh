@@ -3,9 +3,9 @@
 # (run_searches.sh _irt$SUFFIX) and, in round 3, of each search's trial with the best estimated
 # mean over the tasks (`export --weights` with equal weights: the pick for the mean objective).
 # Round 2 (SUFFIX ""): the parents, the base and the untuned baselines were scored on the same
-# items before (results/accuracy_full-bfloat16.json; the experts rebuild bit-identically). Round 3 (SUFFIX 3) first scores the logic expert and the untuned
-# baselines over the three experts (ties3, task_arithmetic3); round 3b (SUFFIX 3_a30) scores
-# only its search's picks.
+# items before (results/accuracy_full-bfloat16.json; the experts rebuild bit-identically).
+# Round 3 (SUFFIX 3) first scores the logic expert and the untuned baselines over the three
+# experts (ties3, task_arithmetic3); round 3b (SUFFIX 3_a30) scores only its search's picks.
 # Run from the repository root: bash experiments/smollm2_skills/run_final_eval_irt.sh [SUFFIX]
 set -uo pipefail
 HERE=experiments/smollm2_skills
