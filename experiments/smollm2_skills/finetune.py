@@ -32,7 +32,7 @@ class TrainConfig:
     lr: float = 3e-5
     weight_decay: float = 0.0
     warmup_steps: int = 5
-    max_length: int = 256
+    max_length: int = 256  # answer objective; "choice" scores whole prompts, as the scorer does
     seed: int = 0
     freeze_embeddings: bool = True
     objective: str = "answer"  # "answer" | "choice"
