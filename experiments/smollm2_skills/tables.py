@@ -34,6 +34,7 @@ ORDER = [
     "cma_irt3_knee",
     "nsga2_irt3_knee",
     "random_irt3_knee",
+    "nsga2_irt3_a30_knee",
 ]
 
 
@@ -106,6 +107,7 @@ def search_table(
         "cma_irt3",
         "nsga2_irt3",
         "random_irt3",
+        "nsga2_irt3_a30",
     ),
 ) -> str:
     """Per search (results/search_NAME_trials.json): trials, median timings, items scored, best mean."""
