@@ -142,20 +142,25 @@ def train(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if config.objective == "answer":
         pairs = [(i.prompt, i.choices[i.answer] if i.is_choice else i.target) for i in items]
-        examples = encode_pairs(tokenizer, pairs, config.max_length)
+        examples: list = encode_pairs(tokenizer, pairs, config.max_length)
+
+        def loss_of(chunk: list) -> torch.Tensor:
+            return answer_loss(model, make_batch(chunk, pad_id))
+
     else:
         generative = [i.id for i in items if not i.is_choice]
         if generative:
             raise ValueError(f"objective 'choice' needs choice items; {generative[:3]} have only a target")
         examples, scorer = list(items), Scorer(tokenizer)
+
+        def loss_of(chunk: list) -> torch.Tensor:
+            return choice_loss(model, scorer, chunk)
+
     log = TrainLog()
     model.train()
     for step, chunk in enumerate(batches(examples, config.batch_size, config.steps, config.seed)):
         start = time.perf_counter()
-        if config.objective == "answer":
-            loss = answer_loss(model, make_batch(chunk, pad_id))
-        else:
-            loss = choice_loss(model, scorer, chunk)
+        loss = loss_of(chunk)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
