@@ -155,6 +155,11 @@ def render_png(data: ReportData, out_dir: Path) -> list[Path]:
     return paths
 
 
+def _save_png(fig: Any, path: Path) -> None:
+    """Every report figure at one resolution; "tight" keeps outside legends and long titles in."""
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
 def _png_pareto(data: ReportData, path: Path) -> Path:
     from matplotlib.figure import Figure
 
@@ -229,7 +234,7 @@ def _png_pareto(data: ReportData, path: Path) -> Path:
         ax.legend(loc="best", fontsize=8)
     else:  # lines cross the whole plot: keep the legend outside them
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    fig.savefig(path, dpi=120, bbox_inches="tight")  # the outside legend and long titles stay in
+    _save_png(fig, path)
     return path
 
 
@@ -250,7 +255,7 @@ def _png_history(data: ReportData, path: Path) -> Path:
     hv_ax.set_ylabel("hypervolume (reference: accuracy 0)")
     hv_ax.set_title("Hypervolume of the front")
     hv_ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=120, bbox_inches="tight")  # the outside legend and long titles stay in
+    _save_png(fig, path)
     return path
 
 
@@ -278,7 +283,7 @@ def _png_heatmap(heatmap: Heatmap, path: Path) -> Path:
                 color="black" if value > middle else "white",
             )
     fig.colorbar(image, ax=ax)
-    fig.savefig(path, dpi=120, bbox_inches="tight")  # the outside legend and long titles stay in
+    _save_png(fig, path)
     return path
 
 
