@@ -79,16 +79,22 @@ def main() -> None:
         recipes = {k: MergeRecipe.from_yaml(Path(v)) for k, v in (r.split("=", 1) for r in args.recipe)}
     else:
         recipes = {name + args.suffix: recipe for name, recipe in baseline_recipes(base, experts).items()}
+    # A recipe given under several names (a search's knee that is also its best-mean pick) is
+    # merged and scored once: recipe YAML -> (accuracy, answers, merge seconds, total seconds).
+    measured: dict[str, tuple[dict[str, float], dict[str, int], float, float]] = {}
     for name, recipe in recipes.items():
         if args.only and name not in args.only:
             continue
-        start = time.perf_counter()
-        model = merger.apply(recipe)
-        merge_seconds = time.perf_counter() - start
-        accuracy, answers = measure(model, evaluator, tag)
-        seconds = time.perf_counter() - start
+        yaml_text = recipe.to_yaml()
+        if yaml_text not in measured:
+            start = time.perf_counter()
+            model = merger.apply(recipe)
+            merge_seconds = time.perf_counter() - start
+            accuracy, answers = measure(model, evaluator, tag)
+            measured[yaml_text] = (accuracy, answers, merge_seconds, time.perf_counter() - start)
+        accuracy, answers, merge_seconds, seconds = measured[yaml_text]
         record(name, accuracy, answers, seconds, tag)
-        text = recipe.to_yaml().replace(str(args.root.resolve()) + "/", "")
+        text = yaml_text.replace(str(args.root.resolve()) + "/", "")
         (RESULTS_DIR / "recipes" / f"{name}.yaml").write_text(text)
         print(f"{name}: {accuracy} (merge {merge_seconds:.1f} s, total {seconds:.1f} s)", flush=True)
 
