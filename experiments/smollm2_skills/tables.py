@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
 
 from evomerge.fitness.suite import FitnessSuite
@@ -38,10 +39,16 @@ ORDER = [
 ]
 
 
+def _ordered(available: Iterable[str], models: list[str] | None) -> list[str]:
+    """The available models in report order (ORDER, then the rest by name), only `models` if given."""
+    available = set(available)
+    names = [n for n in ORDER if n in available] + sorted(available - set(ORDER))
+    return [n for n in names if models is None or n in models]
+
+
 def accuracy_table(tag: str, models: list[str] | None = None) -> str:
     results = json.loads((RESULTS / f"accuracy_{tag}.json").read_text())
-    names = [n for n in ORDER if n in results] + sorted(set(results) - set(ORDER))
-    names = [n for n in names if models is None or n in models]
+    names = _ordered(results, models)
     tasks = list(results[names[0]]["accuracy"])
     responses = {n: json.loads((RESULTS / "responses" / tag / f"{n}.json").read_text()) for n in names}
     answered = next(iter(responses.values()))
@@ -197,8 +204,7 @@ def heldout_table(
         "| model | " + " | ".join(f"{t} (n={len(ids)})" for t, ids in kept.items()) + " | mean |",
         "|---" * (len(kept) + 2) + "|",
     ]
-    names = [n for n in ORDER if n in responses] + sorted(set(responses) - set(ORDER))
-    for name in (n for n in names if models is None or n in models):
+    for name in _ordered(responses, models):
         accuracy = [sum(responses[name][i] for i in ids) / len(ids) for ids in kept.values()]
         cells = " | ".join(f"{a:.3f}" for a in accuracy)
         lines.append(f"| {name} | {cells} | {sum(accuracy) / len(accuracy):.3f} |")
