@@ -192,11 +192,10 @@ def plan_for(recipe: MergeRecipe, readers: dict[str, ModelReader]) -> MergePlan:
 
 
 def fetch(readers: dict[str, ModelReader], device: torch.device | str) -> Any:
-    """A tensor loader for a plan: float32 on `device` (floating tensors), as stored otherwise."""
+    """A tensor loader for a plan: each tensor on `device` in its storage dtype (the kernels upcast)."""
 
     def tensor(model: str, name: str) -> torch.Tensor:
-        value = readers[model].get(name)
-        return value.to(device, torch.float32) if value.is_floating_point() else value.to(device)
+        return readers[model].get(name).to(device)
 
     return tensor
 
@@ -338,9 +337,12 @@ def merge_to_directory(
             (job.name, readers[model].shape(name), output_dtype(recipe, readers[model].dtype(name)))
         )
     tensor = fetch(readers, device)
+    out_dtypes = {name: dtype for name, _, dtype in layout}
 
-    def fresh_stats(model: str, name: str, value: torch.Tensor, base: torch.Tensor) -> DeltaStats:
-        return DeltaStats(value, base)
+    def fresh_stats(
+        model: str, name: str, value: torch.Tensor, base: torch.Tensor, compute: Any
+    ) -> DeltaStats:
+        return DeltaStats(value, base, compute)
 
     with atomic_directory(out_dir, force) as staging:
         writer = ShardWriter(staging, layout, max_shard_bytes)
@@ -352,8 +354,9 @@ def merge_to_directory(
                 jobs = tqdm(jobs, desc="merging", unit="tensor")
             with torch.no_grad():
                 for job in jobs:
-                    merged = plan.method.merge(plan.inputs(job, tensor, fresh_stats))
-                    writer.write(job.name, merged)
+                    inputs = plan.inputs(job, tensor, fresh_stats)
+                    inputs.out_dtype = out_dtypes[job.name]  # written by the kernel, as in memory
+                    writer.write(job.name, plan.method.merge(inputs))
         finally:
             writer.close()
         _write_config(reference, plan.num_layers, recipe, staging, layout)

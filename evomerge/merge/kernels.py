@@ -51,7 +51,11 @@ class KernelCall:
     """One output tensor's merge, as the fused kernels take it.
 
     `weighted_sum` (base None): out = sum_i rows[i][WEIGHT] * operands[i]. Otherwise out = base +
-    merged task vectors (`operands` are the task vectors; see `_task_vector_kernel`).
+    merged task vectors, with task vector i = operands[i] - base computed inside the kernel (see
+    `_task_vector_kernel`). Operands and base stay in their storage dtype (bf16 for most released
+    models); the kernels upcast them element by element to `compute_dtype` (the recipe's `dtype`,
+    mergekit's meaning; None: the operands' own) and write the output's dtype, so no model is ever
+    copied in another dtype.
     """
 
     operands: list[Tensor]
@@ -60,8 +64,12 @@ class KernelCall:
     kinds: tuple[str, ...] = ()
     consensus: bool = False
     normalize: bool = False
-    uniforms: list[Tensor | None] = field(default_factory=list)
-    ranks: list[Tensor | None] = field(default_factory=list)
+    seeds: list[int | None] = field(default_factory=list)  # per operand, for the RANDOM/RANKED draws
+    compute_dtype: torch.dtype | None = None
+
+
+RANDOM_KINDS = (RANDOM, RANKED, RANKED_RESCALED)
+RANKED_KINDS = (RANKED, RANKED_RESCALED)
 
 
 def _sparsified(delta: Tensor, kind: str, row: Tensor, uniform: Tensor | None, rank: Tensor | None) -> Tensor:
@@ -86,22 +94,24 @@ def _sparsified(delta: Tensor, kind: str, row: Tensor, uniform: Tensor | None, r
 def _task_vector_kernel(
     out: Tensor,
     base: Tensor,
-    deltas: list[Tensor],
+    operands: list[Tensor],
     kinds: tuple[str, ...],
     rows: Tensor,
     uniforms: list[Tensor | None],
     ranks: list[Tensor | None],
     consensus: bool,
     normalize: bool,
+    compute: torch.dtype,
 ) -> None:
-    """out = base + lam * merged task vectors, all tensors flat, rows [models, 7]. Without
-    consensus the WEIGHT column holds each model's coefficient (normalization
+    """out = base + lam * merged task vectors, all tensors flat, rows [models, 7], every step in
+    `compute`. Without consensus the WEIGHT column holds each model's coefficient (normalization
     already folded in); with it, TIES sign election (Yadav et al. 2023): the majority sign of
     sum_i w_i s_i (zero counts as positive), entries of w_i s_i with that sign kept, divided by the
     summed weights of the kept entries when normalizing."""
+    base = base.to(compute)
     weighted = [
-        _sparsified(delta, kind, rows[i], uniforms[i], ranks[i]) * rows[i, WEIGHT]
-        for i, (delta, kind) in enumerate(zip(deltas, kinds, strict=True))
+        _sparsified(operand.to(compute) - base, kind, rows[i], uniforms[i], ranks[i]) * rows[i, WEIGHT]
+        for i, (operand, kind) in enumerate(zip(operands, kinds, strict=True))
     ]
     lam = rows[0, LAMBDA]
     if not consensus:
@@ -120,8 +130,8 @@ def _total(terms: list[Tensor]) -> Tensor:
     return sum(terms[1:], terms[0])
 
 
-def _weighted_sum_kernel(out: Tensor, tensors: list[Tensor], rows: Tensor) -> None:
-    out.copy_(_total([t * rows[i, WEIGHT] for i, t in enumerate(tensors)]))
+def _weighted_sum_kernel(out: Tensor, tensors: list[Tensor], rows: Tensor, compute: torch.dtype) -> None:
+    out.copy_(_total([t.to(compute) * rows[i, WEIGHT] for i, t in enumerate(tensors)]))
 
 
 class _Kernel:
@@ -159,21 +169,66 @@ _task_vector = _Kernel(_task_vector_kernel)
 _weighted_sum = _Kernel(_weighted_sum_kernel)
 
 
+def chunk_entries(row_width: int, device: torch.device) -> int:
+    """How many entries one kernel call takes: whole rows (DELLA ranks within a row), ~4M entries on
+    CPU and ~32M on a GPU, so per-call temporaries (draws, ranks, an eager fallback's intermediates)
+    stay tens of MB whatever the tensor's size."""
+    target = 1 << (25 if device.type == "cuda" else 22)
+    return max(1, target // row_width) * row_width
+
+
+def uniform_draws(seed: int, chunk: int, size: int, device: torch.device) -> Tensor:
+    """Uniform [0, 1) draws for one chunk, regenerated from (seed, chunk) on every call instead of
+    kept. Half precision (steps of at most 2^-11, ample for a keep probability) halves what the
+    fused kernel reads. Draws depend on the device's generator: CPU and CUDA merges of a random
+    method differ (documented in the README)."""
+    generator = torch.Generator(device=device).manual_seed((seed * 1_000_003 + chunk) % (2**63))
+    return torch.rand(size, generator=generator, device=device, dtype=torch.float16)
+
+
+def row_ranks(delta: Tensor, width: int) -> Tensor:
+    """Rank of |delta| within each row of `width` entries, scaled to [0, 1] (DELLA's MAGPRUNE);
+    ties broken by position (a stable sort), so every run and device ranks alike."""
+    rows = delta.abs().reshape(-1, width)
+    ranks = rows.argsort(dim=1, stable=True).argsort(dim=1, stable=True).to(delta.dtype)
+    return (ranks / max(width - 1, 1)).reshape(-1)
+
+
 def run(out: Tensor, call: KernelCall) -> Tensor:
-    """Write one tensor's merge into `out` (through a temporary when `out` is not contiguous)."""
+    """Write one tensor's merge into `out` (through a temporary when `out` is not contiguous), in
+    chunks of whole rows so the random methods' draws and ranks never take a full-size tensor."""
     reference = call.base if call.base is not None else call.operands[0]
-    rows = torch.tensor(call.rows, dtype=reference.dtype, device=reference.device)
+    compute = call.compute_dtype or reference.dtype
+    rows = torch.tensor(call.rows, dtype=compute, device=reference.device)
     target = out if out.is_contiguous() else torch.empty(out.shape, dtype=out.dtype, device=out.device)
-
-    def flat(tensor: Tensor | None) -> Tensor | None:
-        return None if tensor is None else tensor.reshape(-1)
-
-    operands = [flat(t) for t in call.operands]
-    if call.base is None:
-        _weighted_sum(target.view(-1), operands, rows)
-    else:
+    flat_out = target.view(-1)
+    operands = [t.reshape(-1) for t in call.operands]
+    base = None if call.base is None else call.base.reshape(-1)
+    width = reference.shape[-1] if reference.dim() > 1 else max(reference.numel(), 1)
+    step = chunk_entries(width, reference.device)
+    for chunk, start in enumerate(range(0, max(flat_out.numel(), 1), step)):
+        part = slice(start, start + step)
+        if base is None:
+            _weighted_sum(flat_out[part], [t[part] for t in operands], rows, compute)
+            continue
+        uniforms: list[Tensor | None] = []
+        ranks: list[Tensor | None] = []
+        for operand, kind, seed in zip(
+            operands, call.kinds, call.seeds or [None] * len(operands), strict=True
+        ):
+            if kind not in RANDOM_KINDS:
+                uniforms.append(None)
+                ranks.append(None)
+                continue
+            assert seed is not None, "random sparsifiers need a seed"
+            size = flat_out[part].numel()
+            uniforms.append(uniform_draws(seed, chunk, size, reference.device))
+            ranked = kind in RANKED_KINDS
+            ranks.append(
+                row_ranks(operand[part].to(compute) - base[part].to(compute), width) if ranked else None
+            )
         _task_vector(
-            target.view(-1), flat(call.base), operands, call.kinds, rows, [flat(u) for u in call.uniforms],
-            [flat(r) for r in call.ranks], call.consensus, call.normalize,
+            flat_out[part], base[part], [t[part] for t in operands], call.kinds, rows, uniforms, ranks,
+            call.consensus, call.normalize, compute,
         )  # fmt: skip
     return out if target is out else out.copy_(target)

@@ -1,15 +1,19 @@
 """In-memory materializer for the search: parents loaded once, each candidate written in place.
 
-The base and the parents stay resident on the worker's device. What a candidate does not change
-is computed once per parent tensor and kept (`DeltaStats`: the task vector parent - base, its
-sorted magnitudes so a TIES/breadcrumbs density is an index lookup instead of a top-k, DELLA's
-row ranks). `apply(recipe)` runs the same merge plan and method functions as
-`merge_to_directory`, so it gives the same tensors, and copies them into the live model's
-parameters under `torch.no_grad()`: no disk I/O per candidate.
+The base and the parents are held once, in their storage dtype, where the placement puts them
+(`memory.py`: on the device, in host memory, or read from disk per candidate). Nothing
+full-size is derived from them: the task vectors are recomputed inside the fused kernels and a
+magnitude threshold comes from a few-KB `MagnitudeIndex` per parent tensor. `apply(recipe)` runs
+the same merge plan and method functions as `merge_to_directory`, so it gives the same tensors,
+written straight into the live model's parameters under `torch.no_grad()`: no disk writes.
+
+The live model is created on its device in its dtype without random initialisation (parameters
+on the meta device first), then filled from the reference model (the base).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +21,8 @@ import torch
 
 from evomerge.errors import ConfigError
 from evomerge.merge.io import ModelReader, check_compatible, plan_for
-from evomerge.merge.methods import DeltaStats
+from evomerge.merge.memory import PLACEMENTS, MemoryPlan, choose_placement, free_bytes, storage_dtype
+from evomerge.merge.methods import DeltaStats, MagnitudeIndex
 from evomerge.recipe import MergeRecipe
 
 
@@ -25,53 +30,105 @@ def _key(path: str | Path) -> str:
     return str(Path(path).resolve())
 
 
+def empty_model(config: Any, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+    """The architecture of `config` with uninitialised parameters on `device` in `dtype`: built on
+    the meta device (no random init, no CPU copy), then each parameter allocated where it lives.
+    Buffers (rotary frequencies) are computed as usual and moved; tied weights are re-tied."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    for name, param in list(model.named_parameters()):
+        owner, _, leaf = name.rpartition(".")
+        empty = torch.empty(param.shape, dtype=dtype, device=device)
+        setattr(model.get_submodule(owner), leaf, torch.nn.Parameter(empty, requires_grad=False))
+    model.tie_weights()
+    return model.to(device).eval()
+
+
 class LiveMerger:
-    """Holds base + parents on `device`; `.model` is the live causal LM every `apply` rewrites."""
+    """Holds base + parents per `placement`; `.model` is the live causal LM every `apply` rewrites.
+
+    `placement`: 'device', 'host', 'disk' or 'auto' (the cheapest that fits the free memory; see
+    `memory.choose_placement`). `model_dtype`: the live model's dtype (default: the reference
+    checkpoint's), e.g. bfloat16 to score faster; the merge itself is computed in the recipe's dtype.
+    """
 
     def __init__(
         self,
         base: str | Path | None,
         models: list[str | Path],
         device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
         allow_pickle: bool = False,
         model_dtype: torch.dtype | None = None,
+        placement: str = "device",
     ) -> None:
-        """`dtype`: the resident tensors and the merge arithmetic; `model_dtype`: the live model's
-        parameters (default `dtype`), e.g. bfloat16 for faster scoring of float32 merges."""
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoConfig
 
+        if placement not in PLACEMENTS:
+            raise ConfigError(f"placement {placement!r} is not one of {', '.join(PLACEMENTS)}")
         self.device = torch.device(device)
-        self.dtype = dtype
         paths = ([base] if base is not None else []) + [
             m for m in models if base is None or _key(m) != _key(base)
         ]
         if not paths:
             raise ConfigError("LiveMerger needs a base or at least one model; pass model directories")
-        self.base_key = _key(base) if base is not None else None
         self._readers = {_key(p): ModelReader(p, allow_pickle) for p in paths}
         check_compatible(self._readers)
-        self._resident: dict[str, dict[str, torch.Tensor]] = {
-            key: {name: self._load(reader, name) for name in reader.tensor_names}
-            for key, reader in self._readers.items()
-        }
-        self._stats: dict[tuple[str, str, str], DeltaStats] = {}
         self._reference = _key(paths[0])
-        config = AutoConfig.from_pretrained(self._reference)
-        model = AutoModelForCausalLM.from_config(config, dtype=model_dtype or dtype)
-        model.load_state_dict(self._resident[self._reference], strict=False)
-        self.model = model.to(self.device).eval()
+        reference = self._readers[self._reference]
+        self.model_dtype = model_dtype or storage_dtype(reference)
+        readers = list(self._readers.values())
+        free = free_bytes(str(self.device)) if placement == "auto" else 0
+        self.memory: MemoryPlan = choose_placement(
+            readers, placement, str(self.device), self.model_dtype, free
+        )
+        self.placement = self.memory.placement
+        host = torch.device("cpu") if self.placement == "host" else self.device
+        pin = self.placement == "host" and self.device.type == "cuda"
+        self._resident: dict[str, dict[str, torch.Tensor]] = {}
+        if self.placement != "disk":
+            self._resident = {
+                key: {name: self._hold(reader.get(name), host, pin) for name in reader.tensor_names}
+                for key, reader in self._readers.items()
+            }
+        self._indexes: dict[tuple[str, str, str, Any], MagnitudeIndex] = {}
+        self.model = empty_model(AutoConfig.from_pretrained(self._reference), self.model_dtype, self.device)
         self._params: dict[str, torch.Tensor] = self.model.state_dict(keep_vars=True)
+        with torch.no_grad():
+            for name, param in self._params.items():
+                if reference.has(name):
+                    param.copy_(self._fetch(self._reference, name))
         self._tokenizer_dir = Path(self._reference)
 
-    def _load(self, reader: ModelReader, name: str) -> torch.Tensor:
-        value = reader.get(name)
-        return value.to(self.device, self.dtype) if value.is_floating_point() else value.to(self.device)
+    @staticmethod
+    def _hold(value: torch.Tensor, where: torch.device, pin: bool) -> torch.Tensor:
+        value = value.to(where)
+        return value.pin_memory() if pin else value
+
+    def _fetch(self, key: str, name: str) -> torch.Tensor:
+        """One input tensor on the merge device, in its storage dtype."""
+        if self.placement == "disk":
+            return self._readers[key].get(name).to(self.device)
+        return self._resident[key][name].to(self.device, non_blocking=True)
 
     @property
     def tokenizer_dir(self) -> Path:
         """The last applied recipe's tokenizer_source, else the base (or first model)."""
         return self._tokenizer_dir
+
+    def resident_bytes(self) -> dict[str, int]:
+        """Bytes held now: base + parents (where the placement keeps them), live model, indexes."""
+        held = sum(
+            t.numel() * t.element_size() for tensors in self._resident.values() for t in tensors.values()
+        )
+        live = sum(t.numel() * t.element_size() for t in {id(p): p for p in self._params.values()}.values())
+        return {
+            "models": held,
+            "live": live,
+            "indexes": sum(index.nbytes for index in self._indexes.values()),
+        }
 
     def _resolve(self, recipe: MergeRecipe) -> dict[str, str]:
         """Recipe model path -> loaded model key."""
@@ -86,6 +143,17 @@ class LiveMerger:
             aliases[path] = key
         return aliases
 
+    def _stats_for(self, aliases: dict[str, str], base_model: str | None) -> Callable[..., DeltaStats]:
+        def stats(model: str, name: str, value: torch.Tensor, base: torch.Tensor, compute: Any) -> DeltaStats:
+            key = (aliases[model], name, aliases[base_model or model], compute)
+
+            def remember(index: MagnitudeIndex) -> None:
+                self._indexes[key] = index
+
+            return DeltaStats(value, base, compute, self._indexes.get(key), remember)
+
+        return stats
+
     def apply(self, recipe: MergeRecipe) -> torch.nn.Module:
         """Write the recipe's merged tensors into `self.model` in place and return the model."""
         aliases = self._resolve(recipe)
@@ -98,26 +166,17 @@ class LiveMerger:
             )
 
         def tensor(model: str, name: str) -> torch.Tensor:
-            return self._resident[aliases[model]][name]
+            return self._fetch(aliases[model], name)
 
-        def stats(model: str, name: str, value: torch.Tensor, base: torch.Tensor) -> DeltaStats:
-            key = (aliases[model], name, aliases[recipe.base_model or model])
-            cached = self._stats.get(key)
-            if cached is None:
-                cached = self._stats[key] = DeltaStats(value, base)
-            return cached
-
+        stats = self._stats_for(aliases, recipe.base_model)
         with torch.no_grad():
             for job in plan.jobs:
                 target = self._params.get(job.name)
                 if target is None:
                     raise ConfigError(f"tensor {job.name!r} is not a parameter of the live model")
                 inputs = plan.inputs(job, tensor, stats)
-                if target.dtype == self.dtype:
-                    inputs.out = target  # the method writes straight into the parameter
-                merged = plan.method.merge(inputs)
-                if merged is not target:
-                    target.copy_(merged)
+                inputs.out = target  # the kernel writes straight into the parameter, in its dtype
+                plan.method.merge(inputs)
         source = recipe.tokenizer_source
         self._tokenizer_dir = Path(source) if source and source != "base" else Path(recipe.model_paths()[0])
         return self.model

@@ -1,8 +1,9 @@
 """Merge methods: small pure functions over the tensors of one weight, registered by name.
 
 Each method declares its parameters (`ParamSpec`, mergekit's names and semantics); the
-declaration is what recipe validation and the search space's genes read. Methods compute in
-the tensors' dtype (float32 in practice) and return the merged tensor.
+declaration is what recipe validation and the search space's genes read. Methods read the
+tensors in their storage dtype and compute in the recipe's `dtype` (`TensorInputs.compute_dtype`)
+inside the fused kernels.
 
 Task-vector methods (mergekit's "generalized task arithmetic") share one pipeline:
 delta_i = model_i - base; sparsify each delta; weight; optionally keep only the entries that
@@ -12,8 +13,9 @@ weights ("normalize"), scale by lambda, add to the base.
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -53,69 +55,106 @@ class ParamSpec:
             )
 
 
-class DeltaStats:
-    """What a candidate merge needs from one model's tensor that does not depend on the candidate.
+class MagnitudeIndex:
+    """A few KB that make an exact magnitude threshold cheap, instead of a sorted copy of |delta|.
 
-    The task vector, its sorted magnitudes (a TIES/breadcrumbs density is then an index lookup, not
-    a top-k), their running sums (the L1 norm kept by any magnitude band), DELLA's row ranks and the
-    uniform draws of the random methods are computed on first use and kept, so a resident parent
-    (LiveMerger) pays for them once and a streamed tensor only when needed.
+    `edges` are ~256 ascending values of |delta| (quantiles of a strided sample, edges[0] = 0) and
+    `below[j]` counts the entries with |delta| < edges[j] (below[-1] = all entries), from one pass
+    over the tensor. The k-th smallest magnitude then lies in a known bracket [edges[j], edges[j+1])
+    holding ~1/256 of the entries: one pass per candidate selects them and `kthvalue` finishes exactly.
     """
 
-    def __init__(self, tensor: Tensor, base: Tensor) -> None:
+    BUCKETS = 256
+    SAMPLE = 1 << 16
+
+    def __init__(self, edges: Tensor, below: Tensor, total_l1: float) -> None:
+        self.edges = edges
+        self.below = below
+        self.total_l1 = total_l1
+
+    @classmethod
+    def build(cls, stats: DeltaStats) -> MagnitudeIndex:
+        flat_tensor, flat_base = stats.tensor.reshape(-1), stats.base.reshape(-1)
+        stride = max(1, flat_tensor.numel() // cls.SAMPLE)
+        sample = (flat_tensor[::stride].to(stats.compute) - flat_base[::stride].to(stats.compute)).abs()
+        sample = sample[~sample.isnan()].sort().values
+        if sample.numel():
+            positions = torch.linspace(0, sample.numel() - 1, cls.BUCKETS, device=sample.device).long()
+            picks = sample[positions]
+        else:
+            picks = sample
+        edges = torch.unique(torch.cat([picks.new_zeros(1), picks]))  # sorted, strictly increasing
+        counts = torch.zeros(edges.numel() + 1, dtype=torch.int64, device=edges.device)
+        total = 0.0
+        for magnitude in stats.magnitudes():
+            # bucketize(right=True) = number of edges <= x, so x < edges[j] exactly when it is <= j
+            counts += torch.bincount(torch.bucketize(magnitude, edges, right=True), minlength=counts.numel())
+            total += float(magnitude.double().sum())
+        return cls(edges, counts.cumsum(0)[: edges.numel()].tolist() + [stats.numel], total)
+
+    @property
+    def nbytes(self) -> int:
+        return self.edges.numel() * self.edges.element_size() + 8 * len(self.below)
+
+
+class DeltaStats:
+    """One model's task vector for one tensor, as the sparsifiers query it: nothing full-size kept.
+
+    The task vector is never stored: it is recomputed, chunk by chunk, from the resident tensor and
+    the base (in the merge's compute dtype), so a parent costs one tensor in its storage dtype. The
+    only thing kept across candidates is the `MagnitudeIndex` (a few KB), handed in by a resident
+    merger (LiveMerger) or built on first use and reported through `on_index`.
+    """
+
+    CHUNK = 1 << 22  # entries per pass step: temporaries stay ~16 MB
+
+    def __init__(
+        self,
+        tensor: Tensor,
+        base: Tensor,
+        compute_dtype: torch.dtype | None = None,
+        index: MagnitudeIndex | None = None,
+        on_index: Callable[[MagnitudeIndex], None] | None = None,
+    ) -> None:
         self.tensor = tensor
         self.base = base
-        self._delta: Tensor | None = None
-        self._sorted_abs: Tensor | None = None
-        self._cumulative_abs: Tensor | None = None
-        self._row_rank: Tensor | None = None
-        self._uniform: tuple[int, Tensor] | None = None
+        self.compute = compute_dtype or tensor.dtype
+        self._index = index
+        self._on_index = on_index
 
     @property
-    def delta(self) -> Tensor:
-        if self._delta is None:
-            self._delta = self.tensor - self.base
-        return self._delta
+    def numel(self) -> int:
+        return self.tensor.numel()
+
+    def magnitudes(self) -> Iterator[Tensor]:
+        """|tensor - base| in the compute dtype, flat, one chunk at a time."""
+        flat_tensor, flat_base = self.tensor.reshape(-1), self.base.reshape(-1)
+        for start in range(0, flat_tensor.numel(), self.CHUNK):
+            part = slice(start, start + self.CHUNK)
+            yield (flat_tensor[part].to(self.compute) - flat_base[part].to(self.compute)).abs()
 
     @property
-    def sorted_abs(self) -> Tensor:
-        """|delta| flattened, ascending: the k-th magnitude is a lookup, not a top-k."""
-        if self._sorted_abs is None:
-            self._sorted_abs = self.delta.abs().flatten().sort().values
-        return self._sorted_abs
+    def index(self) -> MagnitudeIndex:
+        if self._index is None:
+            self._index = MagnitudeIndex.build(self)
+            if self._on_index is not None:
+                self._on_index(self._index)
+        return self._index
+
+    def kth_smallest(self, rank: int) -> float:
+        """The magnitude at 0-based position `rank` of |delta| sorted ascending, exactly."""
+        index = self.index
+        bucket = bisect.bisect_right(index.below, rank) - 1
+        low = float(index.edges[bucket])
+        high = float(index.edges[bucket + 1]) if bucket + 1 < index.edges.numel() else math.inf
+        inside = [m[(m >= low) & (m < high)] for m in self.magnitudes()]
+        values = torch.cat(inside)
+        return float(values.kthvalue(rank - index.below[bucket] + 1).values)
 
     def l1_between(self, low: float, high: float) -> tuple[float, float]:
         """(L1 norm of the entries with low <= |delta| <= high, L1 norm of all entries), in float64."""
-        if self._cumulative_abs is None:
-            self._cumulative_abs = torch.cat(
-                [self.sorted_abs.new_zeros(1, dtype=torch.float64), self.sorted_abs.double().cumsum(0)]
-            )
-        values, sums = self.sorted_abs, self._cumulative_abs
-        first = int(torch.searchsorted(values, low))
-        last = int(torch.searchsorted(values, high, right=True))
-        return float(sums[max(last, first)] - sums[first]), float(sums[-1])
-
-    @property
-    def row_rank(self) -> Tensor:
-        """Rank of |delta| within its row (last dim; whole tensor for vectors), scaled to [0, 1]."""
-        if self._row_rank is None:
-            rows = self.delta.abs().reshape(-1, self.delta.shape[-1]) if self.delta.dim() > 1 else None
-            rows = rows if rows is not None else self.delta.abs().reshape(1, -1)
-            ranks = rows.argsort(dim=1).argsort(dim=1).to(self.delta.dtype)
-            width = max(rows.shape[1] - 1, 1)
-            self._row_rank = (ranks / width).reshape(self.delta.shape)
-        return self._row_rank
-
-    def uniform(self, seed: int) -> Tensor:
-        """Uniform [0, 1) draws, one per entry, from `seed` (the last seed's draws are kept). Half
-        precision (steps of at most 2^-11, ample for a keep probability) halves the memory the
-        fused kernel reads for them and what a resident parent keeps."""
-        if self._uniform is None or self._uniform[0] != seed:
-            delta = self.delta
-            generator = torch.Generator(device=delta.device).manual_seed(seed)
-            draws = torch.rand(delta.shape, generator=generator, device=delta.device, dtype=torch.float16)
-            self._uniform = (seed, draws)
-        return self._uniform[1]
+        kept = sum(float(m[(m >= low) & (m <= high)].double().sum()) for m in self.magnitudes())
+        return kept, self.index.total_l1
 
 
 @dataclass
@@ -130,10 +169,15 @@ class TensorInputs:
     stats: list[DeltaStats] = field(default_factory=list)  # aligned with `tensors` when a base exists
     seeds: list[int] | None = None  # per merged model, for the random methods (aligned with `tensors`)
     out: Tensor | None = None  # where to write the result (a live parameter); a new tensor if None
+    compute_dtype: torch.dtype | None = None  # the merge arithmetic's dtype; None: the tensors' own
+    out_dtype: torch.dtype | None = None  # the result's dtype when `out` is None; None: compute dtype
 
     def output(self) -> Tensor:
+        if self.out is not None:
+            return self.out
         reference = self.base if self.base is not None else self.tensors[0]
-        return self.out if self.out is not None else torch.empty_like(reference)
+        dtype = self.out_dtype or self.compute_dtype or reference.dtype
+        return torch.empty(reference.shape, dtype=dtype, device=reference.device)
 
 
 @dataclass(frozen=True)
@@ -188,8 +232,7 @@ def _rescale(default: bool) -> ParamSpec:
 class Sparsity:
     kind: str
     values: dict[str, float] = field(default_factory=dict)  # kernels.parameter_row keywords
-    uniform: Tensor | None = None
-    rank: Tensor | None = None
+    seed: int | None = None  # the random kinds' draws, regenerated from it per chunk (kernels.run)
 
 
 # density >= 1 keeps every entry, expressed in the method's own kind (the neutral parameters keep
@@ -210,19 +253,19 @@ def _band(stats: DeltaStats, low: float, high: float, rescale: bool) -> Sparsity
 
 def _magnitude(stats: DeltaStats, p: dict[str, Any], _: int | None) -> Sparsity:
     """TIES trim: keep the top `density` fraction of entries by magnitude."""
-    density, n = p["density"], stats.delta.numel()
+    density, n = p["density"], stats.numel
     if density >= 1:
         return FULL_BAND
     k = int(density * n)
     if k == 0:
         return EMPTY_BAND
-    return _band(stats, float(stats.sorted_abs[n - k]), math.inf, p["rescale"])
+    return _band(stats, stats.kth_smallest(n - k), math.inf, p["rescale"])
 
 
 def _magnitude_outliers(stats: DeltaStats, p: dict[str, Any], _: int | None) -> Sparsity:
     """Model Breadcrumbs (Davari & Belilovsky 2023): drop the largest `gamma` fraction and the
     smallest entries so that a `density` fraction remains."""
-    density, n = p["density"], stats.delta.numel()
+    density, n = p["density"], stats.numel
     if density >= 1:
         return FULL_BAND
     n_top = int(p["gamma"] * n)
@@ -232,7 +275,7 @@ def _magnitude_outliers(stats: DeltaStats, p: dict[str, Any], _: int | None) -> 
         n_bottom = 0
     if n - n_top <= n_bottom:
         return EMPTY_BAND
-    low, high = float(stats.sorted_abs[n_bottom]), float(stats.sorted_abs[n - n_top - 1])
+    low, high = stats.kth_smallest(n_bottom), stats.kth_smallest(n - n_top - 1)
     return _band(stats, low, high, p["rescale"])
 
 
@@ -241,7 +284,7 @@ def _random_drop(stats: DeltaStats, p: dict[str, Any], seed: int | None) -> Spar
     density = min(p["density"], 1.0)  # 1: every draw in [0, 1) is kept, times 1
     assert seed is not None
     scale = 1.0 / density if p["rescale"] and density > 0 else 1.0
-    return Sparsity(kernels.RANDOM, {"density": density, "scale": scale}, stats.uniform(seed))
+    return Sparsity(kernels.RANDOM, {"density": density, "scale": scale}, seed)
 
 
 def _magnitude_prune(stats: DeltaStats, p: dict[str, Any], seed: int | None) -> Sparsity:
@@ -257,7 +300,7 @@ def _magnitude_prune(stats: DeltaStats, p: dict[str, Any], seed: int | None) -> 
         )
     assert seed is not None
     kind = kernels.RANKED_RESCALED if p["rescale"] else kernels.RANKED
-    return Sparsity(kind, {"density": density, "epsilon": epsilon}, stats.uniform(seed), stats.row_rank)
+    return Sparsity(kind, {"density": density, "epsilon": epsilon}, seed)
 
 
 Sparsifier = Callable[[DeltaStats, dict[str, Any], int | None], Sparsity]
@@ -284,14 +327,14 @@ def _task_arithmetic(
             weights = [w / (1.0 if abs(total) < 1e-8 else total) for w in weights]
         lam = float(inputs.global_params["lambda"])
         return kernels.KernelCall(
-            operands=[stats.delta for stats in inputs.stats],
+            operands=[stats.tensor for stats in inputs.stats],
             rows=[kernels.parameter_row(w, lam=lam, **k.values) for w, k in zip(weights, kept, strict=True)],
             base=inputs.base,
             kinds=tuple(k.kind for k in kept),
             consensus=sign_consensus,
             normalize=normalize,
-            uniforms=[k.uniform for k in kept],
-            ranks=[k.rank for k in kept],
+            seeds=[k.seed for k in kept],
+            compute_dtype=inputs.compute_dtype,
         )
 
     return merge
@@ -309,11 +352,26 @@ def _linear(inputs: TensorInputs) -> kernels.KernelCall:
                 f"change the weights or set normalize: false"
             )
         scale = 1.0 / total
-    return _weighted(inputs.tensors, [w * scale for w in weights])
+    return _weighted(inputs, inputs.tensors, [w * scale for w in weights])
 
 
-def _weighted(tensors: list[Tensor], coefficients: list[float]) -> kernels.KernelCall:
-    return kernels.KernelCall(operands=tensors, rows=[kernels.parameter_row(c) for c in coefficients])
+def _weighted(inputs: TensorInputs, tensors: list[Tensor], coefficients: list[float]) -> kernels.KernelCall:
+    return kernels.KernelCall(
+        operands=tensors,
+        rows=[kernels.parameter_row(c) for c in coefficients],
+        compute_dtype=inputs.compute_dtype,
+    )
+
+
+def _chunked_dots(a: Tensor, b: Tensor, dtype: torch.dtype) -> tuple[float, float, float]:
+    """(a.a, b.b, a.b) in `dtype`, a chunk at a time (no full-size upcast copy of either tensor)."""
+    flat_a, flat_b = a.reshape(-1), b.reshape(-1)
+    aa = bb = ab = 0.0
+    for start in range(0, flat_a.numel(), DeltaStats.CHUNK):
+        x = flat_a[start : start + DeltaStats.CHUNK].to(dtype)
+        y = flat_b[start : start + DeltaStats.CHUNK].to(dtype)
+        aa, bb, ab = aa + float(x @ x), bb + float(y @ y), ab + float(x @ y)
+    return aa, bb, ab
 
 
 def _slerp(inputs: TensorInputs, dot_threshold: float = 0.9995, eps: float = 1e-8) -> kernels.KernelCall:
@@ -322,16 +380,15 @@ def _slerp(inputs: TensorInputs, dot_threshold: float = 0.9995, eps: float = 1e-
     assert inputs.base is not None
     t = float(inputs.global_params["t"])
     v0, v1 = inputs.base, inputs.tensors[0]
-    n0, n1 = v0.norm(), v1.norm()
-    u0 = v0 / n0 if n0 > eps else v0
-    u1 = v1 / n1 if n1 > eps else v1
-    dot = float((u0 * u1).sum())
+    squared0, squared1, product = _chunked_dots(v0, v1, inputs.compute_dtype or v0.dtype)
+    n0, n1 = math.sqrt(squared0), math.sqrt(squared1)
+    dot = product / ((n0 if n0 > eps else 1.0) * (n1 if n1 > eps else 1.0))
     if abs(dot) > dot_threshold:
         c0, c1 = 1 - t, t
     else:
         theta = math.acos(dot)
         c0, c1 = math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
-    return _weighted([v0, v1], [c0, c1])
+    return _weighted(inputs, [v0, v1], [c0, c1])
 
 
 # --- the registry ---------------------------------------------------------------------------

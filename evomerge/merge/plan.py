@@ -13,6 +13,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from evomerge.errors import ConfigError
 from evomerge.merge.methods import METHODS, DeltaStats, MergeMethod, TensorInputs
 from evomerge.recipe import MergeRecipe, SliceSource
@@ -37,6 +39,7 @@ class MergePlan:
     jobs: tuple[TensorJob, ...]
     num_layers: int
     seed: int
+    compute_dtype: torch.dtype | None = None  # the recipe's `dtype` (mergekit); None: the checkpoint's
 
     def seeds(self, job: TensorJob) -> list[int] | None:
         """Per merged model, a seed from the recipe seed, the tensor name and the model's position:
@@ -56,14 +59,16 @@ class MergePlan:
         tensor: Any,
         stats: Any,
     ) -> TensorInputs:
-        """Assemble a method's inputs; `tensor(model, name)` fetches a tensor, `stats(model, name, base)`
-        gives its DeltaStats (fresh when streaming, cached when resident)."""
+        """Assemble a method's inputs; `tensor(model, name)` fetches a tensor (in its storage dtype),
+        `stats(model, name, value, base, compute_dtype)` gives its DeltaStats (a fresh magnitude
+        index when streaming, a cached one when resident)."""
         base = tensor(*job.base) if job.base else None
         tensors = [tensor(model, name) for model, name in job.sources]
         delta_stats: list[DeltaStats] = []
         if base is not None and self.method.needs_base:
             delta_stats = [
-                stats(model, name, tensors[i], base) for i, (model, name) in enumerate(job.sources)
+                stats(model, name, tensors[i], base, self.compute_dtype)
+                for i, (model, name) in enumerate(job.sources)
             ]
         return TensorInputs(
             name=job.name,
@@ -73,6 +78,7 @@ class MergePlan:
             global_params=job.global_params,
             stats=delta_stats,
             seeds=self.seeds(job),
+            compute_dtype=self.compute_dtype,
         )
 
 
@@ -126,7 +132,8 @@ def build_plan(recipe: MergeRecipe, tensor_names: list[str], layer_counts: dict[
             out_layer += 1
     for name in post:
         jobs.append(_job(recipe, method, name, name, slices[-1], None, None))
-    return MergePlan(method=method, jobs=tuple(jobs), num_layers=out_layer, seed=recipe.seed or 0)
+    compute = getattr(torch, recipe.dtype) if recipe.dtype else None
+    return MergePlan(method, tuple(jobs), out_layer, recipe.seed or 0, compute)
 
 
 def _job(
