@@ -60,11 +60,13 @@ def make_family(
     noise: float = 0.02,
     seed: int = 0,
     max_shard_size: str = "2GB",
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[Path, list[Path]]:
-    """Write `root/base` and `root/parent_k` (base + seeded noise); return their paths."""
+    """Write `root/base` and `root/parent_k` (base + seeded noise), saved in `dtype`; return their paths."""
     torch.manual_seed(seed)
     base = LlamaForCausalLM(tiny_config(num_layers, hidden)).eval()
-    base_dir = save_model(base, root / "base", max_shard_size)
+    base_dir = save_model(base.to(dtype), root / "base", max_shard_size)
+    base = base.float()
     parent_dirs = []
     for k in range(n_parents):
         generator = torch.Generator().manual_seed(seed * 1000 + k + 1)
@@ -72,7 +74,7 @@ def make_family(
         with torch.no_grad():
             for (_, p), (_, b) in zip(parent.named_parameters(), base.named_parameters(), strict=True):
                 p.copy_(b + noise * torch.randn(b.shape, generator=generator))
-        parent_dirs.append(save_model(parent, root / f"parent_{k}", max_shard_size))
+        parent_dirs.append(save_model(parent.to(dtype), root / f"parent_{k}", max_shard_size))
     return base_dir, parent_dirs
 
 

@@ -58,7 +58,7 @@ class ParamSpec:
 class MagnitudeIndex:
     """A few KB that make an exact magnitude threshold cheap, instead of a sorted copy of |delta|.
 
-    `edges` are ~256 ascending values of |delta| (quantiles of a strided sample, edges[0] = 0) and
+    `edges` are <= 256 ascending values of |delta| (quantiles of a strided sample, edges[0] = 0) and
     `below[j]` counts the entries with |delta| < edges[j] (below[-1] = all entries), from one pass
     over the tensor. The k-th smallest magnitude then lies in a known bracket [edges[j], edges[j+1])
     holding ~1/256 of the entries: one pass per candidate selects them and `kthvalue` finishes exactly.
@@ -78,11 +78,11 @@ class MagnitudeIndex:
         stride = max(1, flat_tensor.numel() // cls.SAMPLE)
         sample = (flat_tensor[::stride].to(stats.compute) - flat_base[::stride].to(stats.compute)).abs()
         sample = sample[~sample.isnan()].sort().values
-        if sample.numel():
-            positions = torch.linspace(0, sample.numel() - 1, cls.BUCKETS, device=sample.device).long()
-            picks = sample[positions]
-        else:
-            picks = sample
+        # ~1 edge per 1024 entries, at most BUCKETS: an index stays under 1% of any tensor over a
+        # few thousand entries (a small tensor gets none: its one bracket is the whole tensor)
+        count = min(cls.BUCKETS, stats.numel // 1024, sample.numel())
+        positions = torch.linspace(0, sample.numel() - 1, count, device=sample.device).long()
+        picks = sample[positions]
         edges = torch.unique(torch.cat([picks.new_zeros(1), picks]))  # sorted, strictly increasing
         counts = torch.zeros(edges.numel() + 1, dtype=torch.int64, device=edges.device)
         total = 0.0

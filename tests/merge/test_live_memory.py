@@ -1,0 +1,185 @@
+"""The memory model on a bfloat16 family: parents held once in their storage dtype, every
+placement gives the on-disk merge's tensors, thresholds exact, nothing full-size derived."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from recipes import LIVE_CASES, recipes
+from tiny import load_tensors, make_family
+
+from evomerge.merge.io import ModelReader, merge_to_directory
+from evomerge.merge.live import LiveMerger, empty_model
+from evomerge.merge.memory import choose_placement, plan_memory, reader_bytes
+from evomerge.merge.methods import DeltaStats
+from evomerge.recipe import MergeRecipe
+
+PLACEMENTS = ["device", "host", "disk"]
+
+
+@pytest.fixture(scope="module")
+def bf16_family(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    return make_family(tmp_path_factory.mktemp("bf16"), n_parents=2, dtype=torch.bfloat16)
+
+
+@pytest.fixture(scope="module")
+def mergers(bf16_family) -> dict[tuple[str, str], LiveMerger]:
+    """One merger per (placement, live dtype), built on first use."""
+    return {}
+
+
+def merger_for(mergers, bf16_family, placement: str, dtype: torch.dtype) -> LiveMerger:
+    key = (placement, str(dtype))
+    if key not in mergers:
+        base, parents = bf16_family
+        mergers[key] = LiveMerger(base, parents, placement=placement, model_dtype=dtype)
+    return mergers[key]
+
+
+def case_recipe(bf16_family, case: str, compute: str | None) -> MergeRecipe:
+    base, parents = bf16_family
+    data = recipes(base, parents)[case]
+    return MergeRecipe.from_dict({**data, "dtype": compute} if compute else data)
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("case", LIVE_CASES)
+def test_every_placement_equals_the_disk_merge(case, placement, bf16_family, mergers, tmp_path) -> None:
+    """float32 arithmetic from bf16 parents (the search's recipes), written as float32 on disk and
+    into a float32 live model: bit-identical; and bf16 arithmetic with no `dtype` (mergekit: the
+    checkpoint's dtype), bf16 out, for the deterministic TIES path."""
+    recipe = case_recipe(bf16_family, case, "float32")
+    merge_to_directory(recipe, tmp_path / "out", progress=False)
+    disk = load_tensors(tmp_path / "out")
+    live = merger_for(mergers, bf16_family, placement, torch.float32)
+    live.apply(case_recipe(bf16_family, "linear", "float32"))  # a different candidate first
+    state = live.apply(recipe).state_dict()
+    for name, tensor in disk.items():
+        assert tensor.dtype == torch.float32
+        assert torch.equal(state[name], tensor), f"{case}/{placement}: {name} differs"
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_bf16_arithmetic_without_dtype_equals_disk(placement, bf16_family, mergers, tmp_path) -> None:
+    recipe = case_recipe(bf16_family, "ties", None)
+    merge_to_directory(recipe, tmp_path / "out", progress=False)
+    disk = load_tensors(tmp_path / "out")
+    state = merger_for(mergers, bf16_family, placement, torch.bfloat16).apply(recipe).state_dict()
+    for name, tensor in disk.items():
+        assert tensor.dtype == torch.bfloat16
+        assert torch.equal(state[name], tensor), f"{placement}: {name} differs"
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_resident_bytes_are_the_checkpoints_bytes(placement, bf16_family, mergers) -> None:
+    """Base + parents held once in bf16 (device/host), nothing held on disk placement; the live
+    model weighs one model; after every method ran, the indexes stay under 2% of the parents even
+    in this tiny family, where 32-entry norms each still carry a 20-byte index."""
+    base, parents = bf16_family
+    live = merger_for(mergers, bf16_family, placement, torch.bfloat16)
+    for case in LIVE_CASES:
+        live.apply(case_recipe(bf16_family, case, "float32"))
+    checkpoints = [reader_bytes(ModelReader(path)) for path in [base, *parents]]
+    held = live.resident_bytes()
+    assert held["models"] == (0 if placement == "disk" else sum(checkpoints))
+    assert held["live"] == checkpoints[0]  # one bf16 model
+    assert 0 < held["indexes"] <= 0.02 * sum(checkpoints[1:])
+    assert live.memory.models_bytes == sum(checkpoints)
+
+
+def test_index_bytes_are_under_one_percent_of_a_real_sized_tensor() -> None:
+    """A 4096 x 1024 bf16 task vector (8 MiB) needs a ~3 KB index: 0.04%."""
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(4096, 1024, generator=generator).to(torch.bfloat16)
+    parent = (base.float() + 0.01 * torch.randn(4096, 1024, generator=generator)).to(torch.bfloat16)
+    stats = DeltaStats(parent, base, torch.float32)
+    parent_bytes = parent.numel() * parent.element_size()
+    assert stats.index.nbytes < 0.001 * parent_bytes
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kth_magnitude_is_exact_with_ties(dtype) -> None:
+    """The bracketed selection returns exactly the sorted |delta| value at every probed rank,
+    also where bf16 rounding makes thousands of magnitudes equal."""
+    generator = torch.Generator().manual_seed(3)
+    base = torch.randn(300, 70, generator=generator).to(dtype)
+    parent = (base.float() + 0.05 * torch.randn(300, 70, generator=generator)).to(dtype)
+    parent.view(-1)[:500] = base.view(-1)[:500]  # 500 exact zeros in the task vector
+    stats = DeltaStats(parent, base, torch.float32)
+    reference = (parent.float() - base.float()).abs().flatten().sort().values
+    n = reference.numel()
+    ties = n - reference.unique().numel()
+    assert dtype == torch.float32 or ties > 1000
+    for rank in [0, 1, 250, 499, 500, 501, n // 3, n // 2, n - 2, n - 1, *range(7, n, 997)]:
+        assert stats.kth_smallest(rank) == float(reference[rank]), rank
+    kept, total = stats.l1_between(float(reference[n // 2]), math.inf)
+    assert kept == pytest.approx(float(reference[reference >= reference[n // 2]].double().sum()), rel=1e-12)
+    assert total == pytest.approx(float(reference.double().sum()), rel=1e-12)
+
+
+def test_live_model_is_built_without_random_initialisation(bf16_family, monkeypatch) -> None:
+    """Init functions only ever touch meta tensors (no bytes), and every parameter is allocated
+    directly on the device in the target dtype."""
+    from transformers import AutoConfig
+
+    real_inits: list[str] = []
+    for name in (
+        "normal_",
+        "uniform_",
+        "kaiming_uniform_",
+        "trunc_normal_",
+        "xavier_uniform_",
+        "zeros_",
+        "ones_",
+    ):
+        original = getattr(torch.nn.init, name)
+
+        def watched(tensor, *args, _name=name, _original=original, **kwargs):
+            if tensor.device.type != "meta":
+                real_inits.append(f"{_name} on {tensor.device} {list(tensor.shape)}")
+            return _original(tensor, *args, **kwargs)
+
+        monkeypatch.setattr(torch.nn.init, name, watched)
+    base, _ = bf16_family
+    model = empty_model(AutoConfig.from_pretrained(base), torch.bfloat16, torch.device("cpu"))
+    assert real_inits == []
+    params = list(model.parameters())
+    assert params and all(p.dtype == torch.bfloat16 and p.device.type == "cpu" for p in params)
+    rotary = [b for n, b in model.named_buffers() if "inv_freq" in n]
+    assert rotary and all(torch.isfinite(b).all() and b.abs().sum() > 0 for b in rotary)
+
+
+def test_tied_embeddings_stay_tied(tmp_path) -> None:
+    from transformers import LlamaForCausalLM
+
+    from tiny import save_model, tiny_config
+
+    config = tiny_config()
+    config.tie_word_embeddings = True
+    directory = save_model(LlamaForCausalLM(config), tmp_path / "tied")
+    live = LiveMerger(directory, [])
+    model = live.model
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    expected = load_tensors(directory)["model.embed_tokens.weight"]
+    assert torch.equal(model.lm_head.weight, expected)
+
+
+def test_preflight_refuses_what_cannot_fit_in_one_line(bf16_family) -> None:
+    base, parents = bf16_family
+    readers = [ModelReader(p) for p in [base, *parents]]
+    device = plan_memory(readers, "device")
+    disk = plan_memory(readers, "disk")
+    assert disk.device_bytes < device.device_bytes
+    assert device.refusal(10 * device.device_bytes) is None
+    line = device.refusal(device.device_bytes // 2)
+    assert line is not None and "\n" not in line
+    assert "GiB" in line and "placement device" in line and "workers.placement: host or disk" in line
+    chosen = choose_placement(
+        readers, "auto", "cpu", None, free=(device.device_bytes + disk.device_bytes) // 2
+    )
+    assert chosen.placement == "disk"
+    assert choose_placement(readers, "auto", "cpu", None, free=10 * device.device_bytes).placement == "device"
+    assert "2 workers" in (device.refusal(device.device_bytes + 1, workers=2) or "")
