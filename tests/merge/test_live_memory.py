@@ -153,9 +153,8 @@ def test_live_model_is_built_without_random_initialisation(bf16_family, monkeypa
 
 
 def test_tied_embeddings_stay_tied(tmp_path) -> None:
-    from transformers import LlamaForCausalLM
-
     from tiny import save_model, tiny_config
+    from transformers import LlamaForCausalLM
 
     config = tiny_config()
     config.tie_word_embeddings = True
