@@ -54,9 +54,13 @@ class Workers(_Strict):
     cpus_per_worker: float = Field(default=1.0, gt=0)
     gpus_per_worker: float | None = Field(default=None, ge=0)  # None: 1 where the cluster has GPUs
     batch_size: int = Field(default=16, ge=1)
-    # The live model's dtype for scoring; merges are always computed in float32. bfloat16 scores
-    # ~2-3x faster on CPUs with AVX512-BF16/AMX and on GPUs, at a small cost in log-likelihood precision.
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # The live model's dtype for scoring (merges are computed in the recipe's dtype, float32 in the
+    # search spaces). auto: bfloat16 on a GPU, else the checkpoint's own dtype. bfloat16 scores ~2-3x
+    # faster on CPUs with AVX512-BF16/AMX and on GPUs, at a small cost in log-likelihood precision.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # Where each worker holds the base and parents (evomerge/merge/memory.py): auto picks the
+    # cheapest that fits the free memory of the worker's device: device, then host, then disk.
+    placement: Literal["auto", "device", "host", "disk"] = "auto"
 
 
 class RaySpec(_Strict):

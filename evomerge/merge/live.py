@@ -80,10 +80,13 @@ class LiveMerger:
         reference = self._readers[self._reference]
         self.model_dtype = model_dtype or storage_dtype(reference)
         readers = list(self._readers.values())
-        free = free_bytes(str(self.device)) if placement == "auto" else 0
+        free = free_bytes(str(self.device))
         self.memory: MemoryPlan = choose_placement(
             readers, placement, str(self.device), self.model_dtype, free
         )
+        refusal = self.memory.refusal(free)
+        if refusal is not None:  # refused before a byte is loaded, never an OOM halfway through
+            raise ConfigError(refusal)
         self.placement = self.memory.placement
         host = torch.device("cpu") if self.placement == "host" else self.device
         pin = self.placement == "host" and self.device.type == "cuda"

@@ -29,9 +29,16 @@ from evomerge.merge.methods import DeltaStats, MagnitudeIndex
 
 Placement = Literal["device", "host", "disk"]
 PLACEMENTS: tuple[str, ...] = ("auto", "device", "host", "disk")
-INDEX_BYTES = (MagnitudeIndex.BUCKETS + 1) * 12  # edges (4 B) + counts (8 B) per bucket edge
 HEADROOM = 1.05  # allocator fragmentation and small buffers on top of the computed bytes
-GIB = 1024**3
+
+
+def human_bytes(count: float) -> str:
+    """1536 -> '1.5 KiB': binary units, three significant figures."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(count) < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.3g} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
 
 
 def _itemsize(dtype: torch.dtype) -> int:
@@ -68,7 +75,9 @@ class MemoryPlan:
 
     @property
     def device_bytes(self) -> int:
-        inputs = {"device": self.models_bytes, "host": 2 * self.largest_tensor_bytes}
+        # a CPU worker's "host" is its device: the models sit in the same RAM
+        host_inputs = self.models_bytes if self.device == "cpu" else 2 * self.largest_tensor_bytes
+        inputs = {"device": self.models_bytes, "host": host_inputs}
         held = inputs.get(self.placement, self.largest_tensor_bytes)
         return int(HEADROOM * (self.live_bytes + held + self.index_bytes + self.work_bytes))
 
@@ -89,15 +98,16 @@ class MemoryPlan:
         need = self.device_bytes * workers
         if need <= free_bytes:
             return None
-        who = f"{workers} workers x {self.device_bytes / GIB:.2f} GiB" if workers > 1 else "one worker"
+        who = f"{workers} workers x {human_bytes(self.device_bytes)}" if workers > 1 else "one worker"
         fix = {
-            "device": "use workers.placement: host or disk, fewer workers, or a larger device",
+            "device": f"use workers.placement: {'disk' if self.device == 'cpu' else 'host or disk'}, fewer "
+            "workers, or a larger device",
             "host": "use workers.placement: disk, fewer workers, or a larger device",
             "disk": "use a larger device, fewer workers, or a smaller live dtype (workers.dtype: bfloat16)",
         }[self.placement]
         return (
-            f"the merge family needs {need / GIB:.2f} GiB on {self.device} ({who}, placement "
-            f"{self.placement}) but {free_bytes / GIB:.2f} GiB is free; {fix}"
+            f"the merge family needs {human_bytes(need)} on {self.device} ({who}, placement "
+            f"{self.placement}) but {human_bytes(free_bytes)} is free; {fix}"
         )
 
 
@@ -123,7 +133,8 @@ def plan_memory(
         models_bytes=sum(reader_bytes(r) for r in readers),
         live_bytes=sum(math.prod(reference.shape(n)) for n in names) * live_size,
         largest_tensor_bytes=largest_bytes,
-        index_bytes=INDEX_BYTES * len(names) * max(len(readers) - 1, 1),
+        index_bytes=sum(MagnitudeIndex.bytes_for(math.prod(reference.shape(n))) for n in names)
+        * max(len(readers) - 1, 1),
         work_bytes=work,
         n_models=len(readers),
         n_tensors=len(names),

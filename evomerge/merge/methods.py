@@ -80,7 +80,7 @@ class MagnitudeIndex:
         sample = sample[~sample.isnan()].sort().values
         # ~1 edge per 1024 entries, at most BUCKETS: an index stays under 1% of any tensor over a
         # few thousand entries (a small tensor gets none: its one bracket is the whole tensor)
-        count = min(cls.BUCKETS, stats.numel // 1024, sample.numel())
+        count = min(cls.BUCKETS, stats.numel // 1024, sample.numel())  # see bytes_for
         positions = torch.linspace(0, sample.numel() - 1, count, device=sample.device).long()
         picks = sample[positions]
         edges = torch.unique(torch.cat([picks.new_zeros(1), picks]))  # sorted, strictly increasing
@@ -95,6 +95,12 @@ class MagnitudeIndex:
     @property
     def nbytes(self) -> int:
         return self.edges.numel() * self.edges.element_size() + 8 * len(self.below)
+
+    @classmethod
+    def bytes_for(cls, numel: int) -> int:
+        """At most what the index of a tensor of `numel` entries weighs (float32 edges)."""
+        edges = min(cls.BUCKETS, numel // 1024) + 1
+        return 4 * edges + 8 * (edges + 1)
 
 
 class DeltaStats:

@@ -35,6 +35,7 @@ from optuna.trial import TrialState
 from evomerge.errors import ConfigError, StorageError
 from evomerge.experiment import Experiment
 from evomerge.optimizers import OPTIMIZERS, Optimizer, load_checkpoint, make_optimizer, save_checkpoint
+from evomerge.runtime.preflight import check_worker_memory, local_worker_device
 from evomerge.space import SearchSpace
 from evomerge.store import CHECKPOINT_FILE, RUN_FILE, RunStore, create_run, open_run
 
@@ -125,6 +126,7 @@ def actor_factory(experiment: Experiment, space: SearchSpace) -> Callable[[int],
             workers.batch_size,
             experiment.spec.seed,
             workers.dtype,
+            workers.placement,
         )
 
     return make
@@ -195,6 +197,11 @@ class SearchDriver:
         self.on_progress = on_progress
         self.space = SearchSpace.load(self.experiment.space_path)
         self.tasks = FitnessSuite.load(self.experiment.suite_path).tasks
+        self.memory = None  # a local run's worker memory plan, checked before anything starts
+        if make_actor is None and not (ray_address or os.environ.get("RAY_ADDRESS")):
+            workers = self.experiment.spec.workers
+            device = local_worker_device(workers.gpus_per_worker)
+            self.memory = check_worker_memory(self.experiment, self.space, device)
         self.budget = self.experiment.spec.budget
         self._make_actor = make_actor
         self.messages: list[str] = []  # said to the user with the summary

@@ -26,7 +26,8 @@ class Worker:
         device: str = "cpu",
         batch_size: int = 16,
         seed: int = 0,
-        dtype: str = "float32",
+        dtype: str = "auto",
+        placement: str = "auto",
     ) -> None:
         import torch
 
@@ -34,13 +35,16 @@ class Worker:
         from evomerge.fitness.evaluator import FitnessEvaluator
         from evomerge.fitness.suite import FitnessSuite
         from evomerge.merge.live import LiveMerger
+        from evomerge.runtime.preflight import live_dtype
 
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         import ray
 
         node = ray.get_runtime_context().get_node_id()[:8] if ray.is_initialized() else "local"
         self.worker_id = f"{worker_id}@{socket.gethostname()}:{os.getpid()}/node-{node}"
-        self.merger = LiveMerger(base, parents, device=device, model_dtype=getattr(torch, dtype))
+        self.merger = LiveMerger(
+            base, parents, device=device, model_dtype=live_dtype(dtype, device), placement=placement
+        )
         suite_obj = FitnessSuite.load(suite)
         self.evaluator = FitnessEvaluator(
             suite_obj,
