@@ -539,7 +539,7 @@ def main() -> None:
                 notes.append(
                     f"{method}/{placement}: {note}, warm-up {result['warmup_s']:.0f} s, cell "
                     f"{time.perf_counter() - start:.0f} s, baseline anon {base['RssAnon'] / 1e9:.2f} GB "
-                    f"file {base['RssFile'] / 1e9:.2f} GB, {result['samples']} samples, copy {copy_gbs:.1f} GB/s"
+                    f"file {base['RssFile'] / 1e9:.2f} GB, {result['samples']} samples"
                 )
                 print("  " + " | ".join(cells), flush=True)
     finally:

@@ -47,6 +47,34 @@ def empty_model(config: Any, dtype: torch.dtype, device: torch.device) -> torch.
     return model.to(device).eval()
 
 
+class _HostStreamer:
+    """Host placement on CUDA: while one tensor's kernels run on the compute stream, the next
+    tensor's inputs are copied from pinned host memory on a side stream (double-buffered: at most
+    two tensors' inputs are on the device at once)."""
+
+    def __init__(self, resident: dict[str, dict[str, torch.Tensor]], device: torch.device) -> None:
+        self.resident = resident
+        self.device = device
+        self.stream = torch.cuda.Stream(device)
+
+    def prefetch(self, wanted: list[tuple[str, str]]) -> tuple[dict[tuple[str, str], torch.Tensor], Any]:
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))  # buffers freed before reuse
+        with torch.cuda.stream(self.stream):
+            copies = {key: self.resident[key[0]][key[1]].to(self.device, non_blocking=True) for key in wanted}
+            done = torch.cuda.Event()
+            done.record(self.stream)
+        return copies, done
+
+    def take(
+        self, copies: dict[tuple[str, str], torch.Tensor], done: Any
+    ) -> dict[tuple[str, str], torch.Tensor]:
+        compute = torch.cuda.current_stream(self.device)
+        compute.wait_event(done)
+        for tensor in copies.values():
+            tensor.record_stream(compute)  # the caching allocator keeps it until the kernels finish
+        return copies
+
+
 class LiveMerger:
     """Holds base + parents per `placement`; `.model` is the live causal LM every `apply` rewrites.
 
@@ -97,6 +125,7 @@ class LiveMerger:
                 for key, reader in self._readers.items()
             }
         self._indexes: dict[tuple[str, str, str, Any], MagnitudeIndex] = {}
+        self._streamer = _HostStreamer(self._resident, self.device) if pin else None
         self.model = empty_model(AutoConfig.from_pretrained(self._reference), self.model_dtype, self.device)
         self._params: dict[str, torch.Tensor] = self.model.state_dict(keep_vars=True)
         with torch.no_grad():
@@ -168,15 +197,31 @@ class LiveMerger:
                 f"in-memory merges keep the base's layer count (use `evomerge merge` for other shapes)"
             )
 
-        def tensor(model: str, name: str) -> torch.Tensor:
-            return self._fetch(aliases[model], name)
+        def wanted(job: Any) -> list[tuple[str, str]]:
+            return [
+                (aliases[model], name) for model, name in ([job.base] if job.base else []) + list(job.sources)
+            ]
 
         stats = self._stats_for(aliases, recipe.base_model)
+        streamer = self._streamer
+        pending = streamer.prefetch(wanted(plan.jobs[0])) if streamer and plan.jobs else None
         with torch.no_grad():
-            for job in plan.jobs:
+            for number, job in enumerate(plan.jobs):
                 target = self._params.get(job.name)
                 if target is None:
                     raise ConfigError(f"tensor {job.name!r} is not a parameter of the live model")
+                if streamer is not None and pending is not None:
+                    ready = streamer.take(*pending)
+                    if number + 1 < len(plan.jobs):  # the next tensor's copies overlap this one's kernels
+                        pending = streamer.prefetch(wanted(plan.jobs[number + 1]))
+
+                    def tensor(model: str, name: str, ready: dict = ready) -> torch.Tensor:
+                        return ready[(aliases[model], name)]
+                else:
+
+                    def tensor(model: str, name: str) -> torch.Tensor:
+                        return self._fetch(aliases[model], name)
+
                 inputs = plan.inputs(job, tensor, stats)
                 inputs.out = target  # the kernel writes straight into the parameter, in its dtype
                 plan.method.merge(inputs)
