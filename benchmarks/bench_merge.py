@@ -5,14 +5,15 @@ experiments/smollm2_skills/build_base.py) when installed, else a random model of
 shape; parents = base + seeded noise, saved as safetensors in a temporary directory.
 For linear, ties and dare_ties it reports:
   * LiveMerger.apply time per candidate (median of --repeats, after one warm-up that builds the
-    per-parent statistics and compiles the fused kernels), and its effective bandwidth: bytes the
-    merge reads (the parents' tensors or task vectors, the base for task-vector methods, and for
-    dare_ties the cached float16 uniform draws) + bytes written (the merged model), over that time,
-    against a memory-copy bandwidth (torch copy of a 512 MB tensor, best of 3) timed beside each apply;
+    magnitude indexes and compiles the fused kernels), and its effective bandwidth: bytes the merge
+    moves through memory over that time, against a memory-copy bandwidth (torch copy of a 512 MB
+    tensor, best of 3) timed beside each apply. Bytes counted: the kernel's reads (the parents, and
+    the base for task-vector methods) and its writes (the merged model); for ties, the threshold
+    pass (each parent and the base once more); for dare_ties, its float16 draws (written, then read);
   * `mergekit-yaml` wall time on the same recipe (a full process per candidate: start-up, loading,
     merging AND writing the merged model to disk, which is what a mergekit-based search pays).
 
-    python benchmarks/bench_merge.py [--repeats 5] [--no-mergekit] [--random]
+    python benchmarks/bench_merge.py [--repeats 5] [--no-mergekit] [--random] [--placement device]
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-mergekit", action="store_true")
     parser.add_argument("--random", action="store_true", help="random weights even when SmolLM2 is installed")
+    parser.add_argument("--placement", default="device", choices=["device", "host", "disk"])
     args = parser.parse_args()
 
     from evomerge.merge.live import LiveMerger
@@ -131,7 +133,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_merge_") as tmp:
         root = Path(tmp)
         base, parents, label = make_family(root, args.random)
-        live = LiveMerger(base, parents)
+        live = LiveMerger(base, parents, placement=args.placement)
         model_bytes = sum(t.numel() * t.element_size() for t in live.model.state_dict().values())
         unique_bytes = sum(p.numel() * p.element_size() for p in live.model.parameters())
         bandwidth = CopyBandwidth()
@@ -139,7 +141,7 @@ def main() -> None:
         for method in ("linear", "ties", "dare_ties"):
             data = recipe_for(method, base, parents)
             recipe = MergeRecipe.from_dict(data)
-            live.apply(recipe)  # warm-up: builds the per-parent statistics once
+            live.apply(recipe)  # warm-up: builds the magnitude indexes once, compiles the kernels
             times, copies = [], []
             for _ in range(args.repeats):
                 copies.append(bandwidth.measure())
@@ -149,8 +151,10 @@ def main() -> None:
             seconds = statistics.median(times)
             copy_gbs = statistics.median(copies)
             inputs = len(parents) + (0 if method == "linear" else 1)
-            draws = len(parents) / 2 if method == "dare_ties" else 0  # DARE's cached float16 draws
-            moved = (inputs + draws + 1) * unique_bytes
+            threshold = 2 * len(parents) if method == "ties" else 0  # |parent - base| once more
+            itemsize = next(live.model.parameters()).element_size()
+            draws = len(parents) * 4 / itemsize if method == "dare_ties" else 0  # 2 B written + 2 B read
+            moved = (inputs + threshold + draws + 1) * unique_bytes
             gbs = moved / seconds / 1e9
             mergekit_s = float("nan")
             if not args.no_mergekit and MERGEKIT_BIN.is_file():
@@ -167,7 +171,8 @@ def main() -> None:
 
     print(f"weights: {label}; {unique_bytes / 1e6:.0f} MB per model ({model_bytes / 1e6:.0f} MB state dict)")
     print(f"torch threads: {torch.get_num_threads()}; copy GB/s = read + write, median beside the applies")
-    print("bytes counted per candidate: inputs read (base, parents; dare_ties: + float16 draws) + output")
+    print(f"placement: {args.placement}; bytes counted per candidate: inputs read (base, parents; ties: +")
+    print("  the threshold pass over parents and base; dare_ties: + float16 draws written and read) + output")
     print()
     print("| method | live apply (s) | effective GB/s | copy GB/s | ratio | mergekit-yaml (s) | speed-up |")
     print("|---|---|---|---|---|---|---|")

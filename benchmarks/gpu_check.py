@@ -366,8 +366,9 @@ def report(
         per_hour = 3600 / (r["apply_s"] + r["score_s"])
         tokens = args.items * args.seq / r["score_s"]
         cells = [
-            r["placement"], str(r["layers"]), f"{r['models_bytes'] / GB:.1f}", f"{r['load_s'] + r['fill_s']:.1f}",
-            f"{r['first_s']:.2f}", f"{r['apply_s']:.3f}", f"{hbm_floor:.4f}", f"{r['apply_s'] / hbm_floor:.1f}",
+            r["placement"], str(r["layers"]), f"{r['models_bytes'] / GB:.1f}",
+            f"{r['load_s'] + r['fill_s']:.1f}", f"{r['first_s']:.2f}", f"{r['apply_s']:.3f}",
+            f"{hbm_floor:.4f}", f"{r['apply_s'] / hbm_floor:.1f}",
             f"{link_floor:.3f}", f"{r['apply_s'] / link_floor:.2f}", f"{r['max_alloc'] / GB:.2f}",
             f"{r['max_alloc'] / r['models_bytes']:.2f}", f"{r['host_held'] / GB:.2f}", f"{r['score_s']:.3f}",
             f"{tokens:.0f}", f"{per_hour:.0f}",
@@ -394,15 +395,17 @@ def report(
             allowed = 1.2 * (r["live_bytes"] + r["layer_bytes"])
             goals.append(
                 f"host tier device memory <= 1.2x (one model + one layer of every held model) = "
-                f"{allowed / GB:.2f} GB: {verdict(r['max_alloc'] <= allowed)} ({r['max_alloc'] / GB:.2f} GB); "
-                f"host memory held {r['host_held'] / GB:.2f} GB (pinned allocator {r['pinned_held'] / GB:.2f} GB) "
+                f"{allowed / GB:.2f} GB: {verdict(r['max_alloc'] <= allowed)} "
+                f"({r['max_alloc'] / GB:.2f} GB); host memory held {r['host_held'] / GB:.2f} GB "
+                f"(pinned allocator {r['pinned_held'] / GB:.2f} GB) "
                 f"for {r['models_bytes'] / GB:.2f} GB of models"
             )
         else:
             scaled = r["apply_s"] * full_read / r["read_bytes"]
             goals.append(
                 f"disk tier (no goal): first candidate (cold files) {r['first_s']:.2f} s, warm median "
-                f"{r['apply_s']:.3f} s at {r['layers']} layers, ~{scaled:.2f} s scaled to {args.layers} layers"
+                f"{r['apply_s']:.3f} s at {r['layers']} layers, ~{scaled:.2f} s scaled to "
+                f"{args.layers} layers by bytes read"
             )
     print()
     for line in goals:

@@ -54,6 +54,9 @@ class Workers(_Strict):
     cpus_per_worker: float = Field(default=1.0, gt=0)
     gpus_per_worker: float | None = Field(default=None, ge=0)  # None: 1 where the cluster has GPUs
     batch_size: int = Field(default=16, ge=1)
+    # Padded tokens per scoring batch (items per batch then vary with their length, at most
+    # batch_size). None: 16384 on a GPU, where batches are sized by memory; a fixed batch_size on CPU.
+    token_budget: int | None = Field(default=None, ge=16)
     # The live model's dtype for scoring (merges are computed in the recipe's dtype, float32 in the
     # search spaces). auto: bfloat16 on a GPU, else the checkpoint's own dtype. bfloat16 scores ~2-3x
     # faster on CPUs with AVX512-BF16/AMX and on GPUs, at a small cost in log-likelihood precision.

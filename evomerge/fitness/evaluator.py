@@ -59,6 +59,7 @@ class FitnessEvaluator:
         calibration: Calibration | str | Path | None = None,
         device: str = "cpu",
         batch_size: int = 32,
+        token_budget: int | None = None,
         seed: int | None = None,
         anchors: AnchorSet | str | Path | None = None,
         estimator: str | None = None,
@@ -95,7 +96,12 @@ class FitnessEvaluator:
             parent_thetas=thetas,
         )
         max_new = max(spec.max_new_tokens for spec in self.suite.spec.banks.values())
-        self.scorer = Scorer(load_tokenizer(tokenizer), batch_size=batch_size, max_new_tokens=max_new)
+        self.scorer = Scorer(
+            load_tokenizer(tokenizer),
+            batch_size=batch_size,
+            max_new_tokens=max_new,
+            token_budget=token_budget,
+        )
 
     def _anchors(self, anchors: AnchorSet | str | Path | None, seed: int) -> AnchorSet:
         if isinstance(anchors, str | Path):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,10 +84,20 @@ class Scorer:
     """Scores items with one tokenizer; token ids are cached per item id across calls."""
 
     def __init__(
-        self, tokenizer: Any, *, batch_size: int = 32, share_prefix: bool = True, max_new_tokens: int = 16
+        self,
+        tokenizer: Any,
+        *,
+        batch_size: int = 32,
+        share_prefix: bool = True,
+        max_new_tokens: int = 16,
+        token_budget: int | None = None,
     ) -> None:
+        """`token_budget`: choice batches hold as many items as fit this many padded tokens (at most
+        `batch_size`), so short items run in large batches and long ones do not run out of memory;
+        None: a fixed `batch_size` items per batch."""
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.token_budget = token_budget
         self.share_prefix = share_prefix
         self.max_new_tokens = max_new_tokens
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -108,7 +118,7 @@ class Scorer:
             encoded = self._cache[item.id] = _Encoded(prompt, choices)
         return encoded
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def score(
         self,
         model: torch.nn.Module,
@@ -124,14 +134,38 @@ class Scorer:
         result = ScoreResult()
         # Longest first: memory peaks early (fail fast) and batches hold similar lengths.
         choice_items.sort(key=lambda i: -(len(self.encode(i).prompt) + max(map(len, self.encode(i).choices))))
-        for start in range(0, len(choice_items), self.batch_size):
-            batch = choice_items[start : start + self.batch_size]
+        for batch in self._choice_batches(choice_items):
             sums, counts, n_tokens = self._choice_batch(model, batch)
             result.n_tokens += n_tokens
             self._collect(batch, sums, counts, norm_of, result)
         for start in range(0, len(gen_items), self.batch_size):
             self._generate_batch(model, gen_items[start : start + self.batch_size], result)
         return result
+
+    def padded_tokens(self, batch: Sequence[Item]) -> int:
+        """Token positions one shared-prefix batch runs: prompts padded to the longest, one row per
+        choice padded to the longest choice."""
+        encoded = [self.encode(i) for i in batch]
+        rows = sum(len(e.choices) for e in encoded)
+        longest_choice = max(len(c) for e in encoded for c in e.choices)
+        return len(encoded) * max(len(e.prompt) for e in encoded) + rows * longest_choice
+
+    def _choice_batches(self, items: list[Item]) -> Iterator[list[Item]]:
+        """`batch_size` items at a time, or with a token budget as many as fit it (one at least)."""
+        if self.token_budget is None:
+            for start in range(0, len(items), self.batch_size):
+                yield items[start : start + self.batch_size]
+            return
+        batch: list[Item] = []
+        for item in items:
+            if batch and (
+                len(batch) == self.batch_size or self.padded_tokens([*batch, item]) > self.token_budget
+            ):
+                yield batch
+                batch = []
+            batch.append(item)
+        if batch:
+            yield batch
 
     def choice_scores(
         self, model: torch.nn.Module, items: Sequence[Item], normalization: str = "mean"

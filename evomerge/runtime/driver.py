@@ -127,6 +127,7 @@ def actor_factory(experiment: Experiment, space: SearchSpace) -> Callable[[int],
             experiment.spec.seed,
             workers.dtype,
             workers.placement,
+            workers.token_budget,
         )
 
     return make

@@ -14,6 +14,8 @@ import socket
 import time
 from typing import Any
 
+GPU_TOKEN_BUDGET = 16384  # padded tokens per scoring batch on a GPU (workers.token_budget overrides)
+
 
 class Worker:
     def __init__(
@@ -28,6 +30,7 @@ class Worker:
         seed: int = 0,
         dtype: str = "auto",
         placement: str = "auto",
+        token_budget: int | None = None,
     ) -> None:
         import torch
 
@@ -52,6 +55,7 @@ class Worker:
             calibration=calibration,
             device=device,
             batch_size=batch_size,
+            token_budget=token_budget or (GPU_TOKEN_BUDGET if device.startswith("cuda") else None),
             seed=seed,
             parents=merge_endpoints(base, parents) if suite_obj.estimator in NEEDS_PARENTS else None,
         )

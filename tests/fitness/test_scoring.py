@@ -105,3 +105,31 @@ def test_normalize_answer() -> None:
     assert normalize_answer("  The  Answer.\nmore") == "the answer"
     assert normalize_answer("109") == normalize_answer(" 109 \n") == "109"
     assert normalize_answer("") == ""
+
+
+def test_a_token_budget_sizes_batches_and_keeps_the_scores(model: torch.nn.Module, monkeypatch) -> None:
+    """Batches fill up to the budget in padded tokens (one item at least), and score exactly what
+    fixed one-item batches score."""
+    items = _items()
+    budget_scorer = Scorer(make_tokenizer(), batch_size=8, token_budget=120)
+    sizes: list[int] = []
+    real = Scorer._choice_batch
+
+    def recording(self, model, batch):
+        if self is budget_scorer:
+            sizes.append(len(batch))
+            assert len(batch) == 1 or self.padded_tokens(batch) <= 120
+        return real(self, model, batch)
+
+    monkeypatch.setattr(Scorer, "_choice_batch", recording)
+    budgeted = budget_scorer.score(model, items, "sum")
+    single = Scorer(make_tokenizer(), batch_size=1).score(model, items, "sum")
+    assert sum(sizes) == len(items) and 1 < len(sizes) < len(items)
+    for item in items:
+        torch.testing.assert_close(
+            torch.tensor(budgeted.choice_scores[item.id]),
+            torch.tensor(single.choice_scores[item.id]),
+            atol=1e-4,
+            rtol=0,
+        )
+    assert budgeted.correct == single.correct
