@@ -27,3 +27,7 @@ class StorageError(EvomergeError):
 
 class RunNotFoundError(EvomergeError):
     """A run directory or study does not exist."""
+
+
+class WorkerStartError(EvomergeError):
+    """A search worker could not start (its models, suite or device): the search cannot run."""

@@ -41,6 +41,9 @@ class OptimizerSpec(_Strict):
 class Budget(_Strict):
     trials: int | None = Field(default=None, ge=1)
     minutes: float | None = Field(default=None, gt=0)
+    # Stop (exit 1, with the last reason) after this many search trials failed in a row: a broken
+    # setup should not burn the whole budget. None: never.
+    max_consecutive_failures: int | None = Field(default=10, ge=1)
 
     @model_validator(mode="after")
     def _some_limit(self) -> Budget:
@@ -64,6 +67,8 @@ class Workers(_Strict):
     # Where each worker holds the base and parents (evomerge/merge/memory.py): auto picks the
     # cheapest that fits the free memory of the worker's device: device, then host, then disk.
     placement: Literal["auto", "device", "host", "disk"] = "auto"
+    # An evaluation running longer fails (its worker is replaced). None: no limit.
+    evaluation_timeout_s: float | None = Field(default=1800.0, gt=0)
 
 
 class RaySpec(_Strict):

@@ -50,3 +50,27 @@ def test_bad_optimizer_settings(tmp_path, tiny_family, settings, message) -> Non
     )
     assert message in fails("search", str(path), "--run-dir", str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("fault", ["missing parent", "other hidden size"])
+def test_a_bad_parent_is_refused_before_anything_starts(tmp_path, tiny_family, fault) -> None:
+    """Preflight reads every model's config and headers: a one-line error, no run directory, no
+    Ray, no trial (before, this ran a minute of 'worker died twice' and exited 0)."""
+    import yaml
+    from tiny import make_family
+
+    from evomerge.errors import EvomergeError
+
+    path = write_experiment(tmp_path / "exp", tiny_family, trials=2)
+    space = yaml.safe_load((tmp_path / "exp" / "space.yaml").read_text())
+    if fault == "missing parent":
+        space["parents"][1] = str(tmp_path / "nowhere")
+        expected = "does not exist; check the path"
+    else:
+        space["parents"][1] = str(make_family(tmp_path / "wide", n_parents=1, hidden=64)[1][0])
+        expected = "has hidden_size=64 but"
+    (tmp_path / "exp" / "space.yaml").write_text(yaml.safe_dump(space))
+    result = CliRunner().invoke(app, ["search", str(path), "--run-dir", str(tmp_path / "run")])
+    assert isinstance(result.exception, EvomergeError), result.output
+    assert expected in str(result.exception) and "\n" not in str(result.exception)
+    assert not (tmp_path / "run").exists()

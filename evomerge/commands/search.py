@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from evomerge.commands.inspect import QUIET_OPT, Format, _check_format, _print_json, _show_progress
-from evomerge.errors import StorageError
+from evomerge.errors import StorageError, WorkerStartError
 
 
 def search(
@@ -81,6 +81,10 @@ def search(
             summary = driver.run()
         except StorageError as error:  # the run exists; everything finished is committed
             raise StorageError(f"{error}; resume with: {resume_cmd}") from error
+        except WorkerStartError as error:
+            raise WorkerStartError(f"{error}; fix it, then resume with: {resume_cmd}") from error
+    # A search that measured nothing did not succeed: exit 1 (failures), with the reason printed.
+    failed_run = summary.stopped == "failures" or (summary.complete == 0 and summary.failed > 0)
     stopped_early = summary.stopped in ("interrupted", "time")
     if fmt is Format.json:
         _print_json(
@@ -101,6 +105,8 @@ def search(
         )
         if summary.stopped == "interrupted":
             raise typer.Exit(130)
+        if failed_run:
+            raise typer.Exit(1)
         return
     console.print(
         f"[bold]{summary.study}[/]: {summary.complete} complete, {summary.failed} failed search trials; "
@@ -115,6 +121,10 @@ def search(
         console.print(f"resume with: {resume_cmd}", soft_wrap=True, highlight=False)
         if summary.stopped == "interrupted":
             raise typer.Exit(130)
+    if failed_run:
+        if summary.complete == 0:
+            console.print("no search trial completed: the search measured nothing", highlight=False)
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

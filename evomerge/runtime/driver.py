@@ -32,7 +32,7 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from evomerge.errors import ConfigError, StorageError
+from evomerge.errors import ConfigError, StorageError, WorkerStartError
 from evomerge.experiment import Experiment
 from evomerge.optimizers import OPTIMIZERS, Optimizer, load_checkpoint, make_optimizer, save_checkpoint
 from evomerge.runtime.preflight import check_worker_memory, local_worker_device
@@ -40,6 +40,8 @@ from evomerge.space import SearchSpace
 from evomerge.store import CHECKPOINT_FILE, RUN_FILE, RunStore, create_run, open_run
 
 INTERRUPTED = "interrupted"
+FAILURE_LOG = "failures.log"  # in the run directory: each failed trial's full reason and traceback
+DEADLINE_GRACE_S = 30.0  # evaluations still running this long after the time budget are stopped
 
 
 @dataclass
@@ -70,7 +72,7 @@ class SearchSummary:
     complete: int
     failed: int
     best: dict[str, float]
-    stopped: str  # "budget", "time", "interrupted", "storage"
+    stopped: str  # "budget", "time", "interrupted", "storage", "failures"
     utilization: float
     retries: int = 0
     messages: list[str] = field(default_factory=list)
@@ -406,8 +408,13 @@ class SearchDriver:
 
         started_ray = _init_ray(self.experiment, self.ray_address) if self._make_actor is None else False
         make_actor = self._make_actor or actor_factory(self.experiment, self.space)
+        n_workers = self.experiment.spec.workers.count
+        if self._make_actor is None and ray.is_initialized():
+            n_workers = self._fit_workers(n_workers)
         first_jobs, done, failed = self._reconcile()
-        scheduler = Scheduler(make_actor, self.experiment.spec.workers.count)
+        scheduler = Scheduler(make_actor, n_workers, self.experiment.spec.workers.evaluation_timeout_s)
+        failures_in_a_row = 0
+        limit = self.budget.max_consecutive_failures
         start = time.perf_counter()
         spent = self.store.search_seconds()  # by the run's earlier sessions
         deadline = start + 60 * self.budget.minutes - spent if self.budget.minutes else None
@@ -425,7 +432,11 @@ class SearchDriver:
                 # Hand out work first, so a freed worker starts its next candidate at once; the
                 # results that freed it are written and told right after.
                 if deadline is not None and time.perf_counter() > deadline:
-                    stopped = "time"
+                    stopped = "time" if stopped == "budget" else stopped
+                    if time.perf_counter() > deadline + DEADLINE_GRACE_S:  # stuck evaluations end too
+                        for number in scheduler.cancel_running():  # as after Ctrl-C: a resume reruns them
+                            self.store.fail_trial(number, f"{INTERRUPTED}: the time budget ran out during it")
+                            in_flight_search -= self.jobs.pop(number).kind == "search"
                 room = scheduler.idle_workers if stopped == "budget" else 0
                 if self.budget.trials is not None:
                     room = min(room, self.budget.trials - done - in_flight_search)
@@ -444,6 +455,20 @@ class SearchDriver:
                         in_flight_search -= 1
                         done += 1
                         failed += not ok
+                        failures_in_a_row = 0 if ok else failures_in_a_row + 1
+                    if limit is not None and failures_in_a_row >= limit and stopped == "budget":
+                        stopped = "failures"
+                        messages.append(
+                            f"stopped after {failures_in_a_row} failed trials in a row; the last: "
+                            f"{result.get('reason', '?')} (full reasons: {self.run_dir / FAILURE_LOG}; "
+                            "budget.max_consecutive_failures sets the limit)"
+                        )
+                if stopped == "failures":
+                    for number in scheduler.cancel_all():
+                        self.store.fail_trial(
+                            number, f"{INTERRUPTED}: the search stopped on repeated failures"
+                        )
+                        self.jobs.pop(number, None)
                 self._checkpoint()
                 clock.save()
                 self._report(done, failed, scheduler.outstanding, start)
@@ -464,6 +489,12 @@ class SearchDriver:
             stopped = "storage"
             scheduler.cancel_all()
             raise error
+        except WorkerStartError:
+            stopped = "workers"
+            for number in scheduler.cancel_all():  # not evaluated: a resume runs them again
+                self.store.fail_trial(number, f"{INTERRUPTED}: the workers could not start")
+            self._checkpoint()
+            raise
         finally:
             stop.restore()
             if stopped != "storage":  # (during an outage the error is already on its way)
@@ -494,6 +525,32 @@ class SearchDriver:
             clock.total(),
         )
 
+    def _fit_workers(self, requested: int) -> int:
+        """The worker count the cluster can place at once: never more actors than its CPUs (and GPUs)
+        hold, which would leave trials waiting forever; shrunk with a message, or refused."""
+        import ray
+
+        workers = self.experiment.spec.workers
+        resources = ray.cluster_resources()
+        fits = int(resources.get("CPU", 0) // workers.cpus_per_worker)
+        gpus = workers.gpus_per_worker
+        if gpus is None:
+            gpus = 1.0 if resources.get("GPU", 0) > 0 else 0.0
+        if gpus > 0:
+            fits = min(fits, int(resources.get("GPU", 0) // gpus))
+        has = f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs"
+        if fits < 1:
+            raise ConfigError(
+                f"the Ray cluster ({has}) cannot hold one worker (workers.cpus_per_worker: "
+                f"{workers.cpus_per_worker:g}, GPUs per worker: {gpus:g}); lower them or raise ray.num_cpus"
+            )
+        if fits < requested:
+            self.messages.append(
+                f"workers.count {requested} does not fit the cluster ({has}); running {fits}"
+            )
+            return fits
+        return requested
+
     def _record(self, job: Job, result: dict[str, Any]) -> bool:
         """Commit the result to the study, then tell the optimizer; True when COMPLETE."""
         if result.get("ok"):
@@ -502,10 +559,21 @@ class SearchDriver:
             self._update_best(values)
         else:
             self.store.fail_trial(job.trial, result["reason"], {"worker": result.get("worker", "")})
+            self._log_failure(job, result)
             values = None
         if job.candidate is not None:
             self.optimizer.tell(job.candidate, values)
         return values is not None
+
+    def _log_failure(self, job: Job, result: dict[str, Any]) -> None:
+        """The full reason and traceback of a failed trial, appended to the run's failure log."""
+        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        lines = [f"--- {stamp} trial {job.trial} ({job.kind}{' ' + job.label if job.label else ''})"]
+        lines += [f"worker: {result.get('worker', '?')}", f"reason: {result['reason']}"]
+        if result.get("traceback"):
+            lines.append(str(result["traceback"]).rstrip())
+        with open(self.run_dir / FAILURE_LOG, "a", encoding="utf-8") as log:
+            log.write("\n".join(lines) + "\n")
 
     def _report(self, done: int, failed: int, running: int, start: float) -> None:
         if self.on_progress is not None:

@@ -2,7 +2,10 @@
 
 There is no generation barrier: a job is submitted as soon as a worker frees up, so evaluation
 times may vary without idling the pool. A worker that dies mid-evaluation is replaced; its job is
-retried once on another worker, then reported as a failure.
+retried once on another worker, then reported as a failure with the cause. A worker that cannot
+start (its constructor raised) stops everything with `WorkerStartError`: every later worker would
+fail the same way. A job running past `evaluation_timeout` seconds has its worker killed and
+replaced, and fails with the reason.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
+from evomerge.errors import WorkerStartError
+
 ActorFactory = Callable[[int], Any]  # worker index -> actor handle with .evaluate.remote(payload)
 
 
@@ -29,9 +34,30 @@ class _Running:
     started: float
 
 
+def root_cause(error: BaseException) -> str:
+    """The original error of a Ray actor failure as one line ("ModelLoadError: ... does not exist"),
+    read from the traceback text Ray carries, else the error's own first line."""
+    text = str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):  # the raised exception is the traceback's last "Name: message" line
+        head, _, message = line.partition(":")
+        name = head.split(".")[-1]  # "evomerge.errors.ModelLoadError" -> "ModelLoadError"
+        if message and name.isidentifier() and name.endswith(("Error", "Exception", "Interrupt")):
+            return f"{name}:{message}"[:500]
+    return f"{type(error).__name__}: {lines[0][:400] if lines else ''}".rstrip(": ")
+
+
+def is_start_failure(error: BaseException) -> bool:
+    """Ray's words for an actor whose constructor raised."""
+    return "creation task" in str(error)
+
+
 class Scheduler:
-    def __init__(self, make_actor: ActorFactory, n_workers: int) -> None:
+    def __init__(
+        self, make_actor: ActorFactory, n_workers: int, evaluation_timeout: float | None = None
+    ) -> None:
         self._make_actor = make_actor
+        self.evaluation_timeout = evaluation_timeout
         self._spawned = 0
         self.actors: dict[int, Any] = {}
         for slot in range(n_workers):
@@ -86,19 +112,48 @@ class Scheduler:
             try:
                 result = ray.get(ref)
             except (RayActorError, ActorDiedError, ActorUnavailableError) as error:
+                if is_start_failure(error):
+                    raise WorkerStartError(f"a search worker could not start: {root_cause(error)}") from None
                 self._replace(job.slot)
                 if job.attempt == 0:
                     self.retries += 1
                     self._queue.appendleft((job.key, job.payload, 1))
                 else:
-                    done.append(
-                        (job.key, {"ok": False, "reason": f"worker died twice: {type(error).__name__}"})
-                    )
+                    reason = f"worker died twice (last: {root_cause(error)})"
+                    done.append((job.key, {"ok": False, "reason": reason}))
                 continue
             self._free.append(job.slot)
             done.append((job.key, result))
+        done += self._expire()
         self._dispatch()
         return done
+
+    def _expire(self) -> list[tuple[Hashable, dict[str, Any]]]:
+        """Jobs past the evaluation timeout: their workers killed and replaced, the jobs failed."""
+        if self.evaluation_timeout is None:
+            return []
+        now = time.perf_counter()
+        expired = [ref for ref, job in self._running.items() if now - job.started > self.evaluation_timeout]
+        done = []
+        for ref in expired:
+            job = self._running.pop(ref)
+            self.busy_seconds += now - job.started
+            self._replace(job.slot)
+            reason = (
+                f"TimeoutError: the evaluation ran past {self.evaluation_timeout:g} s; its worker was "
+                "replaced (raise workers.evaluation_timeout_s if evaluations are this slow)"
+            )
+            done.append((job.key, {"ok": False, "reason": reason}))
+        return done
+
+    def cancel_running(self) -> list[Hashable]:
+        """Stop the running jobs now (their workers killed and replaced); their keys."""
+        keys = []
+        for job in list(self._running.values()):
+            self._replace(job.slot)
+            keys.append(job.key)
+        self._running.clear()
+        return keys
 
     def _replace(self, slot: int) -> None:
         """A dead worker's slot gets a fresh actor (the pool keeps its size)."""

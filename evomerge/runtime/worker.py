@@ -12,6 +12,7 @@ import math
 import os
 import socket
 import time
+import traceback
 from typing import Any
 
 GPU_TOKEN_BUDGET = 16384  # padded tokens per scoring batch on a GPU (workers.token_budget overrides)
@@ -77,7 +78,7 @@ class Worker:
             if bad:
                 return self._failure(f"CandidateError: non-finite estimates {bad}")
         except Exception as error:  # any failure of one candidate is that candidate's FAIL
-            return self._failure(f"{type(error).__name__}: {error}")
+            return self._failure(f"{type(error).__name__}: {error}", traceback.format_exc())
         end = time.perf_counter()
         return {
             "ok": True,
@@ -90,5 +91,14 @@ class Worker:
             "estimator": result.estimator,
         }
 
-    def _failure(self, reason: str) -> dict[str, Any]:
-        return {"ok": False, "reason": reason[:2000], "worker": self.worker_id}
+    def _failure(self, reason: str, trace: str = "") -> dict[str, Any]:
+        """The reason as the user reads it (its first line, cut at 500 characters) and the full text
+        with the traceback for the run's failure log."""
+        first = reason.strip().splitlines()[0] if reason.strip() else "unknown error"
+        summary = first[:500] + (" ..." if len(first) > 500 or "\n" in reason.strip() else "")
+        return {
+            "ok": False,
+            "reason": summary,
+            "traceback": f"{reason}\n{trace}".strip(),
+            "worker": self.worker_id,
+        }

@@ -68,7 +68,7 @@ def score(recipe_yaml: str) -> dict[str, Any]:
 class InlineScheduler:
     """The Scheduler's interface without Ray: jobs end one at a time, oldest first."""
 
-    def __init__(self, make_actor: Any, n_workers: int) -> None:
+    def __init__(self, make_actor: Any, n_workers: int, evaluation_timeout: float | None = None) -> None:
         self.n_workers = n_workers
         self._queue: list[tuple[Any, str]] = []
         self._running: list[tuple[Any, str]] = []
@@ -99,6 +99,11 @@ class InlineScheduler:
     def cancel_all(self) -> list[Any]:
         keys = [k for k, _ in self._running + self._queue]
         self._running, self._queue = [], []
+        return keys
+
+    def cancel_running(self) -> list[Any]:
+        keys = [k for k, _ in self._running]
+        self._running = []
         return keys
 
     def shutdown(self) -> None:

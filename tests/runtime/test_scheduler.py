@@ -78,3 +78,63 @@ def test_a_job_that_kills_two_workers_fails_and_the_pool_survives(tmp_path) -> N
     assert drain(scheduler)["after"]["value"] == 4
     assert scheduler.n_workers == 2
     scheduler.shutdown()
+
+
+@ray.remote(num_cpus=0)
+class BrokenWorker:
+    """A worker whose constructor fails the way a missing model does."""
+
+    def __init__(self) -> None:
+        from evomerge.errors import ModelLoadError
+
+        raise ModelLoadError("model directory '/nowhere/parent' does not exist; check the path")
+
+    def evaluate(self, payload: dict) -> dict:
+        return {"ok": True}
+
+
+def test_a_worker_that_cannot_start_stops_everything_with_its_cause() -> None:
+    from evomerge.errors import WorkerStartError
+
+    scheduler = Scheduler(lambda i: BrokenWorker.remote(), 2)
+    scheduler.submit("a", {"value": 1})
+    started = time.perf_counter()
+    with pytest.raises(WorkerStartError) as raised:
+        drain(scheduler)
+    message = str(raised.value)
+    assert "ModelLoadError: model directory '/nowhere/parent' does not exist; check the path" in message
+    assert "\n" not in message and time.perf_counter() - started < 30
+    assert scheduler.retries == 0  # not retried on a fresh worker: it would fail the same way
+    scheduler.shutdown()
+
+
+def test_an_evaluation_past_the_timeout_fails_and_its_worker_is_replaced() -> None:
+    scheduler = Scheduler(lambda i: FakeWorker.remote(), 1, evaluation_timeout=1.0)
+    scheduler.submit("stuck", {"value": 0, "sleep": 60})
+    scheduler.submit("next", {"value": 5})
+    started = time.perf_counter()
+    results = {}
+    while scheduler.outstanding:
+        results.update(scheduler.wait(timeout=0.5))
+    assert time.perf_counter() - started < 20
+    assert (
+        results["stuck"]["ok"] is False
+        and "TimeoutError: the evaluation ran past 1 s" in results["stuck"]["reason"]
+    )
+    assert results["next"]["value"] == 5 and scheduler.replaced == 1
+    scheduler.shutdown()
+
+
+def test_root_cause_reads_the_raised_error_from_rays_text() -> None:
+    from evomerge.runtime.scheduler import root_cause
+
+    text = (
+        "The actor died because of an error raised in its creation task, ray::Worker.__init__()\n"
+        '  File "/x/worker.py", line 43, in __init__\n    self.merger = LiveMerger(...)\n'
+        "evomerge.errors.ModelLoadError: vocabulary sizes differ: 'a' has 10, 'b' has 12; merge models"
+    )
+    assert (
+        root_cause(RuntimeError(text))
+        == "ModelLoadError: vocabulary sizes differ: 'a' has 10, 'b' has 12; merge models"
+    )
+    assert root_cause(RuntimeError("plain words")) == "RuntimeError: plain words"
