@@ -72,15 +72,41 @@ RANDOM_KINDS = (RANDOM, RANKED, RANKED_RESCALED)
 RANKED_KINDS = (RANKED, RANKED_RESCALED)
 
 
-def _sparsified(delta: Tensor, kind: str, row: Tensor, uniform: Tensor | None, rank: Tensor | None) -> Tensor:
+M32 = 0xFFFFFFFF
+
+
+def pcg_hash(x: Any) -> Any:
+    """The PCG-RXS-M-XS 32-bit hash (Jarzynski & Olano 2020, "Hash Functions for GPU Rendering",
+    JCGT 9(3)): a bijective mixer of uniform quality. Works on Python ints and int64 tensors (every
+    product stays below 2^63, so nothing overflows), and gives the same bits on every device."""
+    state = (x * 747796405 + 2891336453) & M32
+    word = (((state >> ((state >> 28) + 4)) ^ state) * 277803737) & M32
+    return ((word >> 22) ^ word) & M32
+
+
+def draw_key(seed: int) -> int:
+    """A model's 32-bit key for its draws, from its 63-bit seed."""
+    return int(pcg_hash(pcg_hash(seed >> 32) ^ (seed & M32)))
+
+
+def uniforms(positions: Tensor, key: Tensor, dtype: torch.dtype) -> Tensor:
+    """Uniform [0, 1) draws, a pure function of (key, entry position): computed inside the fused
+    kernel, so the random methods keep no draws in memory, regenerate them for free, and give
+    the same draws on CPU and GPU. 24 random bits, exact in float32."""
+    bits = pcg_hash((positions & M32) ^ key) >> 8
+    return bits.to(dtype) * (1.0 / (1 << 24))
+
+
+def _sparsified(
+    delta: Tensor, kind: str, row: Tensor, positions: Tensor, key: Tensor, rank: Tensor | None
+) -> Tensor:
     if kind == KEEP_ALL:
         return delta
     if kind == BAND:  # written as "not outside the band" so a NaN entry stays NaN (a broken model shows)
         magnitude = delta.abs()
         outside = (magnitude < row[LO]) | (magnitude > row[HI])
         return delta * ~outside * row[SCALE]
-    assert uniform is not None
-    uniform = uniform.to(delta.dtype)  # compare in the merge dtype, eager and compiled alike
+    uniform = uniforms(positions, key, delta.dtype)
     if kind == RANDOM:
         return delta * (uniform < row[DENSITY]) * row[SCALE]
     # DELLA (Deep et al. 2024): keep probability rises linearly with the magnitude rank in the row.
@@ -97,20 +123,23 @@ def _task_vector_kernel(
     operands: list[Tensor],
     kinds: tuple[str, ...],
     rows: Tensor,
-    uniforms: list[Tensor | None],
+    start: Tensor,
+    keys: Tensor,
     ranks: list[Tensor | None],
     consensus: bool,
     normalize: bool,
     compute: torch.dtype,
 ) -> None:
     """out = base + lam * merged task vectors, all tensors flat, rows [models, 7], every step in
-    `compute`. Without consensus the WEIGHT column holds each model's coefficient (normalization
-    already folded in); with it, TIES sign election (Yadav et al. 2023): the majority sign of
-    sum_i w_i s_i (zero counts as positive), entries of w_i s_i with that sign kept, divided by the
-    summed weights of the kept entries when normalizing."""
+    `compute`; `start` (0-d int64) is the first entry's position in the whole tensor and `keys`
+    [models] the random kinds' draw keys. Without consensus the WEIGHT column holds each model's
+    coefficient (normalization already folded in); with it, TIES sign election (Yadav et al. 2023):
+    the majority sign of sum_i w_i s_i (zero counts as positive), entries of w_i s_i with that sign
+    kept, divided by the summed weights of the kept entries when normalizing."""
     base = base.to(compute)
+    positions = torch.arange(out.numel(), device=out.device) + start
     weighted = [
-        _sparsified(operand.to(compute) - base, kind, rows[i], uniforms[i], ranks[i]) * rows[i, WEIGHT]
+        _sparsified(operand.to(compute) - base, kind, rows[i], positions, keys[i], ranks[i]) * rows[i, WEIGHT]
         for i, (operand, kind) in enumerate(zip(operands, kinds, strict=True))
     ]
     lam = rows[0, LAMBDA]
@@ -139,23 +168,22 @@ class _Kernel:
 
     broken = False  # set once compilation failed in this process: everything runs eagerly after
 
-    def __init__(self, fn: Callable[..., None]) -> None:
+    def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
-        self._compiled: Callable[..., None] | None = None
+        self._compiled: Callable[..., Any] | None = None
 
-    def __call__(self, *args: Any) -> None:
+    def __call__(self, *args: Any) -> Any:
         if os.environ.get("EVOMERGE_COMPILE", "1") == "0" or _Kernel.broken:
-            self.fn(*args)
-            return
+            return self.fn(*args)
         if self._compiled is None:
             # One compiled variant per structure (models, sparsifier, consensus, normalize, dtypes):
             # more than dynamo's default 8 in a process that runs many methods.
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
             self._compiled = torch.compile(self.fn, dynamic=True)
         try:
-            self._compiled(*args)
+            return self._compiled(*args)
         except Exception as error:  # a compiler failure; a real input error fails eagerly too
-            self.fn(*args)
+            result = self.fn(*args)
             _Kernel.broken = True
             warnings.warn(
                 f"torch.compile is unavailable here ({type(error).__name__}: {str(error)[:200]}); merges run "
@@ -163,40 +191,75 @@ class _Kernel:
                 RuntimeWarning,
                 stacklevel=3,
             )
+            return result
+
+
+def _bracket_kernel(
+    magnitude: Tensor, inside: Tensor, tensor: Tensor, base: Tensor, bounds: Tensor, compute: torch.dtype
+) -> None:
+    """|tensor - base| in `compute`, and whether it lies in [bounds[0], bounds[1]) (one pass)."""
+    value = (tensor.to(compute) - base.to(compute)).abs()
+    magnitude.copy_(value)
+    inside.copy_((value >= bounds[0]) & (value < bounds[1]))
+
+
+def _band_l1_kernel(tensor: Tensor, base: Tensor, bounds: Tensor, compute: torch.dtype) -> Tensor:
+    """The sum of |tensor - base| over bounds[0] <= |.| <= bounds[1], in float64 (one pass).
+    Returned, not copied into an out tensor: Inductor dropped a reduction's copy into a 0-d input."""
+    value = (tensor.to(compute) - base.to(compute)).abs()
+    return torch.where((value >= bounds[0]) & (value <= bounds[1]), value, 0).to(torch.float64).sum()
 
 
 _task_vector = _Kernel(_task_vector_kernel)
 _weighted_sum = _Kernel(_weighted_sum_kernel)
+_bracket = _Kernel(_bracket_kernel)
+_band_l1 = _Kernel(_band_l1_kernel)
+
+
+def in_bracket(tensor: Tensor, base: Tensor, low: float, high: float, compute: torch.dtype) -> Tensor:
+    """The magnitudes |tensor - base| (flat chunks of equal shape) with low <= |.| < high."""
+    magnitude = torch.empty(tensor.shape, dtype=compute, device=tensor.device)
+    inside = torch.empty(tensor.shape, dtype=torch.bool, device=tensor.device)
+    _bracket(
+        magnitude,
+        inside,
+        tensor,
+        base,
+        torch.tensor([low, high], dtype=compute, device=tensor.device),
+        compute,
+    )
+    return magnitude[inside]
+
+
+def band_l1(tensor: Tensor, base: Tensor, low: float, high: float, compute: torch.dtype) -> float:
+    """Sum of |tensor - base| over low <= |.| <= high, in float64."""
+    bounds = torch.tensor([low, high], dtype=compute, device=tensor.device)
+    return float(_band_l1(tensor, base, bounds, compute))
 
 
 def chunk_entries(row_width: int, device: torch.device) -> int:
     """How many entries one kernel call takes: whole rows (DELLA ranks within a row), ~4M entries on
-    CPU and ~32M on a GPU, so per-call temporaries (draws, ranks, an eager fallback's intermediates)
-    stay tens of MB whatever the tensor's size."""
+    CPU and ~32M on a GPU, so per-call temporaries (DELLA's ranks, an eager fallback's
+    intermediates) stay tens of MB whatever the tensor's size."""
     target = 1 << (25 if device.type == "cuda" else 22)
     return max(1, target // row_width) * row_width
 
 
-def uniform_draws(seed: int, chunk: int, size: int, device: torch.device) -> Tensor:
-    """Uniform [0, 1) draws for one chunk, regenerated from (seed, chunk) on every call instead of
-    kept. Half precision (steps of at most 2^-11, ample for a keep probability) halves what the
-    fused kernel reads. Draws depend on the device's generator: CPU and CUDA merges of a random
-    method differ (documented in the README)."""
-    generator = torch.Generator(device=device).manual_seed((seed * 1_000_003 + chunk) % (2**63))
-    return torch.rand(size, generator=generator, device=device, dtype=torch.float16)
-
-
 def row_ranks(delta: Tensor, width: int) -> Tensor:
     """Rank of |delta| within each row of `width` entries, scaled to [0, 1] (DELLA's MAGPRUNE);
-    ties broken by position (a stable sort), so every run and device ranks alike."""
+    ties broken by position (a stable sort), so every run and device ranks alike. One sort and a
+    scatter of the positions (the inverse permutation), not two sorts."""
     rows = delta.abs().reshape(-1, width)
-    ranks = rows.argsort(dim=1, stable=True).argsort(dim=1, stable=True).to(delta.dtype)
-    return (ranks / max(width - 1, 1)).reshape(-1)
+    order = rows.argsort(dim=1, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(width, device=delta.device).expand_as(order))
+    return (ranks.to(delta.dtype) / max(width - 1, 1)).reshape(-1)
 
 
 def run(out: Tensor, call: KernelCall) -> Tensor:
     """Write one tensor's merge into `out` (through a temporary when `out` is not contiguous), in
-    chunks of whole rows so the random methods' draws and ranks never take a full-size tensor."""
+    chunks of whole rows so DELLA's ranks (and an eager run's temporaries) never take a full-size
+    tensor."""
     reference = call.base if call.base is not None else call.operands[0]
     compute = call.compute_dtype or reference.dtype
     rows = torch.tensor(call.rows, dtype=compute, device=reference.device)
@@ -206,29 +269,26 @@ def run(out: Tensor, call: KernelCall) -> Tensor:
     base = None if call.base is None else call.base.reshape(-1)
     width = reference.shape[-1] if reference.dim() > 1 else max(reference.numel(), 1)
     step = chunk_entries(width, reference.device)
-    for chunk, start in enumerate(range(0, max(flat_out.numel(), 1), step)):
+    seeds = call.seeds or [None] * len(operands)
+    keys = torch.tensor(
+        [draw_key(seed) if seed is not None else 0 for seed in seeds], device=reference.device
+    )
+    for start in range(0, max(flat_out.numel(), 1), step):
         part = slice(start, start + step)
         if base is None:
             _weighted_sum(flat_out[part], [t[part] for t in operands], rows, compute)
             continue
-        uniforms: list[Tensor | None] = []
         ranks: list[Tensor | None] = []
-        for operand, kind, seed in zip(
-            operands, call.kinds, call.seeds or [None] * len(operands), strict=True
-        ):
-            if kind not in RANDOM_KINDS:
-                uniforms.append(None)
-                ranks.append(None)
-                continue
-            assert seed is not None, "random sparsifiers need a seed"
-            size = flat_out[part].numel()
-            uniforms.append(uniform_draws(seed, chunk, size, reference.device))
+        for operand, kind, seed in zip(operands, call.kinds, seeds, strict=True):
+            if kind in RANDOM_KINDS:
+                assert seed is not None, "random sparsifiers need a seed"
             ranked = kind in RANKED_KINDS
             ranks.append(
                 row_ranks(operand[part].to(compute) - base[part].to(compute), width) if ranked else None
             )
+        offset = torch.tensor(start, device=reference.device)
         _task_vector(
-            flat_out[part], base[part], [t[part] for t in operands], call.kinds, rows, uniforms, ranks,
+            flat_out[part], base[part], [t[part] for t in operands], call.kinds, rows, offset, keys, ranks,
             call.consensus, call.normalize, compute,
         )  # fmt: skip
     return out if target is out else out.copy_(target)

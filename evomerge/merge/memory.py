@@ -124,8 +124,8 @@ def plan_memory(
     largest = max((math.prod(reference.shape(n)) for n in names), default=0)
     largest_bytes = sum(largest * _itemsize(storage_dtype(r)) for r in readers)
     chunk = min(largest, DeltaStats.CHUNK)
-    # A chunk's working set: its |delta| and masks in float32, its draws and ranks (DELLA's two
-    # stable argsorts hold int64 indices): ~32 B per chunk entry, once per model.
+    # A chunk's working set: its |delta| and masks in float32, DELLA's ranks (a stable argsort and
+    # its inverse hold int64 indices): ~32 B per chunk entry, once per model.
     work = 32 * chunk * len(readers)
     return MemoryPlan(
         placement=placement,

@@ -132,12 +132,17 @@ class DeltaStats:
     def numel(self) -> int:
         return self.tensor.numel()
 
-    def magnitudes(self) -> Iterator[Tensor]:
-        """|tensor - base| in the compute dtype, flat, one chunk at a time."""
+    def chunks(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """(tensor, base) as flat chunks in their storage dtype."""
         flat_tensor, flat_base = self.tensor.reshape(-1), self.base.reshape(-1)
         for start in range(0, flat_tensor.numel(), self.CHUNK):
             part = slice(start, start + self.CHUNK)
-            yield (flat_tensor[part].to(self.compute) - flat_base[part].to(self.compute)).abs()
+            yield flat_tensor[part], flat_base[part]
+
+    def magnitudes(self) -> Iterator[Tensor]:
+        """|tensor - base| in the compute dtype, flat, one chunk at a time."""
+        for tensor, base in self.chunks():
+            yield (tensor.to(self.compute) - base.to(self.compute)).abs()
 
     @property
     def index(self) -> MagnitudeIndex:
@@ -153,13 +158,12 @@ class DeltaStats:
         bucket = bisect.bisect_right(index.below, rank) - 1
         low = float(index.edges[bucket])
         high = float(index.edges[bucket + 1]) if bucket + 1 < index.edges.numel() else math.inf
-        inside = [m[(m >= low) & (m < high)] for m in self.magnitudes()]
-        values = torch.cat(inside)
+        values = torch.cat([kernels.in_bracket(t, b, low, high, self.compute) for t, b in self.chunks()])
         return float(values.kthvalue(rank - index.below[bucket] + 1).values)
 
     def l1_between(self, low: float, high: float) -> tuple[float, float]:
         """(L1 norm of the entries with low <= |delta| <= high, L1 norm of all entries), in float64."""
-        kept = sum(float(m[(m >= low) & (m <= high)].double().sum()) for m in self.magnitudes())
+        kept = sum(kernels.band_l1(t, b, low, high, self.compute) for t, b in self.chunks())
         return kept, self.index.total_l1
 
 
@@ -231,14 +235,14 @@ def _rescale(default: bool) -> ParamSpec:
 
 # --- sparsification (one task vector at a time) ---------------------------------------------
 # A sparsifier turns one model's parameters into how the fused kernel keeps its task vector:
-# (kind, parameter row, uniform draws, row ranks). The kernel then does every pass at once.
+# (kind, parameter row, draw seed). The kernel then does every pass at once.
 
 
 @dataclass(frozen=True)
 class Sparsity:
     kind: str
     values: dict[str, float] = field(default_factory=dict)  # kernels.parameter_row keywords
-    seed: int | None = None  # the random kinds' draws, regenerated from it per chunk (kernels.run)
+    seed: int | None = None  # the random kinds' draws: a hash of (seed, position) inside the kernel
 
 
 # density >= 1 keeps every entry, expressed in the method's own kind (the neutral parameters keep

@@ -44,8 +44,7 @@ class MergePlan:
     def seeds(self, job: TensorJob) -> list[int] | None:
         """Per merged model, a seed from the recipe seed, the tensor name and the model's position:
         streamed and in-memory merges draw the same numbers for the same tensor whatever the order
-        they run in, and a model's draws do not depend on the other models' parameters (so a
-        resident parent keeps its draws across candidates)."""
+        they run in, and a model's draws do not depend on the other models' parameters."""
         if not self.method.random:
             return None
         return [
