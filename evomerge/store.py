@@ -27,6 +27,14 @@ from optuna.trial import TrialState
 
 from evomerge.errors import RunNotFoundError, StorageError
 
+GENE_DISTRIBUTION = optuna.distributions.FloatDistribution(0.0, 1.0)  # a gene: a unit-cube coordinate
+
+
+def gene_name(index: int) -> str:
+    """The Optuna param name of gene `index` (its meaning: the space's gene list, `evomerge plan`)."""
+    return f"g{index:04d}"
+
+
 T = TypeVar("T")
 RUN_FILE = "run.json"
 DB_FILE = "study.db"
@@ -160,7 +168,16 @@ class RunStore:
             self._set_attrs(trial_number, attrs)
             return trial_number
         storage, study_id = self.study._storage, self.study._study_id
-        template = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=attrs)
+        params, distributions = {}, {}
+        if kind == "search" and genome is not None:
+            # The genes as Optuna params (the names and [0, 1] cube the optuna optimizer's own
+            # trials carry), so Optuna's importance, slice and parallel-coordinate views and
+            # optuna-dashboard work on every run; search trials only, so no sampler sees the parents.
+            params = {gene_name(i): min(1.0, max(0.0, float(g))) for i, g in enumerate(genome)}
+            distributions = {name: GENE_DISTRIBUTION for name in params}
+        template = optuna.trial.create_trial(
+            state=TrialState.RUNNING, params=params, distributions=distributions, user_attrs=attrs
+        )
         trial_id = retry(
             lambda: storage.create_new_trial(study_id, template_trial=template), "creating a trial"
         )

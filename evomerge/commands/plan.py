@@ -34,7 +34,6 @@ def plan_payload(experiment_path: Path, device: str | None, free_gib: float | No
     dtype = live_dtype(workers.dtype, device)
     free = int(free_gib * 1024**3) if free_gib is not None else free_bytes(device)
     sharing = workers_per_device(workers.count, device)
-    names = {p: f"p{i}" for i, p in enumerate(space.parents)}
     placements = []
     for placement in PLACEMENTS[1:]:
         plan = plan_memory(readers, placement, device, dtype)  # type: ignore[arg-type]
@@ -55,7 +54,7 @@ def plan_payload(experiment_path: Path, device: str | None, free_gib: float | No
         "experiment": experiment.name,
         "method": space.spec.method,
         "genes": space.dim,
-        "gene_names": [gene.name(names) for gene in space.genes],
+        "gene_names": space.gene_names,  # gene i is the Optuna param g{i:04d} of the run's trials
         "models": [
             {"path": str(r.path), "dtype": str(storage_dtype(r)).removeprefix("torch."), "bytes": weigh(r)}
             for r in readers

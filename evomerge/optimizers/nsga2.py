@@ -25,12 +25,9 @@ from optuna.trial import TrialState
 
 from evomerge.errors import ConfigError
 from evomerge.optimizers.base import OPTIMIZERS, Candidate, Optimizer
+from evomerge.store import gene_name
 
 SAMPLERS = ("nsga2", "tpe")
-
-
-def gene_name(index: int) -> str:
-    return f"g{index:04d}"
 
 
 class _FixedGenes:

@@ -375,3 +375,25 @@ def test_optuna_run_without_a_checkpoint_still_resumes(tmp_path, tiny_family) ->
     (tmp_path / "run" / "optimizer.pkl").unlink()
     summary = driver(path, tmp_path / "run", resume=True, max_trials=6).run()
     assert summary.complete == 6 and any("the sampler starts again" in m for m in summary.messages)
+
+
+@pytest.mark.parametrize("name", ["cma", "random", "optuna"])
+def test_genes_are_optuna_params_so_optunas_analysis_works(tmp_path, tiny_family, name) -> None:
+    """Every search trial carries its genes as Optuna params (g0000.. in [0, 1]); the parents and
+    the baseline carry none; optuna.importance and optuna.visualization run on the study."""
+    import optuna
+
+    optimizer = {"name": name, "settings": OPTIMIZERS_SETTINGS[name]}
+    path = write_experiment(tmp_path / "exp", tiny_family, trials=8, optimizer=optimizer, workers=2)
+    driver(path, tmp_path / "run").run()
+    study = open_run(tmp_path / "run").study
+    search = [t for t in study.trials if t.user_attrs.get("kind") == "search"]
+    others = [t for t in study.trials if t.user_attrs.get("kind") != "search"]
+    assert len(search) == 8 and others
+    for trial in search:
+        genome = trial.user_attrs["genome"]
+        assert [trial.params[f"g{i:04d}"] for i in range(len(genome))] == pytest.approx(genome)
+    assert all(not t.params for t in others)
+    importance = optuna.importance.get_param_importances(study, target=lambda t: t.values[0])
+    assert set(importance) == set(search[0].params) and abs(sum(importance.values()) - 1) < 1e-6
+    optuna.visualization.plot_parallel_coordinate(study, target=lambda t: t.values[0])
