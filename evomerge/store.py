@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import optuna
 from optuna.trial import TrialState
 
-from evomerge.errors import RunNotFoundError, StorageError
+from evomerge.errors import ConfigError, RunNotFoundError, StorageError
 
 GENE_DISTRIBUTION = optuna.distributions.FloatDistribution(0.0, 1.0)  # a gene: a unit-cube coordinate
 
@@ -72,7 +72,23 @@ def retry(call: Callable[[], T], what: str, retries: int = RETRIES, first_wait: 
 
 
 def storage_url(run_dir: Path, storage: str | None) -> str:
+    """`storage`, or the run directory's own SQLite file (found from wherever the directory is)."""
     return storage or f"sqlite:///{(run_dir / DB_FILE).resolve()}"
+
+
+def check_storage_url(url: str) -> None:
+    """A ConfigError naming the accepted forms when `url` is no database URL."""
+    import sqlalchemy
+
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        parsed = None
+    if parsed is None or parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ConfigError(
+            f"--storage {url!r} is not a storage URL evomerge can use; use sqlite:///PATH/study.db or "
+            "postgresql://USER:PASSWORD@HOST:PORT/DATABASE (or leave it out for the run's own SQLite file)"
+        )
 
 
 def _storage(url: str) -> optuna.storages.BaseStorage:
@@ -81,7 +97,10 @@ def _storage(url: str) -> optuna.storages.BaseStorage:
         ("postgresql://", "postgres://")
     ):  # the driver we ship (SQLAlchemy 2.1 picks psycopg 3)
         url = "postgresql+psycopg2://" + url.split("://", 1)[1]
-    storage = optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    engine: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("postgresql"):
+        engine["connect_args"] = {"connect_timeout": 10}  # an unreachable host fails in seconds, not minutes
+    storage = optuna.storages.RDBStorage(url, engine_kwargs=engine)
     if url.startswith("sqlite"):
         _fast_sqlite(storage.engine)
     return storage
@@ -235,33 +254,81 @@ def create_run(
 ) -> RunStore:
     """A new run: the study, its attributes, `run.json`; an existing study of that name is an error."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if storage is not None:
+        check_storage_url(storage)
+    made = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"--run-dir {str(run_dir)!r} cannot be created ({error.strerror}); choose another"
+        ) from None
     url = storage_url(run_dir, storage)
     try:
-        study = retry(
-            lambda: optuna.create_study(
-                storage=_storage(url),
-                study_name=study_name,
-                sampler=sampler,
-                directions=["maximize"] * len(objectives),
-            ),
-            "creating the study",
+        study = optuna.create_study(
+            storage=_storage(url),
+            study_name=study_name,
+            sampler=sampler,
+            directions=["maximize"] * len(objectives),
         )
+        study.set_user_attr("objectives", list(objectives))
+        for key, value in attrs.items():
+            study.set_user_attr(key, value)
+        with warnings.catch_warnings():  # set_metric_names is experimental; the dashboard shows the names
+            warnings.simplefilter("ignore")
+            study.set_metric_names(list(objectives))
     except optuna.exceptions.DuplicatedStudyError:
+        _remove_new(run_dir, made)
         raise StorageError(
-            f"study {study_name!r} already exists in {url}; "
-            "resume it with --resume, or choose another --run-dir"
+            f"study {study_name!r} already exists in {_redacted(url)}; resume it with --resume, or choose "
+            "another --run-dir"
         ) from None
-    study.set_user_attr("objectives", list(objectives))
-    for key, value in attrs.items():
-        study.set_user_attr(key, value)
-    with warnings.catch_warnings():  # set_metric_names is marked experimental; the dashboard shows the names
-        warnings.simplefilter("ignore")
-        study.set_metric_names(list(objectives))
+    except _transient_errors() as error:  # not there at the start: a setup error, not an outage to wait out
+        _remove_new(run_dir, made)
+        detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        raise StorageError(
+            f"cannot reach the storage {_redacted(url)} ({type(error).__name__}: {detail}); check the URL "
+            "and that the database server is running"
+        ) from None
+    except BaseException:
+        _remove_new(run_dir, made)
+        raise
+    # The run's own SQLite file is recorded as null: the run directory can be moved or copied and
+    # still finds (only) its own database. A given URL is kept as it is.
     tmp = run_dir / f".{RUN_FILE}.tmp"
-    tmp.write_text(json.dumps({"storage": url, "study": study_name}, indent=2))
+    tmp.write_text(json.dumps({"storage": storage, "study": study_name}, indent=2))
     tmp.replace(run_dir / RUN_FILE)
     return RunStore(study, list(objectives), run_dir, url)
+
+
+def _remove_new(run_dir: Path, made: bool) -> None:
+    """Leave nothing behind of a run that could not be created."""
+    import shutil
+
+    if made:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password (errors are printed and logged)."""
+    import sqlalchemy
+
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url
+
+
+def _run_storage(directory: Path, recorded: str | None) -> str:
+    """The storage a run directory names: its own study.db when recorded as null, and also for runs
+    written before runs were relocatable (an absolute sqlite URL to a study.db) when the directory
+    holds its own copy, so a moved or copied run never reads another directory's database."""
+    own = directory / DB_FILE
+    if recorded is None or (
+        recorded.startswith("sqlite:///") and recorded.endswith(f"/{DB_FILE}") and own.is_file()
+    ):
+        return storage_url(directory, None)
+    return recorded
 
 
 def open_run(
@@ -281,7 +348,7 @@ def open_run(
                 "pass the --run-dir of an `evomerge search`"
             )
         meta = json.loads(meta_path.read_text())
-        storage = storage or meta["storage"]
+        storage = storage or _run_storage(directory, meta.get("storage"))
         study = study or meta["study"]
     if storage is None or study is None:
         raise RunNotFoundError("no run given: pass a run directory, or --storage URL and --study NAME")

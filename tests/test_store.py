@@ -28,7 +28,7 @@ def test_run_contract_round_trip(tmp_path) -> None:
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
     assert (
         meta["study"] == "s1"
-        and meta["storage"].startswith("sqlite:///")
+        and meta["storage"] is None  # the run's own study.db, found relative to the directory
         and (tmp_path / "run/study.db").is_file()
     )
     n = store.start_trial([0.1, 0.9], "merge_method: ties\n", "search", "", candidate=7)
@@ -51,7 +51,7 @@ def test_run_contract_round_trip(tmp_path) -> None:
     assert was_running.number == r
     assert again.trials()[2].state == TrialState.FAIL
     assert again.trials()[2].user_attrs["fail_reason"].startswith("interrupted")
-    by_url = open_run(storage=meta["storage"], study="s1")
+    by_url = open_run(storage=store.storage, study="s1")
     assert len(by_url.trials()) == 3
 
 
@@ -92,3 +92,42 @@ def test_run_on_a_real_postgresql_server(tmp_path, postgres_url) -> None:
     assert again.storage == postgres_url
     [trial] = again.trials()
     assert trial.values == [0.5, 0.25] and trial.user_attrs["worker"] == RESULT["worker"]
+
+
+def test_a_moved_or_copied_run_reads_its_own_database(tmp_path) -> None:
+    """run.json names the run's own study.db relatively (null): a moved run opens, and a copy reads
+    the copy, not the original."""
+    import json
+    import shutil
+
+    from evomerge.store import create_run, open_run
+
+    store = create_run(tmp_path / "a", "s", ["t"], {"k": 1})
+    store.start_trial([0.5], "recipe: 1", "search")
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["storage"] is None
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")
+    open_run(tmp_path / "copy").start_trial([0.1], "recipe: 2", "search")
+    assert len(open_run(tmp_path / "a").trials()) == 1 and len(open_run(tmp_path / "copy").trials()) == 2
+    (tmp_path / "a").rename(tmp_path / "moved")
+    assert len(open_run(tmp_path / "moved").trials()) == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("notaurl", "is not a storage URL evomerge can use; use sqlite:///"),
+        (
+            "postgresql://u:secret@127.0.0.1:1/db",
+            "cannot reach the storage postgresql://u:***@127.0.0.1:1/db",
+        ),
+    ],
+)
+def test_a_bad_storage_url_is_one_line_and_leaves_nothing(tmp_path, url, message) -> None:
+    from evomerge.errors import EvomergeError
+    from evomerge.store import create_run
+
+    with pytest.raises(EvomergeError) as raised:
+        create_run(tmp_path / "run", "s", ["t"], {}, storage=url)
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+    assert "secret" not in str(raised.value)
+    assert not (tmp_path / "run").exists()
