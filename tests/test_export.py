@@ -104,3 +104,42 @@ def test_export_refuses_bad_input_and_writes_nothing(run, tmp_path: Path) -> Non
     assert not (tmp_path / "new.yaml").exists()
     exported(out, run_dir, "--trial", 1, "--force")
     assert MergeRecipe.from_yaml(out.read_text()) == MergeRecipe.from_yaml(view.trial(1).recipe)
+
+
+def test_an_unwritable_model_path_is_one_line_and_no_recipe_is_written(run, tmp_path: Path) -> None:
+    """The recipe is written only once its model is: a failed --materialize leaves neither."""
+    run_dir, _ = run
+    result = invoke(
+        "export", run_dir, "--trial", 6, "--out", tmp_path / "r.yaml", "--materialize", "/proc/evomerge-m"
+    )
+    assert isinstance(result.exception, ConfigError), result.output
+    assert "cannot write the model to '/proc/evomerge-m'" in str(result.exception)
+    assert not (tmp_path / "r.yaml").exists()
+    bad_recipe = invoke("export", run_dir, "--trial", 6, "--out", "/proc/evomerge.yaml")
+    assert isinstance(bad_recipe.exception, ConfigError) and "cannot write '/proc/evomerge.yaml'" in str(
+        bad_recipe.exception
+    )
+
+
+def test_merge_into_an_unwritable_directory_is_one_line(run, tmp_path: Path) -> None:
+    _, view = run
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(view.trial(6).recipe)
+    result = invoke("merge", recipe, "/proc/evomerge-out", "--no-progress")
+    assert isinstance(result.exception, ConfigError), result.output
+    assert "cannot write the model to '/proc/evomerge-out'" in str(result.exception)
+
+
+def test_the_dashboard_on_a_busy_port_is_one_line(run) -> None:
+    import socket
+
+    run_dir, _ = run
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = invoke("dashboard", run_dir, "--port", port)
+    assert isinstance(result.exception, ConfigError), result.output
+    assert f"cannot serve on 127.0.0.1:{port}" in str(result.exception) and "pass another --port" in str(
+        result.exception
+    )

@@ -331,10 +331,26 @@ def _choose(view: Any, trial: int | None, knee: bool, weights: str | None) -> An
 
 def _write_atomic(path: Path, text: str) -> None:
     """Write through a temporary sibling and rename: a reader never sees half a recipe."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(text, encoding="utf-8")
+        temporary.replace(path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {str(path)!r} ({error.strerror}); choose a writable path") from None
+
+
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise ConfigError(
+                f"cannot serve on {host}:{port} ({error.strerror}); pass another --port (or --host)"
+            ) from None
 
 
 def export(
@@ -377,7 +393,6 @@ def export(
         from evomerge.audit import full_split_evaluator
 
         evaluator = full_split_evaluator(_suite_for(store, suite), recipe, view.objectives, device)
-    _write_atomic(out, recipe.to_yaml())
     result: dict[str, Any] = {
         "trial": record.number,
         "kind": record.kind,
@@ -399,6 +414,7 @@ def export(
             from evomerge.audit import measure_model_dir
 
             result["measured"] = measure_model_dir(model_dir, evaluator, device=device, dtype=dtype.value)
+    _write_atomic(out, recipe.to_yaml())  # last: a recipe on disk means its model was written too
     if fmt is Format.json:
         _print_json(result)
         return
@@ -438,6 +454,7 @@ def dashboard(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         store.study.set_metric_names(view.objectives)
     study_id = backend.get_study_id_from_name(view.name)
+    _check_port_free(host, port)
     typer.echo(f"optuna-dashboard for study {view.name!r}: http://{host}:{port}/dashboard/studies/{study_id}")
     optuna_dashboard.run_server(backend, host=host, port=port)
 

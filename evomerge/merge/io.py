@@ -279,8 +279,13 @@ def atomic_directory(out_dir: Path, force: bool) -> Iterator[Path]:
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise ConfigError(f"output directory {str(out_dir)!r} already exists; choose another or pass --force")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    except OSError as error:
+        raise ConfigError(
+            f"cannot write the model to {str(out_dir)!r} ({error.strerror}); choose a writable directory"
+        ) from None
     try:
         yield staging
         if out_dir.exists():
@@ -291,6 +296,11 @@ def atomic_directory(out_dir: Path, force: bool) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             staging.rename(out_dir)
+    except OSError as error:  # a full disk, a quota, a vanished directory: nothing half-written stays
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ConfigError(
+            f"writing the model to {str(out_dir)!r} failed ({error.strerror}); nothing was written"
+        ) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
