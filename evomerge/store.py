@@ -157,6 +157,19 @@ class RunStore:
             "writing the search time",
         )
 
+    # ----- the driver lease: one search driver per study at a time ------------------------
+    def read_study_attr(self, key: str) -> Any:
+        attrs = retry(
+            lambda: self.study._storage.get_study_user_attrs(self.study._study_id), "reading the study"
+        )
+        return attrs.get(key)
+
+    def write_study_attr(self, key: str, value: Any) -> None:
+        retry(
+            lambda: self.study._storage.set_study_user_attr(self.study._study_id, key, value),
+            "writing the study",
+        )
+
     # ----- trials --------------------------------------------------------------------------
     def start_trial(
         self,

@@ -35,6 +35,7 @@ from optuna.trial import TrialState
 from evomerge.errors import ConfigError, StorageError, WorkerStartError
 from evomerge.experiment import Experiment
 from evomerge.optimizers import OPTIMIZERS, Optimizer, load_checkpoint, make_optimizer, save_checkpoint
+from evomerge.runtime.lease import DriverLease
 from evomerge.runtime.preflight import check_worker_memory, local_worker_device
 from evomerge.space import SearchSpace
 from evomerge.store import CHECKPOINT_FILE, RUN_FILE, RunStore, create_run, open_run
@@ -402,6 +403,17 @@ class SearchDriver:
 
     # ----- the loop --------------------------------------------------------------------------
     def run(self) -> SearchSummary:
+        """Search until the budget, a stop or a fault, holding the study's driver lease."""
+        lease = DriverLease(self.store)
+        taken_over = lease.take()  # before anything is read or written for this session
+        if taken_over:
+            self.messages.append(taken_over)
+        try:
+            return self._run(lease)
+        finally:
+            lease.release()
+
+    def _run(self, lease: DriverLease) -> SearchSummary:
         import ray
 
         from evomerge.runtime.scheduler import Scheduler
@@ -471,6 +483,7 @@ class SearchDriver:
                         self.jobs.pop(number, None)
                 self._checkpoint()
                 clock.save()
+                lease.renew()
                 self._report(done, failed, scheduler.outstanding, start)
                 if scheduler.outstanding == 0:
                     break
