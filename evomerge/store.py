@@ -14,6 +14,7 @@ stops cleanly: every finished trial is already committed.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import warnings
@@ -39,6 +40,7 @@ T = TypeVar("T")
 RUN_FILE = "run.json"
 DB_FILE = "study.db"
 CHECKPOINT_FILE = "optimizer.pkl"
+CHECKPOINT_ATTR = "optimizer_checkpoint"  # a database server's run keeps its checkpoint in the study
 SEARCH_SECONDS = "search_seconds"  # study attribute: the search time of every session so far
 RETRIES = 6  # backoff 0.5 s doubling: about 30 s of unavailability survived
 
@@ -139,7 +141,18 @@ class RunStore:
 
     @property
     def checkpoint_path(self) -> Path | None:
-        return self.run_dir / CHECKPOINT_FILE if self.run_dir else None
+        """The optimizer checkpoint file of a run in its own SQLite file; None for a database
+        server's run, whose checkpoint lives in the study (so any machine can resume it)."""
+        own = self.storage.startswith("sqlite") and self.run_dir is not None
+        return self.run_dir / CHECKPOINT_FILE if own else None
+
+    def write_checkpoint(self, data: bytes) -> None:
+        """The optimizer checkpoint into the study itself (base64 in a study attribute)."""
+        self.write_study_attr(CHECKPOINT_ATTR, base64.b64encode(data).decode("ascii"))
+
+    def read_checkpoint(self) -> bytes | None:
+        encoded = self.read_study_attr(CHECKPOINT_ATTR)
+        return None if encoded is None else base64.b64decode(encoded)
 
     # ----- the run's search time, over all its sessions ------------------------------------
     def search_seconds(self) -> float:
@@ -312,6 +325,15 @@ def create_run(
     tmp.write_text(json.dumps({"storage": storage, "study": study_name}, indent=2))
     tmp.replace(run_dir / RUN_FILE)
     return RunStore(study, list(objectives), run_dir, url)
+
+
+def adopt_run(run_dir: Path, storage: str, study: str) -> None:
+    """A run directory on this machine for a study in a database server (resuming it from another
+    machine): the study must exist; `run.json` then names it. Nothing is written when it does not."""
+    check_storage_url(storage)
+    open_run(storage=storage, study=study)  # RunNotFoundError / StorageError before anything is written
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_FILE).write_text(json.dumps({"storage": storage, "study": study}, indent=2))
 
 
 def _remove_new(run_dir: Path, made: bool) -> None:

@@ -21,6 +21,9 @@ def search(
         False, "--resume", help="Continue the run in --run-dir exactly where it stopped."
     ),
     storage: str | None = typer.Option(None, "--storage", help="Optuna storage URL (e.g. postgresql://...)."),
+    study: str | None = typer.Option(
+        None, "--study", help="With --storage and --resume: continue this study (from any machine)."
+    ),
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="Join a running Ray cluster (or set RAY_ADDRESS); default: a local Ray."
     ),
@@ -76,6 +79,7 @@ def search(
             max_trials=max_trials,
             seed=seed,
             on_progress=show,
+            study=study,
         )
         try:
             summary = driver.run()

@@ -6,8 +6,10 @@ from evomerge.optimizers.base import (
     Candidate,
     Optimizer,
     Scalarizer,
+    checkpoint_bytes,
     load_checkpoint,
     make_optimizer,
+    optimizer_from_bytes,
     save_checkpoint,
 )
 
@@ -16,7 +18,9 @@ __all__ = [
     "Candidate",
     "Optimizer",
     "Scalarizer",
+    "checkpoint_bytes",
     "load_checkpoint",
     "make_optimizer",
+    "optimizer_from_bytes",
     "save_checkpoint",
 ]

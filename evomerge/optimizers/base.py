@@ -179,13 +179,33 @@ class Scalarizer:
         return loss
 
 
+def checkpoint_bytes(optimizer: Optimizer) -> bytes:
+    """The optimizer, pickled (what a run stores to resume exactly)."""
+    return pickle.dumps(optimizer, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def optimizer_from_bytes(data: bytes, where: str) -> Optimizer:
+    """The optimizer of `checkpoint_bytes`, read back from a checkpoint this run wrote itself."""
+    try:
+        optimizer = pickle.loads(data)
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as error:
+        raise StorageError(
+            f"optimizer checkpoint {where}: cannot be read ({error}); the run cannot resume exactly"
+        ) from error
+    if not isinstance(optimizer, Optimizer):
+        raise StorageError(
+            f"optimizer checkpoint {where}: holds {type(optimizer).__name__}, not an optimizer"
+        )
+    return optimizer
+
+
 def save_checkpoint(optimizer: Optimizer, path: Path) -> None:
     """Pickle the optimizer atomically (write a temporary file, then rename over the old one)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=".optimizer-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            pickle.dump(optimizer, handle, protocol=pickle.HIGHEST_PROTOCOL)
+            handle.write(checkpoint_bytes(optimizer))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -195,12 +215,9 @@ def save_checkpoint(optimizer: Optimizer, path: Path) -> None:
 def load_checkpoint(path: Path) -> Optimizer:
     """The optimizer pickled by `save_checkpoint` (a file this run wrote itself)."""
     try:
-        with open(path, "rb") as handle:
-            optimizer = pickle.load(handle)
-    except (OSError, pickle.UnpicklingError, EOFError) as error:
+        data = Path(path).read_bytes()
+    except OSError as error:
         raise StorageError(
             f"optimizer checkpoint {path}: cannot be read ({error}); the run cannot resume exactly"
         ) from error
-    if not isinstance(optimizer, Optimizer):
-        raise StorageError(f"optimizer checkpoint {path}: holds {type(optimizer).__name__}, not an optimizer")
-    return optimizer
+    return optimizer_from_bytes(data, str(path))

@@ -34,11 +34,19 @@ from optuna.trial import TrialState
 
 from evomerge.errors import ConfigError, StorageError, WorkerStartError
 from evomerge.experiment import Experiment
-from evomerge.optimizers import OPTIMIZERS, Optimizer, load_checkpoint, make_optimizer, save_checkpoint
+from evomerge.optimizers import (
+    OPTIMIZERS,
+    Optimizer,
+    checkpoint_bytes,
+    load_checkpoint,
+    make_optimizer,
+    optimizer_from_bytes,
+    save_checkpoint,
+)
 from evomerge.runtime.lease import DriverLease
 from evomerge.runtime.preflight import check_worker_memory, local_worker_device
 from evomerge.space import SearchSpace
-from evomerge.store import CHECKPOINT_FILE, RUN_FILE, RunStore, create_run, open_run
+from evomerge.store import RUN_FILE, RunStore, adopt_run, create_run, open_run
 
 INTERRUPTED = "interrupted"
 FAILURE_LOG = "failures.log"  # in the run directory: each failed trial's full reason and traceback
@@ -190,6 +198,7 @@ class SearchDriver:
         seed: int | None = None,
         on_progress: Callable[[SearchProgress], None] | None = None,
         make_actor: Callable[[int], Any] | None = None,
+        study: str | None = None,
     ) -> None:
         from evomerge.fitness.suite import FitnessSuite
 
@@ -208,7 +217,9 @@ class SearchDriver:
             self.memory = check_worker_memory(self.experiment, self.space, device)
         self.budget = self.experiment.spec.budget
         self._make_actor = make_actor
+        self.study_name = study  # with --storage and --resume: the server's study to continue
         self.messages: list[str] = []  # said to the user with the summary
+        self._stored_checkpoint: bytes | None = None
         self.optimizer, self.store = self._open()
         self.jobs: dict[int, Job] = {}
         self.best: dict[str, float] = {}
@@ -225,11 +236,16 @@ class SearchDriver:
     def _open(self) -> tuple[Optimizer, RunStore]:
         exists = (self.run_dir / RUN_FILE).is_file()
         if self.resume:
-            if not exists:
+            storage = self.experiment.spec.storage
+            if not exists and self.study_name and storage:  # a server's study, resumed from this machine
+                adopt_run(self.run_dir, storage, self.study_name)
+            elif not exists:
                 raise ConfigError(
-                    f"--resume: {self.run_dir} holds no run ({RUN_FILE} missing); drop --resume"
+                    f"--resume: {self.run_dir} holds no run ({RUN_FILE} missing); drop --resume, or give "
+                    "--storage URL --study NAME to resume a study kept in a database server"
                 )
-            optimizer = self._resumed_optimizer()
+            probe = open_run(self.run_dir)
+            optimizer = self._resumed_optimizer(probe)
             store = open_run(self.run_dir, sampler=optimizer.sampler())
             if store.objectives != self.tasks:
                 raise ConfigError(
@@ -268,8 +284,15 @@ class SearchDriver:
         optimizer.bind(store.study)
         return optimizer, store
 
-    def _resumed_optimizer(self) -> Optimizer:
-        path = self.run_dir / CHECKPOINT_FILE
+    def _resumed_optimizer(self, store: RunStore) -> Optimizer:
+        if store.checkpoint_path is None:  # a database server's run: the checkpoint is in the study
+            data = store.read_checkpoint()
+            if data is None:
+                raise StorageError(
+                    f"study {store.study.study_name!r} holds no optimizer checkpoint; it cannot resume"
+                )
+            return optimizer_from_bytes(data, f"in study {store.study.study_name!r}")
+        path = store.checkpoint_path
         if not path.exists() and OPTIMIZERS.get(self.experiment.spec.optimizer.name).owns_trials:
             # Runs made before 2026-11-24 kept no checkpoint for optuna, and their NSGA-II had an
             # empty search space (see optimizers/nsga2.py): the sampler starts again.
@@ -337,9 +360,16 @@ class SearchDriver:
         return points
 
     def _checkpoint(self, optimizer: Optimizer | None = None, store: RunStore | None = None) -> None:
+        """The optimizer's state: a file beside the run's own SQLite study, or in a server's study
+        (written only when it changed: it can be a few hundred KB)."""
         optimizer, store = optimizer or self.optimizer, store or self.store
         if store.checkpoint_path is not None:
             save_checkpoint(optimizer, store.checkpoint_path)
+            return
+        data = checkpoint_bytes(optimizer)
+        if data != self._stored_checkpoint:
+            store.write_checkpoint(data)
+            self._stored_checkpoint = data
 
     # ----- what is left to do ----------------------------------------------------------------
     def _reconcile(self) -> tuple[list[Job], int, int]:

@@ -14,6 +14,7 @@ import yaml
 from optuna.trial import TrialState
 from searchfixture import write_experiment
 
+import evomerge.errors
 import evomerge.runtime.scheduler
 from evomerge.experiment import Experiment
 from evomerge.optimizers import OPTIMIZERS
@@ -397,3 +398,23 @@ def test_genes_are_optuna_params_so_optunas_analysis_works(tmp_path, tiny_family
     importance = optuna.importance.get_param_importances(study, target=lambda t: t.values[0])
     assert set(importance) == set(search[0].params) and abs(sum(importance.values()) - 1) < 1e-6
     optuna.visualization.plot_parallel_coordinate(study, target=lambda t: t.values[0])
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("name", ["cma", "optuna"])
+def test_a_database_servers_run_resumes_exactly_from_another_machine(
+    tmp_path, tiny_family, postgres_url, name
+):
+    """The optimizer checkpoint lives in the PostgreSQL study: a run stopped on one machine resumes
+    from an empty directory elsewhere (`--storage URL --study NAME --resume`), exactly."""
+    optimizer = {"name": name, "settings": OPTIMIZERS_SETTINGS[name]}
+    path = write_experiment(tmp_path / "exp", tiny_family, trials=N, optimizer=optimizer, workers=2)
+    whole = driver(path, tmp_path / "whole").run()
+    first = driver(path, tmp_path / "machine_a", storage=postgres_url, on_progress=stop_after(K)).run()
+    assert first.stopped == "interrupted"
+    assert not list((tmp_path / "machine_a").glob("*.pkl"))  # no checkpoint file: it is in the study
+    with pytest.raises(evomerge.errors.ConfigError, match="--storage URL --study NAME"):
+        driver(path, tmp_path / "machine_b", storage=postgres_url, resume=True)
+    resumed = driver(path, tmp_path / "machine_b", storage=postgres_url, resume=True, study=first.study).run()
+    assert resumed.stopped == "budget" and resumed.complete == N and whole.complete == N
+    assert search_genomes(tmp_path / "machine_b") == search_genomes(tmp_path / "whole")
