@@ -60,8 +60,12 @@ class Scheduler:
         self.evaluation_timeout = evaluation_timeout
         self._spawned = 0
         self.actors: dict[int, Any] = {}
+        # A worker's start-up (loading its models: minutes for a 7B) is not its evaluation's time:
+        # the timeout counts from when its `ping` answers, i.e. once its constructor has finished.
+        self._starting: dict[int, Any] = {}  # slot -> its actor's pending ping
+        self._ready_at: dict[int, float] = {}
         for slot in range(n_workers):
-            self.actors[slot] = self._spawn()
+            self._spawn_into(slot)
         self._free = deque(range(n_workers))
         self._queue: deque[tuple[Hashable, Any, int]] = deque()
         self._running: dict[Any, _Running] = {}
@@ -69,10 +73,13 @@ class Scheduler:
         self.retries = 0
         self.replaced = 0
 
-    def _spawn(self) -> Any:
+    def _spawn_into(self, slot: int) -> None:
         actor = self._make_actor(self._spawned)
         self._spawned += 1
-        return actor
+        self.actors[slot] = actor
+        self._ready_at.pop(slot, None)
+        if self.evaluation_timeout is not None:
+            self._starting[slot] = actor.ping.remote()
 
     @property
     def n_workers(self) -> int:
@@ -133,7 +140,17 @@ class Scheduler:
         if self.evaluation_timeout is None:
             return []
         now = time.perf_counter()
-        expired = [ref for ref, job in self._running.items() if now - job.started > self.evaluation_timeout]
+        if self._starting:
+            answered, _ = ray.wait(list(self._starting.values()), num_returns=len(self._starting), timeout=0)
+            for slot in [s for s, ref in self._starting.items() if ref in answered]:
+                self._ready_at[slot] = now
+                del self._starting[slot]
+
+        def running_for(job: _Running) -> float:
+            ready = self._ready_at.get(job.slot)
+            return 0.0 if ready is None else now - max(job.started, ready)
+
+        expired = [ref for ref, job in self._running.items() if running_for(job) > self.evaluation_timeout]
         done = []
         for ref in expired:
             job = self._running.pop(ref)
@@ -159,7 +176,7 @@ class Scheduler:
         """A dead worker's slot gets a fresh actor (the pool keeps its size)."""
         with contextlib.suppress(Exception):  # already gone
             ray.kill(self.actors[slot])
-        self.actors[slot] = self._spawn()
+        self._spawn_into(slot)
         self.replaced += 1
         self._free.append(slot)
 

@@ -16,6 +16,9 @@ from evomerge.runtime.scheduler import Scheduler
 class FakeWorker:
     """Stands in for the model worker: sleeps, reports its pid, or dies when told to."""
 
+    def ping(self) -> str:
+        return "ready"
+
     def evaluate(self, payload: dict) -> dict:
         if payload.get("die") == "always" or (
             payload.get("die") == "once" and not os.path.exists(payload["flag"])
@@ -89,6 +92,9 @@ class BrokenWorker:
 
         raise ModelLoadError("model directory '/nowhere/parent' does not exist; check the path")
 
+    def ping(self) -> str:
+        return "ready"
+
     def evaluate(self, payload: dict) -> dict:
         return {"ok": True}
 
@@ -138,3 +144,20 @@ def test_root_cause_reads_the_raised_error_from_rays_text() -> None:
         == "ModelLoadError: vocabulary sizes differ: 'a' has 10, 'b' has 12; merge models"
     )
     assert root_cause(RuntimeError("plain words")) == "RuntimeError: plain words"
+
+
+@ray.remote(num_cpus=0)
+class SlowStartWorker(FakeWorker.__ray_actor_class__):  # type: ignore[name-defined]
+    """Loads its 'models' for 3 s, then evaluates quickly."""
+
+    def __init__(self) -> None:
+        time.sleep(3.0)
+
+
+def test_a_slow_start_up_does_not_count_against_the_evaluation_timeout() -> None:
+    scheduler = Scheduler(lambda i: SlowStartWorker.remote(), 1, evaluation_timeout=1.0)
+    scheduler.submit("first", {"value": 7, "sleep": 0.2})
+    result = drain(scheduler)["first"]
+    assert result["ok"] is True and result["value"] == 7, result
+    assert scheduler.replaced == 0
+    scheduler.shutdown()
