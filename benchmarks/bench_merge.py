@@ -9,7 +9,7 @@ For linear, ties and dare_ties it reports:
     moves through memory over that time, against a memory-copy bandwidth (torch copy of a 512 MB
     tensor, best of 3) timed beside each apply. Bytes counted: the kernel's reads (the parents, and
     the base for task-vector methods) and its writes (the merged model); for ties, the threshold
-    pass (each parent and the base once more); for dare_ties, its float16 draws (written, then read);
+    pass (each parent and the base once more); dare_ties' draws are hashed inside the kernel (no bytes);
   * `mergekit-yaml` wall time on the same recipe (a full process per candidate: start-up, loading,
     merging AND writing the merged model to disk, which is what a mergekit-based search pays).
 
@@ -152,9 +152,7 @@ def main() -> None:
             copy_gbs = statistics.median(copies)
             inputs = len(parents) + (0 if method == "linear" else 1)
             threshold = 2 * len(parents) if method == "ties" else 0  # |parent - base| once more
-            itemsize = next(live.model.parameters()).element_size()
-            draws = len(parents) * 4 / itemsize if method == "dare_ties" else 0  # 2 B written + 2 B read
-            moved = (inputs + threshold + draws + 1) * unique_bytes
+            moved = (inputs + threshold + 1) * unique_bytes  # DARE's draws are hashed in the kernel
             gbs = moved / seconds / 1e9
             mergekit_s = float("nan")
             if not args.no_mergekit and MERGEKIT_BIN.is_file():
@@ -172,7 +170,7 @@ def main() -> None:
     print(f"weights: {label}; {unique_bytes / 1e6:.0f} MB per model ({model_bytes / 1e6:.0f} MB state dict)")
     print(f"torch threads: {torch.get_num_threads()}; copy GB/s = read + write, median beside the applies")
     print(f"placement: {args.placement}; bytes counted per candidate: inputs read (base, parents; ties: +")
-    print("  the threshold pass over parents and base; dare_ties: + float16 draws written and read) + output")
+    print("  the threshold pass over parents and base) + output")
     print()
     print("| method | live apply (s) | effective GB/s | copy GB/s | ratio | mergekit-yaml (s) | speed-up |")
     print("|---|---|---|---|---|---|---|")
