@@ -20,14 +20,16 @@ Disk tier: the placement reads the files per candidate, so they must hold the re
 `--disk-layers` family is written to local disk (4 layers: ~8.6 GB) and dropped from the page cache
 (posix_fadvise DONTNEED on our own files) before the first candidate, which is timed cold; the
 median is over the following (warm) candidates. Its per-candidate seconds are also scaled to
-`--layers` by bytes read.
+`--layers` by bytes read. Scratch files go to `--workdir`, $GPU_CHECK_TMP, or /var/tmp or /tmp
+(whichever is not a tmpfs), and are removed at the end.
 
 Measured per placement: load s; first apply s (kernel compilation, magnitude indexes); median
 apply s over `--repeats`; the HBM floor = bytes read per candidate (every held model once) / HBM
 bandwidth (a device-to-device copy of a 4 GiB tensor, bytes read + written, best of 5), and for the
 host and disk tiers the link floor = the same bytes / host-to-device copy GB/s (pinned for host,
 pageable for disk); torch.cuda.max_memory_allocated over load + applies + scoring, against the
-models' bytes; host memory (RssAnon + RssShmem growth, where pinned memory lands); scoring: a
+models' bytes; host memory held (RssAnon + RssShmem growth, and the bytes of the CUDA pinned
+allocator, which rounds every block up to a power of two); scoring: a
 bf16 forward (SDPA, inference_mode) of the live model over `--items` random-token sequences of
 `--seq` tokens in one batch, log-probs of the last quarter of each sequence (a multiple-choice
 continuation), median of 3 after a warm-up; candidates per GPU-hour = 3600 / (apply s + score s).
@@ -46,6 +48,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import statistics
 import struct
 import sys
@@ -173,6 +176,32 @@ def drop_page_cache(directories: list[Path]) -> None:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(fd)
+
+
+def scratch_root() -> Path:
+    """$GPU_CHECK_TMP, else the first of /var/tmp, /tmp not on tmpfs (a tmpfs would hold the sparse
+    file's zero pages as shared memory, counted against its size), else /tmp."""
+    if os.environ.get("GPU_CHECK_TMP"):
+        return Path(os.environ["GPU_CHECK_TMP"])
+    mounts = []
+    try:
+        with open("/proc/mounts") as handle:
+            mounts = [line.split()[1:3] for line in handle]
+    except OSError:
+        pass
+
+    def fstype(path: Path) -> str:
+        best = ("", "")
+        for point, kind in mounts:
+            inside = str(path) == point or str(path).startswith(point.rstrip("/") + "/")
+            if inside and len(point) > len(best[0]):
+                best = (point, kind)
+        return best[1]
+
+    for candidate in (Path("/var/tmp"), Path("/tmp")):
+        if candidate.is_dir() and os.access(candidate, os.W_OK) and fstype(candidate.resolve()) != "tmpfs":
+            return candidate
+    return Path("/tmp")
 
 
 # --- bandwidths ------------------------------------------------------------------------------------
@@ -304,6 +333,7 @@ def run_tier(placement: str, args: argparse.Namespace, config: Any, base: Path, 
 
     result = {
         "placement": placement,
+        "device": device.type,
         "layers": config.num_hidden_layers,
         "models_bytes": plan.models_bytes,
         "live_bytes": plan.live_bytes,
@@ -332,7 +362,9 @@ def run_tier(placement: str, args: argparse.Namespace, config: Any, base: Path, 
 # --- report ----------------------------------------------------------------------------------------
 
 
-def verdict(ok: bool) -> str:
+def verdict(ok: bool, measured: bool = True) -> str:
+    if not measured:
+        return "n/a (no CUDA memory statistics on a CPU run)"
     return "PASS" if ok else "FAIL"
 
 
@@ -387,7 +419,8 @@ def report(
                 f"{verdict(per_hour >= 1500)} ({per_hour:.0f})"
             )
             ratio = r["max_alloc"] / r["models_bytes"]
-            goals.append(f"device tier memory <= 1.3x base + parents: {verdict(ratio <= 1.3)} ({ratio:.2f}x)")
+            memory = verdict(ratio <= 1.3, r["device"] == "cuda")
+            goals.append(f"device tier memory <= 1.3x base + parents: {memory} ({ratio:.2f}x)")
         elif r["placement"] == "host":
             goals.append(
                 f"host tier <= 2 s per candidate: {verdict(r['apply_s'] <= 2)} ({r['apply_s']:.3f} s)"
@@ -395,7 +428,7 @@ def report(
             allowed = 1.2 * (r["live_bytes"] + r["layer_bytes"])
             goals.append(
                 f"host tier device memory <= 1.2x (one model + one layer of every held model) = "
-                f"{allowed / GB:.2f} GB: {verdict(r['max_alloc'] <= allowed)} "
+                f"{allowed / GB:.2f} GB: {verdict(r['max_alloc'] <= allowed, r['device'] == 'cuda')} "
                 f"({r['max_alloc'] / GB:.2f} GB); host memory held {r['host_held'] / GB:.2f} GB "
                 f"(pinned allocator {r['pinned_held'] / GB:.2f} GB) "
                 f"for {r['models_bytes'] / GB:.2f} GB of models"
@@ -435,6 +468,8 @@ def main() -> None:
         "--json", type=Path, help="also write the results here (default: $OUT/gpu_check.json)"
     )
     args = parser.parse_args()
+    # `timeout` sends SIGTERM: leave through the `finally` below, so the scratch files are removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
     if args.dry_run:
         args.device, args.tiny, args.layers, args.disk_layers = "cpu", True, 2, 2
         args.items, args.seq, args.repeats = 8, 16, 1
@@ -445,7 +480,8 @@ def main() -> None:
     name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     print(f"torch {torch.__version__}, device {device}{name}", flush=True)
     placements = [p for p in args.placements.split(",") if p]
-    workdir = Path(tempfile.mkdtemp(prefix="gpu_check_", dir=args.workdir))
+    workdir = Path(tempfile.mkdtemp(prefix="gpu_check_", dir=args.workdir or scratch_root()))
+    print(f"scratch directory: {workdir}", flush=True)
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     try:

@@ -7,7 +7,7 @@
 # has torch (with CUDA), transformers, safetensors, accelerate, pydantic and pyyaml (the system python3,
 # or .venv/bin/python), and runs evomerge from the source tree (PYTHONPATH), so nothing is installed.
 # Only when no such Python exists does it try a venv with pip (which needs a reachable package index).
-# GPU_CHECK_TIMEOUT (seconds, default 540) is a hard limit on the Python part; results are printed as
+# GPU_CHECK_PYTHON forces the interpreter. GPU_CHECK_TIMEOUT (seconds, default 540) is a hard limit on the Python part; results are printed as
 # they come, and written to $OUT/gpu_check.json when $OUT is set.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
@@ -19,8 +19,9 @@ echo
 
 NEEDED="import torch, transformers, safetensors, accelerate, pydantic, yaml"
 CUDA_OK="import torch; assert torch.cuda.is_available(), 'torch sees no CUDA device'"
-PY=""
+PY="${GPU_CHECK_PYTHON:-}"  # set it to force an interpreter (no checks), e.g. for a --dry-run on a CPU
 for candidate in python3 .venv/bin/python; do
+    [ -n "$PY" ] && break
     if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c "$NEEDED" 2>/dev/null; then
         if "$candidate" -c "$CUDA_OK" 2>/dev/null; then
             PY="$candidate"
@@ -39,7 +40,7 @@ if [ -z "$PY" ]; then
     "$PY" -c "$NEEDED" 2>/dev/null || "$PY" -m pip install -q -e . || { echo "cannot install evomerge"; exit 3; }
 fi
 echo "== python: $PY ($("$PY" -c 'import sys, torch, transformers; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__)'))"
-"$PY" -c "import triton; print('triton', triton.__version__)" 2>/dev/null || echo "(no triton: the merge kernels will run eagerly)"
+"$PY" -c "import triton; print('triton', triton.__version__)" 2>/dev/null || echo "(no triton: on a GPU the merge kernels would run eagerly)"
 echo
 
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
