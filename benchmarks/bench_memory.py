@@ -80,6 +80,9 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_merge import CopyBandwidth  # noqa: E402  (the same copy reference as bench_merge)
+
 REPO = Path(__file__).resolve().parents[1]
 GOAL = 1.3
 WIDE = dict(
@@ -319,22 +322,6 @@ class Sampler:
         self.switch(None)
         self._stop.set()
         self._thread.join()
-
-
-class CopyBandwidth:
-    """GB/s of a torch copy of a 512 MB tensor (bytes read + bytes written), best of `tries`."""
-
-    def __init__(self, n_bytes: int = 512 * 1024**2) -> None:
-        self.source = torch.rand(n_bytes // 4)
-        self.target = torch.empty_like(self.source)
-
-    def measure(self, tries: int = 3) -> float:
-        best = math.inf
-        for _ in range(tries):
-            start = time.perf_counter()
-            self.target.copy_(self.source)
-            best = min(best, time.perf_counter() - start)
-        return 2 * self.source.numel() * 4 / best / 1e9
 
 
 def run_cell(spec: dict[str, Any]) -> dict[str, Any]:

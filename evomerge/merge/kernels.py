@@ -137,7 +137,8 @@ def _task_vector_kernel(
     the majority sign of sum_i w_i s_i (zero counts as positive), entries of w_i s_i with that sign
     kept, divided by the summed weights of the kept entries when normalizing."""
     base = base.to(compute)
-    positions = torch.arange(out.numel(), device=out.device) + start
+    random = any(kind in RANDOM_KINDS for kind in kinds)  # a static tuple: no index buffer otherwise
+    positions = torch.arange(out.numel(), device=out.device) + start if random else start
     weighted = [
         _sparsified(operand.to(compute) - base, kind, rows[i], positions, keys[i], ranks[i]) * rows[i, WEIGHT]
         for i, (operand, kind) in enumerate(zip(operands, kinds, strict=True))
