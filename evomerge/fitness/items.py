@@ -11,6 +11,15 @@ One JSON object per line:
     split     optional "train" (used to make experts, never scored) or "eval"
     meta      optional free-form dict (source, licence, original fields)
 
+Optional fields that carry an lm-eval task's own rules (`evomerge banks from-lm-eval`):
+
+    target_delimiter     text put between the prompt and each choice ("" when absent)
+    until                generative stop strings: the continuation is cut at the first (["\n"] when absent)
+    answer_regex         generative: the answer is this regex's match in the continuation
+    answer_regex_select  which of the regex's matches (0 the first, -1 the last; 0 when absent)
+    origin               where the item was made: harness, harness_version, task, task_version,
+                         config_sha256 (the task config's hash)
+
 An item has either `choices` + `answer` or `target` (or both: the scorer then uses the choices).
 """
 
@@ -19,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -28,7 +38,22 @@ from typing import Any
 from evomerge.errors import ConfigError
 
 SPLITS = ("train", "eval")
-_KNOWN_FIELDS = {"id", "task", "group", "prompt", "choices", "answer", "target", "split", "meta"}
+ORIGIN_KEYS = ("harness", "harness_version", "task", "task_version", "config_sha256")
+_GENERATIVE_FIELDS = ("until", "answer_regex", "answer_regex_select")
+_KNOWN_FIELDS = {
+    "id",
+    "task",
+    "group",
+    "prompt",
+    "choices",
+    "answer",
+    "target",
+    "split",
+    "meta",
+    "target_delimiter",
+    "origin",
+    *_GENERATIVE_FIELDS,
+}
 
 
 @dataclass(frozen=True)
@@ -43,6 +68,11 @@ class Item:
     target: str | None = None
     split: str | None = None
     group: str | None = None
+    target_delimiter: str | None = None
+    until: tuple[str, ...] | None = None
+    answer_regex: str | None = None
+    answer_regex_select: int | None = None
+    origin: dict[str, str] | None = field(default=None, compare=False, hash=False)
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -101,6 +131,8 @@ class Item:
         meta = data.get("meta") or {}
         if not isinstance(meta, dict):
             raise ConfigError(f"{where}: item {item_id!r}: 'meta' must be an object")
+        _check_harness_fields(data, f"{where}: item {item_id!r}")
+        until = data.get("until")
         return cls(
             id=item_id,
             task=data["task"],
@@ -110,14 +142,51 @@ class Item:
             target=target,
             split=split,
             group=group,
+            target_delimiter=data.get("target_delimiter"),
+            until=tuple(until) if until is not None else None,
+            answer_regex=data.get("answer_regex"),
+            answer_regex_select=data.get("answer_regex_select"),
+            origin=data.get("origin"),
             meta=meta,
         )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        if self.choices is not None:
-            data["choices"] = list(self.choices)
+        for name in ("choices", "until"):
+            if data[name] is not None:
+                data[name] = list(data[name])
         return {key: value for key, value in data.items() if value not in (None, {})}
+
+
+def _check_harness_fields(data: dict[str, Any], where: str) -> None:
+    """The optional fields an lm-eval task brings: types, and each only where it means something."""
+    delimiter = data.get("target_delimiter")
+    if delimiter is not None and (not isinstance(delimiter, str) or data.get("choices") is None):
+        raise ConfigError(f"{where}: 'target_delimiter' must be a string, on an item with 'choices'")
+    present = [name for name in _GENERATIVE_FIELDS if data.get(name) is not None]
+    if present and data.get("target") is None:
+        raise ConfigError(f"{where}: {present} apply to generative items only; add a 'target'")
+    until = data.get("until")
+    if until is not None and (
+        not isinstance(until, list) or not until or not all(isinstance(s, str) and s for s in until)
+    ):
+        raise ConfigError(f"{where}: 'until' must be a non-empty list of stop strings, not {until!r}")
+    pattern = data.get("answer_regex")
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as error:
+            raise ConfigError(f"{where}: 'answer_regex' {pattern!r} is not a valid regex ({error})") from None
+    select = data.get("answer_regex_select")
+    if select is not None and (isinstance(select, bool) or not isinstance(select, int) or pattern is None):
+        raise ConfigError(f"{where}: 'answer_regex_select' must be an integer, with an 'answer_regex'")
+    origin = data.get("origin")
+    if origin is not None and (
+        not isinstance(origin, dict)
+        or set(origin) != set(ORIGIN_KEYS)
+        or not all(isinstance(value, str) and value for value in origin.values())
+    ):
+        raise ConfigError(f"{where}: 'origin' must be an object of non-empty strings with keys {ORIGIN_KEYS}")
 
 
 def check_unique(items: Iterable[Item], where: str) -> None:

@@ -1,13 +1,19 @@
 """Batched log-likelihood scoring of a `transformers` causal LM on benchmark items.
 
 Multiple-choice items: each choice's score is the log-probability of its tokens after the
-prompt, reduced per token (`mean`) or summed (`sum`); the item is correct when the answer has
-the best score. The prompt of an item is run once and its KV cache is shared by all of the
-item's choices (prefix sharing): the choices are then scored as one batch continuing from the
+prompt, reduced per token (`mean`), summed (`sum`, lm-eval's `acc`) or divided by the choice's
+length in characters (`chars`, lm-eval's `acc_norm`); the item is correct when the answer has the
+best score. A choice is the item's `target_delimiter` + the choice text, tokenized as lm-eval's
+HF model does: the prompt's trailing whitespace moves into the continuation, and the choice's
+tokens are those that follow the prompt's in the tokenization of the joined text.
+
+The prompt of an item is run once and its KV cache is shared by all of the item's choices
+(prefix sharing): the choices are then scored as one batch continuing from the
 cache, expanded to one row per choice. Items are length-sorted into padding-aware batches
 (prompts left-padded, so every prompt ends at the same column; choices right-padded).
 
-Generative items: greedy decoding, cut at the first newline (the stop rule), exact match after
+Generative items: greedy decoding, cut at the first of the item's `until` stop strings (a newline
+when it has none), the answer taken by its `answer_regex` where it has one, then exact match after
 normalization (case, surrounding whitespace and trailing punctuation ignored).
 
 Non-finite scores mean a broken candidate: `CandidateError`.
@@ -26,7 +32,8 @@ import torch
 from evomerge.errors import CandidateError
 from evomerge.fitness.items import Item
 
-NORMALIZATIONS = ("mean", "sum")
+NORMALIZATIONS = ("mean", "sum", "chars")
+DEFAULT_STOPS = ("\n",)
 
 
 @dataclass
@@ -45,11 +52,36 @@ def normalize_answer(text: str) -> str:
     return re.sub(r"\s+", " ", first_line).strip().rstrip(".!?,;:").strip().lower()
 
 
-def _normalized(total: torch.Tensor, count: torch.Tensor, normalization: str) -> torch.Tensor:
-    """Choice scores: summed log-likelihoods ("sum") or their per-token mean ("mean")."""
+def generated_answer(text: str, item: Item) -> str | None:
+    """The answer in a continuation: cut at the first stop string, then the regex's selected match
+    (lm-eval's `regex` filter: a match with groups gives its first non-empty group); None when the
+    regex does not match."""
+    for stop in item.until or DEFAULT_STOPS:
+        text = text.split(stop, 1)[0]
+    if item.answer_regex is None:
+        return text
+    matches = re.findall(item.answer_regex, text)
+    if not matches:
+        return None
+    try:
+        match = matches[item.answer_regex_select or 0]
+    except IndexError:
+        return None
+    if isinstance(match, tuple):
+        match = next((group for group in match if group), None)
+    return match.strip() if match is not None else None
+
+
+def _normalized(
+    total: torch.Tensor, count: torch.Tensor, chars: torch.Tensor, normalization: str
+) -> torch.Tensor:
+    """Choice scores: summed log-likelihoods ("sum"), their per-token mean ("mean"), or the sum per
+    character of the choice text ("chars")."""
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization {normalization!r} is not one of {NORMALIZATIONS}")
-    return total / count if normalization == "mean" else total
+    if normalization == "sum":
+        return total
+    return total / (count if normalization == "mean" else chars.to(total.dtype))
 
 
 def _last_logits_only(model: torch.nn.Module) -> dict[str, int]:
@@ -78,6 +110,7 @@ def _target_logp(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 class _Encoded:
     prompt: list[int]
     choices: list[list[int]]
+    chars: torch.Tensor  # characters of each choice's text (without the delimiter), for "chars"
 
 
 class Scorer:
@@ -106,17 +139,32 @@ class Scorer:
         self._cache: dict[str, _Encoded] = {}
 
     def encode(self, item: Item) -> _Encoded:
-        """Prompt and choices tokenized separately, so the prompt's tokens are a shared prefix."""
+        """The prompt's tokens (a prefix shared by every choice) and each choice's tokens."""
         encoded = self._cache.get(item.id)
         if encoded is None:
-            prompt = self.tokenizer(item.prompt, add_special_tokens=True)["input_ids"]
+            # lm-eval's HF model (`_encode_pair`): trailing whitespace belongs to the continuation,
+            # where a BPE vocabulary has it as the prefix of the next word (" 12", not " " + "12").
+            context = item.prompt.rstrip()
+            moved = item.prompt[len(context) :] + (item.target_delimiter or "")
+            prompt = self.tokenizer(context, add_special_tokens=True)["input_ids"] if context else []
+            choices = [self._continuation(context, prompt, moved + c) for c in item.choices or ()]
             if not prompt:  # an empty prompt still needs one position to predict from
                 prompt = [
                     self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.pad_id
                 ]
-            choices = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in item.choices or ()]
-            encoded = self._cache[item.id] = _Encoded(prompt, choices)
+            chars = torch.tensor([float(len(c)) for c in item.choices or ()])
+            encoded = self._cache[item.id] = _Encoded(prompt, choices, chars)
         return encoded
+
+    def _continuation(self, context: str, prompt: list[int], continuation: str) -> list[int]:
+        """The continuation's tokens: those after the prompt's in the joined text's tokenization (a
+        sentencepiece vocabulary tokenizes a word alone differently), or the continuation alone
+        where the joined tokenization does not start with the prompt's tokens (a merge across them)."""
+        if prompt:
+            joined = self.tokenizer(context + continuation, add_special_tokens=True)["input_ids"]
+            if joined[: len(prompt)] == prompt and len(joined) > len(prompt):
+                return joined[len(prompt) :]
+        return self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
 
     @torch.inference_mode()
     def score(
@@ -173,7 +221,10 @@ class Scorer:
         """Each choice item's per-choice scores, the ones `score` ranks by, as tensors that keep
         their autograd graph: a fine-tune can make them its objective (one batch, no sorting)."""
         sums, counts, _ = self._choice_batch(model, items)
-        return [_normalized(total, count, normalization) for total, count in zip(sums, counts, strict=True)]
+        return [
+            _normalized(total, count, self.encode(item).chars, normalization)
+            for item, total, count in zip(items, sums, counts, strict=True)
+        ]
 
     def _choice_batch(
         self, model: torch.nn.Module, items: Sequence[Item]
@@ -193,7 +244,7 @@ class Scorer:
         for item, total, count in zip(batch, sums, counts, strict=True):
             if not torch.isfinite(total).all():
                 raise CandidateError(f"non-finite log-likelihood on item {item.id!r} (NaN/inf in the model)")
-            scores = _normalized(total, count, norm_of(item.id))
+            scores = _normalized(total, count, self.encode(item).chars, norm_of(item.id))
             result.choice_scores[item.id] = scores.tolist()
             result.correct[item.id] = int(int(torch.argmax(scores)) == item.answer)
 
@@ -288,7 +339,8 @@ class Scorer:
 
     def _generate_batch(self, model: Any, batch: list[Item], result: ScoreResult) -> None:
         device = self._device(model)
-        prompt_ids, prompt_mask = self._left_pad([self.encode(i).prompt for i in batch], device)
+        prompts = [self._generation_prompt(i) for i in batch]
+        prompt_ids, prompt_mask = self._left_pad(prompts, device)
         output = model.generate(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
@@ -305,5 +357,15 @@ class Scorer:
         for item, tokens in zip(batch, new_tokens, strict=True):
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
             result.generations[item.id] = text
+            answer = generated_answer(text, item)
             target = item.target or ""
-            result.correct[item.id] = int(normalize_answer(text) == normalize_answer(target))
+            result.correct[item.id] = int(
+                answer is not None and normalize_answer(answer) == normalize_answer(target)
+            )
+
+    def _generation_prompt(self, item: Item) -> list[int]:
+        """The prompt exactly as written (generation continues after its trailing whitespace too)."""
+        prompt = self.tokenizer(item.prompt, add_special_tokens=True)["input_ids"]
+        if not prompt:
+            prompt = [self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.pad_id]
+        return prompt

@@ -13,7 +13,8 @@ A suite is a YAML file (bank paths are relative to it):
     seed: 0
 
 `normalization` is how a choice's log-likelihood is reduced: `mean` (per token, needed where
-answers are tokenized digit by digit and so differ in length) or `sum`. `mode: generate` scores
+answers are tokenized digit by digit and so differ in length), `sum` (lm-eval's `acc`) or `chars`
+(per character of the choice text: lm-eval's `acc_norm`). `mode: generate` scores
 an item's `target` by greedy decoding and exact match instead of its choices. Only `eval` items
 (or items with no split) are ever scored; `train` items exist to make experts.
 """
@@ -35,7 +36,7 @@ class BankSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     path: str
-    normalization: Literal["mean", "sum"] = "mean"
+    normalization: Literal["mean", "sum", "chars"] = "mean"
     mode: Literal["choice", "generate"] = "choice"
     max_new_tokens: int = Field(default=16, ge=1)
 

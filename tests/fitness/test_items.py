@@ -21,6 +21,14 @@ def _write_lines(path: Path, rows: list[dict]) -> Path:
 
 
 MC = {"id": "a", "task": "t", "prompt": "Q: 1+1?\nA:", "choices": [" 2", " 3"], "answer": 0}
+GEN = {"id": "g", "task": "t", "prompt": "Q: 1+1?\nA:", "target": "2"}
+ORIGIN = {
+    "harness": "lm-eval",
+    "harness_version": "0.4.13",
+    "task": "toy",
+    "task_version": "1.0",
+    "config_sha256": "0" * 64,
+}
 
 
 def test_round_trip(tmp_path: Path) -> None:
@@ -29,6 +37,18 @@ def test_round_trip(tmp_path: Path) -> None:
     loaded = load_bank(path)
     assert loaded == items
     assert loaded[0].is_choice and not loaded[1].is_choice
+
+
+def test_harness_fields_round_trip(tmp_path: Path) -> None:
+    """The fields an lm-eval task brings survive a bank's write and load unchanged."""
+    items = [
+        Item.from_dict({**MC, "choices": ["2", "3"], "target_delimiter": " ", "origin": ORIGIN}),
+        Item.from_dict({**GEN, "until": ["\n", "Q:"], "answer_regex": r"(\d+)", "answer_regex_select": -1}),
+    ]
+    loaded = load_bank(write_bank(items, tmp_path / "bank.jsonl"))
+    assert loaded == items
+    assert loaded[0].target_delimiter == " " and loaded[0].origin == ORIGIN
+    assert loaded[1].until == ("\n", "Q:") and loaded[1].answer_regex_select == -1
 
 
 @pytest.mark.parametrize(
@@ -42,6 +62,18 @@ def test_round_trip(tmp_path: Path) -> None:
         ([{"id": "a", "task": "t", "prompt": "p"}], "neither 'choices'"),
         ([{**MC, "split": "test"}], "split 'test' is not one of"),
         ([{**MC, "colour": 1}], "unknown field"),
+        (
+            [{**GEN, "target_delimiter": " "}],
+            "'target_delimiter' must be a string, on an item with",
+        ),
+        ([{**MC, "until": ["\n"]}], r"\['until'\] apply to generative items only"),
+        ([{**GEN, "until": []}], "'until' must be a non-empty list"),
+        ([{**GEN, "answer_regex": "(\\d+"}], "is not a valid regex"),
+        (
+            [{**GEN, "answer_regex_select": -1}],
+            "'answer_regex_select' must be an integer, with an",
+        ),
+        ([{**MC, "origin": {"task": "x"}}], "'origin' must be an object of non-empty strings with keys"),
     ],
 )
 def test_bad_items_are_clear_errors(tmp_path: Path, rows: list[dict], message: str) -> None:

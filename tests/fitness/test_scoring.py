@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from evomerge.errors import CandidateError
 from evomerge.fitness.items import Item
-from evomerge.fitness.scoring import Scorer, normalize_answer
+from evomerge.fitness.scoring import Scorer, generated_answer, normalize_answer
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +133,38 @@ def test_a_token_budget_sizes_batches_and_keeps_the_scores(model: torch.nn.Modul
             rtol=0,
         )
     assert budgeted.correct == single.correct
+
+
+def test_chars_normalization_divides_by_the_choice_text_length(model: torch.nn.Module) -> None:
+    """lm-eval's acc_norm: the summed log-likelihood per character of the choice (no delimiter)."""
+    items = [Item.from_dict({**i.to_dict(), "target_delimiter": "-"}) for i in _items()]
+    sums = Scorer(make_tokenizer()).score(model, items, "sum")
+    chars = Scorer(make_tokenizer()).score(model, items, "chars")
+    for item in items:
+        expected = [s / len(c) for s, c in zip(sums.choice_scores[item.id], item.choices, strict=True)]
+        assert chars.choice_scores[item.id] == pytest.approx(expected, rel=1e-6)
+
+
+def test_delimiter_and_trailing_whitespace_join_the_choice(model: torch.nn.Module) -> None:
+    """ "Q:" + delimiter " " + "19", and "Q: " + "19", are scored as "Q:" followed by " 19"."""
+    written = dict(id="w", task="t", choices=[" 19", " 5"], answer=0, prompt="Q: 12+7?\nA:")
+    variants = [
+        Item.from_dict(written),
+        Item.from_dict({**written, "id": "d", "choices": ["19", "5"], "target_delimiter": " "}),
+        Item.from_dict({**written, "id": "s", "choices": ["19", "5"], "prompt": "Q: 12+7?\nA: "}),
+    ]
+    scorer = Scorer(make_tokenizer())
+    assert len({(tuple(e.prompt), tuple(map(tuple, e.choices))) for e in map(scorer.encode, variants)}) == 1
+    scores = scorer.score(model, variants, "sum").choice_scores
+    assert scores["d"] == pytest.approx(scores["w"]) and scores["s"] == pytest.approx(scores["w"])
+
+
+def test_generated_answer_cuts_at_stops_and_applies_the_regex() -> None:
+    plain = Item.from_dict({"id": "g", "task": "t", "prompt": "p", "target": "x"})
+    assert generated_answer(" 12\nQ: next", plain) == " 12"  # a newline by default
+    stops = Item.from_dict({**plain.to_dict(), "until": ["Q:"]})
+    assert generated_answer(" 12\n13 Q: 14", stops) == " 12\n13 "
+    last = Item.from_dict({**stops.to_dict(), "answer_regex": r"(-?\d+)|(none)", "answer_regex_select": -1})
+    assert generated_answer("so 3 then 41 Q: 7", last) == "41"  # the last match before the stop
+    assert generated_answer("none here", last) == "none"  # a tuple match: its non-empty group
+    assert generated_answer("no digits", last) is None
