@@ -9,7 +9,8 @@ estimator (or the one given) turns the answers into estimates.
 mp-IRT needs the parents' abilities: pass `parents`, the parents' names or model paths as
 calibration subjects (`evomerge calibrate ... --subjects BASE PARENT_1 ...`), or their
 abilities directly as `parent_thetas`. The anchor seed defaults to the suite's `seed`.
-Models are scored where they are: pass them already on `device`.
+Models are scored where they are: pass them already on `device`. Code banks (`mode: code`) are
+generated greedily and their completions run with the items' tests in the suite's sandbox.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ import torch
 from evomerge.errors import ConfigError
 from evomerge.fitness.anchors import AnchorSet, select_for_suite
 from evomerge.fitness.calibration import Calibration
+from evomerge.fitness.code import cut_at_stop, run_completions
 from evomerge.fitness.estimators import ESTIMATORS, NEEDS_IRT, NEEDS_PARENTS, EstimationContext, interval
 from evomerge.fitness.items import Item
+from evomerge.fitness.sandbox import Sandbox
 from evomerge.fitness.scoring import Scorer, ScoreResult
 from evomerge.fitness.suite import FitnessSuite
 
@@ -95,6 +98,7 @@ class FitnessEvaluator:
             item_index=calibration.item_index if calibration else None,
             parent_thetas=thetas,
         )
+        self.sandbox = self._sandbox()
         max_new = max(spec.max_new_tokens for spec in self.suite.spec.banks.values())
         self.scorer = Scorer(
             load_tokenizer(tokenizer),
@@ -102,6 +106,13 @@ class FitnessEvaluator:
             max_new_tokens=max_new,
             token_budget=token_budget,
         )
+
+    def _sandbox(self) -> Sandbox | None:
+        """The suite's sandbox where it has code banks (refused here if it cannot isolate)."""
+        if all(spec.mode != "code" for spec in self.suite.spec.banks.values()):
+            return None
+        config = self.suite.spec.sandbox
+        return Sandbox(config.limits(), allow_network=config.network == "allow")
 
     def _anchors(self, anchors: AnchorSet | str | Path | None, seed: int) -> AnchorSet:
         if isinstance(anchors, str | Path):
@@ -144,8 +155,16 @@ class FitnessEvaluator:
                 f"the model is on {where} but the evaluator was made for device={self.device!r}"
             )
         normalization = {item.id: self.suite.bank_spec_of(item.id).normalization for item in items}
-        generate = {item.id for item in items if self.suite.bank_spec_of(item.id).mode == "generate"}
-        return self.scorer.score(model, items, normalization, generate)
+        modes = {item.id: self.suite.bank_spec_of(item.id).mode for item in items}
+        generate = {item_id for item_id, mode in modes.items() if mode != "choice"}
+        result = self.scorer.score(model, items, normalization, generate)
+        code = [item for item in items if modes[item.id] == "code"]
+        if code:  # pass@1 by running the greedy completion, not the scorer's exact match
+            assert self.sandbox is not None  # made for every suite with a code bank
+            completions = {item.id: cut_at_stop(result.generations[item.id]) for item in code}
+            for verdict in run_completions(code, completions, self.sandbox):
+                result.correct[verdict.id] = int(verdict.passed)
+        return result
 
     def evaluate(self, model: Any) -> FitnessResult:
         """Score the anchors and estimate every task; CandidateError on NaN/inf scores."""

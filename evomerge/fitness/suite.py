@@ -15,8 +15,17 @@ A suite is a YAML file (bank paths are relative to it):
 `normalization` is how a choice's log-likelihood is reduced: `mean` (per token, needed where
 answers are tokenized digit by digit and so differ in length), `sum` (lm-eval's `acc`) or `chars`
 (per character of the choice text: lm-eval's `acc_norm`). `mode: generate` scores
-an item's `target` by greedy decoding and exact match instead of its choices. Only `eval` items
-(or items with no split) are ever scored; `train` items exist to make experts.
+an item's `target` by greedy decoding and exact match instead of its choices; `mode: code` runs
+the greedy completion of a code item (HumanEval: tests and entry point in `meta`) with its tests
+in a sandbox, pass@1 (give it `max_new_tokens: 384` or so). Only `eval` items (or items with no
+split) are ever scored; `train` items exist to make experts.
+
+A suite with code banks may set the sandbox's limits (`evomerge/fitness/sandbox.py`):
+
+    sandbox: {timeout_s: 10, cpu_s: 5, memory_mb: 1024, nproc: 32, fsize_mb: 16, network: isolate}
+
+`network: allow` lets code run on a machine where no network namespace can be made (otherwise
+the suite is refused there); where one can be made, the code is isolated either way.
 """
 
 from __future__ import annotations
@@ -29,7 +38,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from evomerge.errors import ConfigError
+from evomerge.fitness.code import check_code_item
 from evomerge.fitness.items import Item, file_sha256, load_bank
+from evomerge.fitness.sandbox import Limits
 
 
 class BankSpec(BaseModel):
@@ -37,7 +48,7 @@ class BankSpec(BaseModel):
 
     path: str
     normalization: Literal["mean", "sum", "chars"] = "mean"
-    mode: Literal["choice", "generate"] = "choice"
+    mode: Literal["choice", "generate", "code"] = "choice"
     max_new_tokens: int = Field(default=16, ge=1)
 
 
@@ -46,6 +57,20 @@ class TaskSpec(BaseModel):
 
     banks: list[str] = Field(min_length=1)
     anchors: int = Field(default=25, ge=1)
+
+
+class SandboxSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timeout_s: float = Field(default=Limits.timeout_s, gt=0)
+    cpu_s: int = Field(default=Limits.cpu_s, ge=1)
+    memory_mb: int = Field(default=Limits.memory_mb, ge=64)
+    nproc: int = Field(default=Limits.nproc, ge=4)
+    fsize_mb: int = Field(default=Limits.fsize_mb, ge=1)
+    network: Literal["isolate", "allow"] = "isolate"
+
+    def limits(self) -> Limits:
+        return Limits(self.timeout_s, self.cpu_s, self.memory_mb, self.nproc, self.fsize_mb)
 
 
 class SuiteSpec(BaseModel):
@@ -57,6 +82,7 @@ class SuiteSpec(BaseModel):
     tasks: dict[str, TaskSpec] = Field(min_length=1)
     estimator: str = "mean"
     seed: int = 0
+    sandbox: SandboxSpec = SandboxSpec()
 
     @model_validator(mode="after")
     def _tasks_name_known_banks(self) -> SuiteSpec:
@@ -96,7 +122,9 @@ class FitnessSuite:
                         f"suite {source}: bank {bank!r} is scored by choices but item {item.id!r} "
                         "has none; set mode: generate for that bank"
                     )
-                if spec.banks[bank].mode == "generate" and item.target is None:
+                if spec.banks[bank].mode == "code":
+                    check_code_item(item, f"suite {source}: bank {bank!r}")
+                elif spec.banks[bank].mode == "generate" and item.target is None:
                     raise ConfigError(
                         f"suite {source}: bank {bank!r} has mode: generate but item {item.id!r} has no target"
                     )
