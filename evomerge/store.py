@@ -21,12 +21,15 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import optuna
 from optuna.trial import TrialState
 
 from evomerge.errors import ConfigError, RunNotFoundError, StorageError
+
+if TYPE_CHECKING:
+    from evomerge.runtime.work import WorkerResult
 
 GENE_DISTRIBUTION = optuna.distributions.FloatDistribution(0.0, 1.0)  # a gene: a unit-cube coordinate
 
@@ -204,7 +207,7 @@ class RunStore:
             "recipe": recipe_yaml,
             "genome": None if genome is None else [float(g) for g in genome],
             "in_space": genome is not None,
-            "kind": kind,
+            "kind": str(kind),  # a TrialKind's value
             "label": label,
         }
         if candidate is not None:
@@ -228,14 +231,10 @@ class RunStore:
         )
         return retry(lambda: storage.get_trial_number_from_id(trial_id), "creating a trial")
 
-    def complete_trial(self, number: int, result: dict[str, Any]) -> None:
+    def complete_trial(self, number: int, result: WorkerResult) -> None:
         """Record a worker's result (estimates, intervals, timings, worker, ...) and COMPLETE it."""
-        keys = ("estimates", "intervals", "timings", "worker", "n_items", "estimator")
-        attrs = {k: result[k] for k in keys}
-        if "answers" in result:  # the anchors used, each with the candidate's 0/1 answer
-            attrs["answers"] = {str(item): int(v) for item, v in result["answers"].items()}
-        self._set_attrs(number, attrs)
-        values = [float(result["estimates"][task]) for task in self.objectives]
+        self._set_attrs(number, result.trial_attrs())
+        values = [float(result.estimates[task]) for task in self.objectives]
         retry(lambda: self.study.tell(number, values, skip_if_finished=True), "completing a trial")
 
     def fail_trial(self, number: int, reason: str, extra: dict[str, Any] | None = None) -> None:

@@ -9,16 +9,18 @@ import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from evomerge.errors import RunNotFoundError, StorageError
+from evomerge.runtime.work import WorkerResult
 from evomerge.store import create_run, open_run, retry
 
-RESULT = {
-    "estimates": {"a": 0.5, "b": 0.25},
-    "intervals": {"a": [0.4, 0.6], "b": [0.1, 0.4]},
-    "timings": {"merge": 0.1, "score": 0.2, "total": 0.3},
-    "worker": "worker-0@host:1",
-    "n_items": 16,
-    "estimator": "mean",
-}
+RESULT = WorkerResult(
+    ok=True,
+    estimates={"a": 0.5, "b": 0.25},
+    intervals={"a": (0.4, 0.6), "b": (0.1, 0.4)},
+    timings={"merge": 0.1, "score": 0.2, "total": 0.3},
+    worker="worker-0@host:1",
+    n_items=16,
+    estimator="mean",
+)
 
 
 def test_run_contract_round_trip(tmp_path) -> None:
@@ -42,7 +44,7 @@ def test_run_contract_round_trip(tmp_path) -> None:
     assert again.study.user_attrs["space"] == "method: ties\n" and again.experiment_yaml == "name: x\n"
     done, failed, running = again.trials()
     assert done.state == TrialState.COMPLETE and done.values == [0.5, 0.25]
-    assert done.user_attrs | RESULT == done.user_attrs  # every result attribute stored as given
+    assert done.user_attrs | RESULT.trial_attrs() == done.user_attrs  # every result attribute stored
     assert done.user_attrs["genome"] == [0.1, 0.9] and done.user_attrs["candidate"] == 7
     assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"].startswith("CandidateError")
     assert failed.user_attrs["kind"] == "parent" and failed.user_attrs["label"] == "p0"
@@ -91,7 +93,7 @@ def test_run_on_a_real_postgresql_server(tmp_path, postgres_url) -> None:
     again = open_run(tmp_path / "run")
     assert again.storage == postgres_url
     [trial] = again.trials()
-    assert trial.values == [0.5, 0.25] and trial.user_attrs["worker"] == RESULT["worker"]
+    assert trial.values == [0.5, 0.25] and trial.user_attrs["worker"] == RESULT.worker
 
 
 def test_a_moved_or_copied_run_reads_its_own_database(tmp_path) -> None:

@@ -24,7 +24,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,21 +45,13 @@ from evomerge.optimizers import (
 )
 from evomerge.runtime.lease import DriverLease
 from evomerge.runtime.preflight import check_worker_memory, local_worker_device
+from evomerge.runtime.work import Job, TrialKind, WorkerResult
 from evomerge.space import SearchSpace
 from evomerge.store import RUN_FILE, RunStore, adopt_run, create_run, open_run
 
 INTERRUPTED = "interrupted"
 FAILURE_LOG = "failures.log"  # in the run directory: each failed trial's full reason and traceback
 DEADLINE_GRACE_S = 30.0  # evaluations still running this long after the time budget are stopped
-
-
-@dataclass
-class Job:
-    trial: int
-    kind: str
-    label: str
-    recipe_yaml: str
-    candidate: int | None = None
 
 
 @dataclass
@@ -122,6 +114,7 @@ def actor_factory(experiment: Experiment, space: SearchSpace) -> Callable[[int],
     remote = ray.remote(Worker).options(
         num_cpus=workers.cpus_per_worker,
         num_gpus=gpus,
+        resources=dict(workers.resources),  # workers.resources: only nodes that carry them
         max_restarts=0,
         runtime_env={"env_vars": {"OMP_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}},
     )
@@ -383,17 +376,17 @@ class SearchDriver:
         for t in real:
             if t.state == TrialState.COMPLETE:
                 self._update_best(t.values)
-        search = [t for t in real if t.user_attrs.get("kind", "search") == "search"]
+        search = [t for t in real if t.user_attrs.get("kind", TrialKind.SEARCH) == TrialKind.SEARCH]
         by_candidate = {t.user_attrs["candidate"]: t for t in search if "candidate" in t.user_attrs}
         jobs: list[Job] = []
         labels = {(t.user_attrs.get("kind"), t.user_attrs.get("label")) for t in real}
         for label, recipe in self.space.parent_recipes():
-            if ("parent", label) not in labels:
-                jobs.append(self._start("parent", label, None, _recipe_yaml(recipe)))
+            if (TrialKind.PARENT, label) not in labels:
+                jobs.append(self._start(TrialKind.PARENT, label, None, _recipe_yaml(recipe)))
         label, recipe = self.space.baseline_recipe()
-        if ("baseline", label) not in labels:
+        if (TrialKind.BASELINE, label) not in labels:
             genome = self.space.try_encode(self.space.decode_recipe(recipe))  # None: not in the space
-            jobs.append(self._start("baseline", label, genome, _recipe_yaml(recipe)))
+            jobs.append(self._start(TrialKind.BASELINE, label, genome, _recipe_yaml(recipe)))
         reissue = []
         for candidate in self.optimizer.pending():
             trial = by_candidate.get(candidate.id)
@@ -410,7 +403,7 @@ class SearchDriver:
 
     def _start(
         self,
-        kind: str,
+        kind: TrialKind,
         label: str,
         genome: Any,
         recipe_yaml: str,
@@ -425,7 +418,7 @@ class SearchDriver:
     def _start_candidate(self, candidate: Any) -> Job:
         recipe = _recipe_yaml(self.space.decode_dict(candidate.genome))
         own_trial = candidate.id if self.optimizer.owns_trials else None
-        return self._start("search", "", list(candidate.genome), recipe, candidate.id, own_trial)
+        return self._start(TrialKind.SEARCH, "", list(candidate.genome), recipe, candidate.id, own_trial)
 
     def _update_best(self, values: Any) -> None:
         for task, value in zip(self.tasks, values or [], strict=False):
@@ -454,7 +447,9 @@ class SearchDriver:
         if self._make_actor is None and ray.is_initialized():
             n_workers = self._fit_workers(n_workers)
         first_jobs, done, failed = self._reconcile()
-        scheduler = Scheduler(make_actor, n_workers, self.experiment.spec.workers.evaluation_timeout_s)
+        scheduler = Scheduler(
+            make_actor, n_workers, self.experiment.spec.workers.evaluation_timeout_s, self._log_lost_worker
+        )
         failures_in_a_row = 0
         limit = self.budget.max_consecutive_failures
         start = time.perf_counter()
@@ -463,8 +458,8 @@ class SearchDriver:
         clock = _SearchClock(self.store, spent, start)
         stopped = "budget"
         messages = self.messages
-        in_flight_search = sum(job.kind == "search" for job in first_jobs)
-        finished: list[tuple[int, dict[str, Any]]] = []  # ended jobs not yet written and told
+        in_flight_search = sum(job.kind == TrialKind.SEARCH for job in first_jobs)
+        finished: list[tuple[int, WorkerResult]] = []  # ended jobs not yet written and told
         stop = _StopOnSigint()
         try:
             for job in first_jobs:
@@ -478,7 +473,7 @@ class SearchDriver:
                     if time.perf_counter() > deadline + DEADLINE_GRACE_S:  # stuck evaluations end too
                         for number in scheduler.cancel_running():  # as after Ctrl-C: a resume reruns them
                             self.store.fail_trial(number, f"{INTERRUPTED}: the time budget ran out during it")
-                            in_flight_search -= self.jobs.pop(number).kind == "search"
+                            in_flight_search -= self.jobs.pop(number).kind == TrialKind.SEARCH
                 room = scheduler.idle_workers if stopped == "budget" else 0
                 if self.budget.trials is not None:
                     room = min(room, self.budget.trials - done - in_flight_search)
@@ -493,7 +488,7 @@ class SearchDriver:
                     number, result = finished.pop(0)
                     job = self.jobs.pop(number)
                     ok = self._record(job, result)
-                    if job.kind == "search":
+                    if job.kind == TrialKind.SEARCH:
                         in_flight_search -= 1
                         done += 1
                         failed += not ok
@@ -502,7 +497,7 @@ class SearchDriver:
                         stopped = "failures"
                         messages.append(
                             f"stopped after {failures_in_a_row} failed trials in a row; the last: "
-                            f"{result.get('reason', '?')} (full reasons: {self.run_dir / FAILURE_LOG}; "
+                            f"{result.reason} (full reasons: {self.run_dir / FAILURE_LOG}; "
                             "budget.max_consecutive_failures sets the limit)"
                         )
                 if stopped == "failures":
@@ -523,7 +518,7 @@ class SearchDriver:
             for number, result in finished:  # evaluations that did finish are kept
                 job = self.jobs.pop(number)
                 ok = self._record(job, result)
-                if job.kind == "search":
+                if job.kind == TrialKind.SEARCH:
                     done, failed = done + 1, failed + (not ok)
             for number in scheduler.cancel_all():
                 self.store.fail_trial(number, f"{INTERRUPTED}: the search was stopped (Ctrl-C)")
@@ -582,10 +577,15 @@ class SearchDriver:
         if gpus > 0:
             fits = min(fits, int(resources.get("GPU", 0) // gpus))
         has = f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs"
+        for name, amount in workers.resources.items():
+            fits = min(fits, int(resources.get(name, 0) // amount))
+            has += f", {resources.get(name, 0):g} {name}"
         if fits < 1:
+            needs = f"workers.cpus_per_worker: {workers.cpus_per_worker:g}, GPUs per worker: {gpus:g}"
+            needs += f", workers.resources: {dict(workers.resources)}" if workers.resources else ""
             raise ConfigError(
-                f"the Ray cluster ({has}) cannot hold one worker (workers.cpus_per_worker: "
-                f"{workers.cpus_per_worker:g}, GPUs per worker: {gpus:g}); lower them or raise ray.num_cpus"
+                f"the Ray cluster ({has}) cannot hold one worker ({needs}); lower them or raise "
+                "ray.num_cpus (a cluster: ray start --num-cpus/--resources on its nodes)"
             )
         if fits < requested:
             self.messages.append(
@@ -594,29 +594,37 @@ class SearchDriver:
             return fits
         return requested
 
-    def _record(self, job: Job, result: dict[str, Any]) -> bool:
+    def _record(self, job: Job, result: WorkerResult) -> bool:
         """Commit the result to the study, then tell the optimizer; True when COMPLETE."""
-        if result.get("ok"):
+        if result.ok:
             self.store.complete_trial(job.trial, result)
-            values = [float(result["estimates"][t]) for t in self.tasks]
+            values = [float(result.estimates[t]) for t in self.tasks]
             self._update_best(values)
         else:
-            self.store.fail_trial(job.trial, result["reason"], {"worker": result.get("worker", "")})
+            self.store.fail_trial(job.trial, result.reason, {"worker": result.worker})
             self._log_failure(job, result)
             values = None
         if job.candidate is not None:
             self.optimizer.tell(job.candidate, values)
         return values is not None
 
-    def _log_failure(self, job: Job, result: dict[str, Any]) -> None:
-        """The full reason and traceback of a failed trial, appended to the run's failure log."""
+    def _log_failure(self, job: Job, result: WorkerResult, event: str = "") -> None:
+        """The full reason and traceback of a failed trial (or of an `event` that is none),
+        appended to the run's failure log."""
         stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        lines = [f"--- {stamp} trial {job.trial} ({job.kind}{' ' + job.label if job.label else ''})"]
-        lines += [f"worker: {result.get('worker', '?')}", f"reason: {result['reason']}"]
-        if result.get("traceback"):
-            lines.append(str(result["traceback"]).rstrip())
+        lines = [f"--- {stamp} trial {job.trial} ({job.kind}{' ' + job.label if job.label else ''}){event}"]
+        lines += [f"worker: {result.worker or '?'}", f"reason: {result.reason}"]
+        if result.traceback:
+            lines.append(result.traceback.rstrip())
         with open(self.run_dir / FAILURE_LOG, "a", encoding="utf-8") as log:
             log.write("\n".join(lines) + "\n")
+
+    def _log_lost_worker(self, trial: Hashable, worker: str, cause: str) -> None:
+        """A worker died mid-evaluation (its process or its node) and its trial runs again on
+        another worker: no failed trial, but the log and the summary say so."""
+        event = ": worker lost, retried on another worker (not a failed trial)"
+        self._log_failure(self.jobs[int(trial)], WorkerResult.failure(cause, worker), event)
+        self.messages.append(f"trial {trial}: its worker {worker} was lost ({cause}); retried on another")
 
     def _report(self, done: int, failed: int, running: int, start: float) -> None:
         if self.on_progress is not None:

@@ -21,8 +21,9 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from evomerge.errors import WorkerStartError
+from evomerge.runtime.work import WorkerResult
 
-ActorFactory = Callable[[int], Any]  # worker index -> actor handle with .evaluate.remote(payload)
+ActorFactory = Callable[[int], Any]  # worker index -> actor; .evaluate.remote(payload) -> WorkerResult
 
 
 @dataclass
@@ -105,14 +106,14 @@ class Scheduler:
             ref = self.actors[slot].evaluate.remote(payload)
             self._running[ref] = _Running(key, payload, slot, attempt, time.perf_counter())
 
-    def wait(self, timeout: float | None = None) -> list[tuple[Hashable, dict[str, Any]]]:
+    def wait(self, timeout: float | None = None) -> list[tuple[Hashable, WorkerResult]]:
         """Block until at least one job ends (or `timeout`); return every ended (key, result)."""
         if not self._running:
             return []
         ready, _ = ray.wait(list(self._running), num_returns=1, timeout=timeout)
         if ready:
             ready, _ = ray.wait(list(self._running), num_returns=len(self._running), timeout=0)
-        done: list[tuple[Hashable, dict[str, Any]]] = []
+        done: list[tuple[Hashable, WorkerResult]] = []
         for ref in ready:
             job = self._running.pop(ref)
             self.busy_seconds += time.perf_counter() - job.started
@@ -127,7 +128,7 @@ class Scheduler:
                     self._queue.appendleft((job.key, job.payload, 1))
                 else:
                     reason = f"worker died twice (last: {root_cause(error)})"
-                    done.append((job.key, {"ok": False, "reason": reason}))
+                    done.append((job.key, WorkerResult.failure(reason)))
                 continue
             self._free.append(job.slot)
             done.append((job.key, result))
@@ -135,7 +136,7 @@ class Scheduler:
         self._dispatch()
         return done
 
-    def _expire(self) -> list[tuple[Hashable, dict[str, Any]]]:
+    def _expire(self) -> list[tuple[Hashable, WorkerResult]]:
         """Jobs past the evaluation timeout: their workers killed and replaced, the jobs failed."""
         if self.evaluation_timeout is None:
             return []
@@ -160,7 +161,7 @@ class Scheduler:
                 f"TimeoutError: the evaluation ran past {self.evaluation_timeout:g} s; its worker was "
                 "replaced (raise workers.evaluation_timeout_s if evaluations are this slow)"
             )
-            done.append((job.key, {"ok": False, "reason": reason}))
+            done.append((job.key, WorkerResult.failure(reason)))
         return done
 
     def cancel_running(self) -> list[Hashable]:

@@ -13,7 +13,8 @@ import os
 import socket
 import time
 import traceback
-from typing import Any
+
+from evomerge.runtime.work import WorkerResult
 
 GPU_TOKEN_BUDGET = 16384  # padded tokens per scoring batch on a GPU (workers.token_budget overrides)
 
@@ -64,9 +65,8 @@ class Worker:
     def ping(self) -> str:
         return self.worker_id
 
-    def evaluate(self, recipe_yaml: str) -> dict[str, Any]:
-        """{"ok": True, estimates, intervals, answers, timings, worker, n_items, estimator} or
-        {"ok": False, "reason": ..., "worker": ...}."""
+    def evaluate(self, recipe_yaml: str) -> WorkerResult:
+        """The candidate's estimates, intervals, answers and timings, or its failure's reason."""
         from evomerge.recipe import MergeRecipe
 
         start = time.perf_counter()
@@ -80,25 +80,20 @@ class Worker:
         except Exception as error:  # any failure of one candidate is that candidate's FAIL
             return self._failure(f"{type(error).__name__}: {error}", traceback.format_exc())
         end = time.perf_counter()
-        return {
-            "ok": True,
-            "estimates": dict(result.estimates),
-            "intervals": {t: [float(lo), float(hi)] for t, (lo, hi) in result.intervals.items()},
-            "answers": dict(result.answers),
-            "timings": {"merge": merged - start, "score": end - merged, "total": end - start},
-            "worker": self.worker_id,
-            "n_items": int(result.n_items),
-            "estimator": result.estimator,
-        }
+        return WorkerResult(
+            ok=True,
+            worker=self.worker_id,
+            estimates={t: float(v) for t, v in result.estimates.items()},
+            intervals={t: (float(lo), float(hi)) for t, (lo, hi) in result.intervals.items()},
+            answers={str(item): int(v) for item, v in result.answers.items()},
+            timings={"merge": merged - start, "score": end - merged, "total": end - start},
+            n_items=int(result.n_items),
+            estimator=result.estimator,
+        )
 
-    def _failure(self, reason: str, trace: str = "") -> dict[str, Any]:
+    def _failure(self, reason: str, trace: str = "") -> WorkerResult:
         """The reason as the user reads it (its first line, cut at 500 characters) and the full text
         with the traceback for the run's failure log."""
         first = reason.strip().splitlines()[0] if reason.strip() else "unknown error"
         summary = first[:500] + (" ..." if len(first) > 500 or "\n" in reason.strip() else "")
-        return {
-            "ok": False,
-            "reason": summary,
-            "traceback": f"{reason}\n{trace}".strip(),
-            "worker": self.worker_id,
-        }
+        return WorkerResult.failure(summary, self.worker_id, f"{reason}\n{trace}".strip())

@@ -18,12 +18,15 @@ import evomerge.runtime.scheduler
 from evomerge.cli import app
 from evomerge.experiment import Experiment
 from evomerge.runtime.driver import FAILURE_LOG, SearchDriver
+from evomerge.runtime.work import WorkerResult
 
 
 class FailingScheduler:
     """The Scheduler's interface: every evaluation fails the way a NaN-producing merge does."""
 
-    def __init__(self, make_actor: Any, n_workers: int, evaluation_timeout: float | None = None) -> None:
+    def __init__(
+        self, make_actor: Any, n_workers: int, evaluation_timeout: float | None = None, on_lost: Any = None
+    ) -> None:
         self.n_workers = n_workers
         self._running: list[Any] = []
         self.busy_seconds = 0.0
@@ -41,12 +44,12 @@ class FailingScheduler:
     def submit(self, key: Any, payload: str) -> None:
         self._running.append(key)
 
-    def wait(self, timeout: float | None = None) -> list[tuple[Any, dict[str, Any]]]:
+    def wait(self, timeout: float | None = None) -> list[tuple[Any, WorkerResult]]:
         key = self._running.pop(0)
         self.evaluated += 1
         reason = "CandidateError: non-finite log-likelihood on item 'arith-3' (NaN/inf in the model)"
         trace = f'{reason}\nTraceback (most recent call last):\n  File "worker.py", line 1\n'
-        return [(key, {"ok": False, "reason": reason, "traceback": trace, "worker": "w0"})]
+        return [(key, WorkerResult.failure(reason, "w0", trace))]
 
     def cancel_all(self) -> list[Any]:
         keys, self._running = self._running, []

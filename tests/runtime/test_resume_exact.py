@@ -19,6 +19,7 @@ import evomerge.runtime.scheduler
 from evomerge.experiment import Experiment
 from evomerge.optimizers import OPTIMIZERS
 from evomerge.runtime.driver import SearchDriver
+from evomerge.runtime.work import WorkerResult
 from evomerge.store import open_run
 
 TASKS = ["arithmetic", "dates"]
@@ -45,7 +46,7 @@ def numbers(node: Any) -> list[float]:
     return []
 
 
-def score(recipe_yaml: str) -> dict[str, Any]:
+def score(recipe_yaml: str) -> WorkerResult:
     """A worker's result for a recipe: two conflicting analytic 'accuracies' of its coefficients."""
     recipe = yaml.safe_load(recipe_yaml)
     x = np.array(
@@ -55,21 +56,23 @@ def score(recipe_yaml: str) -> dict[str, Any]:
         "arithmetic": float(1 - np.mean((x - 0.3) ** 2)),
         "dates": float(1 - np.mean((x - 0.8) ** 2)),
     }
-    return {
-        "ok": True,
-        "estimates": estimates,
-        "intervals": {t: [v - 0.05, v + 0.05] for t, v in estimates.items()},
-        "timings": {"merge": 0.0, "score": 0.0, "total": 0.001},
-        "worker": "inline",
-        "n_items": 16,
-        "estimator": "mean",
-    }
+    return WorkerResult(
+        ok=True,
+        estimates=estimates,
+        intervals={t: (v - 0.05, v + 0.05) for t, v in estimates.items()},
+        timings={"merge": 0.0, "score": 0.0, "total": 0.001},
+        worker="inline",
+        n_items=16,
+        estimator="mean",
+    )
 
 
 class InlineScheduler:
     """The Scheduler's interface without Ray: jobs end one at a time, oldest first."""
 
-    def __init__(self, make_actor: Any, n_workers: int, evaluation_timeout: float | None = None) -> None:
+    def __init__(
+        self, make_actor: Any, n_workers: int, evaluation_timeout: float | None = None, on_lost: Any = None
+    ) -> None:
         self.n_workers = n_workers
         self._queue: list[tuple[Any, str]] = []
         self._running: list[tuple[Any, str]] = []
@@ -89,7 +92,7 @@ class InlineScheduler:
         while self._queue and len(self._running) < self.n_workers:
             self._running.append(self._queue.pop(0))
 
-    def wait(self, timeout: float | None = None) -> list[tuple[Any, dict[str, Any]]]:
+    def wait(self, timeout: float | None = None) -> list[tuple[Any, WorkerResult]]:
         if not self._running:
             return []
         key, payload = self._running.pop(0)
@@ -308,14 +311,10 @@ def test_failed_candidates_are_fail_trials_and_the_search_goes_on(tmp_path, tiny
     module = sys.modules[__name__]
     real_score, calls = module.score, []
 
-    def sometimes_nan(recipe_yaml: str) -> dict[str, Any]:
+    def sometimes_nan(recipe_yaml: str) -> WorkerResult:
         calls.append(recipe_yaml)
         if len(calls) > 3 and len(calls) % 3 == 0:  # search candidates only (parents/baseline first)
-            return {
-                "ok": False,
-                "reason": "CandidateError: non-finite estimates {'dates': nan}",
-                "worker": "w",
-            }
+            return WorkerResult.failure("CandidateError: non-finite estimates {'dates': nan}", "w")
         return real_score(recipe_yaml)
 
     monkeypatch.setattr(module, "score", sometimes_nan)

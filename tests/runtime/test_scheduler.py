@@ -10,16 +10,18 @@ import pytest
 import ray
 
 from evomerge.runtime.scheduler import Scheduler
+from evomerge.runtime.work import WorkerResult
 
 
 @ray.remote(num_cpus=0)
 class FakeWorker:
-    """Stands in for the model worker: sleeps, reports its pid, or dies when told to."""
+    """Stands in for the model worker: sleeps, reports its pid (as its worker id) and the payload's
+    value (as an estimate), or dies when told to."""
 
     def ping(self) -> str:
         return "ready"
 
-    def evaluate(self, payload: dict) -> dict:
+    def evaluate(self, payload: dict) -> WorkerResult:
         if payload.get("die") == "always" or (
             payload.get("die") == "once" and not os.path.exists(payload["flag"])
         ):
@@ -27,7 +29,7 @@ class FakeWorker:
                 open(payload["flag"], "w").close()
             os._exit(1)
         time.sleep(payload.get("sleep", 0.0))
-        return {"ok": True, "value": payload["value"], "pid": os.getpid()}
+        return WorkerResult(ok=True, worker=str(os.getpid()), estimates={"value": payload["value"]})
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -51,8 +53,8 @@ def test_every_job_ends_once_without_a_barrier() -> None:
         scheduler.submit(k, {"value": k, "sleep": 0.05 * (k % 3)})
     assert scheduler.idle_workers == 0
     results = drain(scheduler)
-    assert sorted(results) == list(range(9)) and all(r["value"] == k for k, r in results.items())
-    assert len({r["pid"] for r in results.values()}) == 3  # all three workers took jobs
+    assert sorted(results) == list(range(9)) and all(r.estimates["value"] == k for k, r in results.items())
+    assert len({r.worker for r in results.values()}) == 3  # all three workers took jobs
     scheduler.shutdown()
 
 
@@ -64,8 +66,8 @@ def test_killed_worker_is_replaced_and_its_job_retried_elsewhere(tmp_path) -> No
     victim = next(job.slot for job in scheduler._running.values() if job.key == "slow")
     ray.kill(scheduler.actors[victim])  # the worker dies mid-evaluation
     results = drain(scheduler)
-    assert results["slow"] == {**results["slow"], "ok": True, "value": 1}
-    assert results["other"]["value"] == 2
+    assert results["slow"].ok is True and results["slow"].estimates["value"] == 1
+    assert results["other"].estimates["value"] == 2
     assert scheduler.retries == 1 and scheduler.replaced == 1 and scheduler.n_workers == 2
     scheduler.shutdown()
 
@@ -75,10 +77,11 @@ def test_a_job_that_kills_two_workers_fails_and_the_pool_survives(tmp_path) -> N
     scheduler.submit("poison", {"value": 0, "die": "always", "flag": str(tmp_path / "f")})
     scheduler.submit("flaky", {"value": 3, "die": "once", "flag": str(tmp_path / "g")})
     results = drain(scheduler)
-    assert results["poison"]["ok"] is False and "worker died twice" in results["poison"]["reason"]
-    assert results["flaky"] == {**results["flaky"], "ok": True, "value": 3}  # retried once, then fine
+    poison = results["poison"]
+    assert isinstance(poison, WorkerResult) and poison.ok is False and "worker died twice" in poison.reason
+    assert results["flaky"].ok is True and results["flaky"].estimates["value"] == 3  # retried once
     scheduler.submit("after", {"value": 4})
-    assert drain(scheduler)["after"]["value"] == 4
+    assert drain(scheduler)["after"].estimates["value"] == 4
     assert scheduler.n_workers == 2
     scheduler.shutdown()
 
@@ -95,8 +98,8 @@ class BrokenWorker:
     def ping(self) -> str:
         return "ready"
 
-    def evaluate(self, payload: dict) -> dict:
-        return {"ok": True}
+    def evaluate(self, payload: dict) -> WorkerResult:
+        return WorkerResult(ok=True)
 
 
 def test_a_worker_that_cannot_start_stops_everything_with_its_cause() -> None:
@@ -123,11 +126,9 @@ def test_an_evaluation_past_the_timeout_fails_and_its_worker_is_replaced() -> No
     while scheduler.outstanding:
         results.update(scheduler.wait(timeout=0.5))
     assert time.perf_counter() - started < 20
-    assert (
-        results["stuck"]["ok"] is False
-        and "TimeoutError: the evaluation ran past 1 s" in results["stuck"]["reason"]
-    )
-    assert results["next"]["value"] == 5 and scheduler.replaced == 1
+    stuck = results["stuck"]
+    assert stuck.ok is False and "TimeoutError: the evaluation ran past 1 s" in stuck.reason
+    assert results["next"].estimates["value"] == 5 and scheduler.replaced == 1
     scheduler.shutdown()
 
 
@@ -158,6 +159,6 @@ def test_a_slow_start_up_does_not_count_against_the_evaluation_timeout() -> None
     scheduler = Scheduler(lambda i: SlowStartWorker.remote(), 1, evaluation_timeout=1.0)
     scheduler.submit("first", {"value": 7, "sleep": 0.2})
     result = drain(scheduler)["first"]
-    assert result["ok"] is True and result["value"] == 7, result
+    assert result.ok is True and result.estimates["value"] == 7, result
     assert scheduler.replaced == 0
     scheduler.shutdown()

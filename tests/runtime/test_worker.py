@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from evomerge.errors import CandidateError
+from evomerge.runtime.work import WorkerResult
 from evomerge.runtime.worker import Worker
 from evomerge.space import SearchSpace
 
@@ -27,29 +28,29 @@ def worker_and_space(tiny_family):
 def test_evaluate_returns_estimates_answers_and_timings(worker_and_space) -> None:
     worker, space = worker_and_space
     result = worker.evaluate(space.decode(np.full(space.dim, 0.5)).to_yaml())
-    assert result["ok"] is True, result
-    assert set(result["estimates"]) == {"arithmetic", "dates"}
-    assert all(0.0 <= v <= 1.0 for v in result["estimates"].values())
-    assert result["n_items"] == 16 and len(result["answers"]) == 16
-    assert set(result["answers"].values()) <= {0, 1}
-    assert result["timings"]["total"] >= result["timings"]["merge"] > 0
-    assert result["worker"].startswith("w0@")
+    assert isinstance(result, WorkerResult) and result.ok is True, result
+    assert set(result.estimates) == {"arithmetic", "dates"}
+    assert all(0.0 <= v <= 1.0 for v in result.estimates.values())
+    assert result.n_items == 16 and len(result.answers) == 16
+    assert set(result.answers.values()) <= {0, 1}
+    assert result.timings["total"] >= result.timings["merge"] > 0
+    assert result.worker.startswith("w0@") and result.reason == ""
     # same recipe, same anchors: the same answers (paired design, deterministic)
-    assert worker.evaluate(space.decode(np.full(space.dim, 0.5)).to_yaml())["answers"] == result["answers"]
+    assert worker.evaluate(space.decode(np.full(space.dim, 0.5)).to_yaml()).answers == result.answers
 
 
 def test_failures_come_back_as_fail_with_reason(worker_and_space, monkeypatch) -> None:
     worker, space = worker_and_space
     bad = worker.evaluate("merge_method: ties\nmodels: []\n")
-    assert bad["ok"] is False and "ConfigError" in bad["reason"]
+    assert bad.ok is False and "ConfigError" in bad.reason and "Traceback" in bad.traceback
     recipe = space.decode(np.full(space.dim, 0.5)).to_yaml()
 
     def nan_scores(model):
         raise CandidateError("the model gives NaN scores")
 
     monkeypatch.setattr(worker.evaluator, "evaluate", nan_scores)
-    assert worker.evaluate(recipe) == {**worker.evaluate(recipe), "ok": False}
-    assert "NaN" in worker.evaluate(recipe)["reason"]
+    failed = worker.evaluate(recipe)
+    assert failed.ok is False and not failed.estimates and "NaN" in failed.reason
 
     real = type(worker.evaluator).evaluate
 
@@ -60,4 +61,4 @@ def test_failures_come_back_as_fail_with_reason(worker_and_space, monkeypatch) -
 
     monkeypatch.setattr(worker.evaluator, "evaluate", inf_estimate)
     inf = worker.evaluate(recipe)
-    assert inf["ok"] is False and "non-finite" in inf["reason"]
+    assert inf.ok is False and "non-finite" in inf.reason
