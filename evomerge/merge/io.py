@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from evomerge.errors import ConfigError, ModelLoadError
+from evomerge.merge.hub import resolve_model
 from evomerge.merge.methods import DeltaStats
 from evomerge.merge.plan import MergePlan, build_plan
 from evomerge.recipe import MergeRecipe
@@ -54,10 +55,11 @@ Entry = tuple[str, tuple[int, ...], torch.dtype]  # (tensor name, shape, dtype) 
 
 
 class ModelReader:
-    """Lazy access to one model directory's weights (safetensors; pickles only when allowed)."""
+    """Lazy access to one model directory's weights (safetensors; pickles only when allowed); a hub
+    id (`org/name[@revision]`) is read from the local Hugging Face cache."""
 
     def __init__(self, path: str | Path, allow_pickle: bool = False) -> None:
-        self.path = Path(path)
+        self.path = resolve_model(path)
         if not self.path.is_dir():
             raise ModelLoadError(f"model directory {str(self.path)!r} does not exist; check the path")
         config_file = self.path / "config.json"
@@ -316,7 +318,7 @@ def tokenizer_dir(recipe: MergeRecipe) -> Path:
     """Where the merged model's tokenizer comes from: tokenizer_source ('base' or a path), else the base."""
     source = recipe.tokenizer_source
     if source is None or source == "base":
-        return Path(recipe.model_paths()[0])
+        return resolve_model(recipe.model_paths()[0])
     if not Path(source).is_dir():
         raise ConfigError(f"tokenizer_source {source!r} is not a directory; use 'base' or a model directory")
     return Path(source)
