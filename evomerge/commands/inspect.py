@@ -17,17 +17,29 @@ from rich.markup import escape
 from rich.table import Table
 
 from evomerge.errors import ConfigError
+from evomerge.units import CSV_SUFFIX, JSON_UNIT, pct
 
 
 class Format(str, Enum):
+    """--format of a command that prints for people (table) or for scripts (json)."""
+
+    table = "table"
+    json = "json"
+
+
+class FrontFormat(str, Enum):
+    """`front --format`: also csv, one row per trial."""
+
     table = "table"
     json = "json"
     csv = "csv"
 
 
 RUN_ARG = typer.Argument(None, help="Run directory (holds run.json); or give --storage and --study.")
-STORAGE_OPT = typer.Option(None, "--storage", help="Optuna storage URL (sqlite:///..., postgresql://...).")
-STUDY_OPT = typer.Option(None, "--study", help="Study name inside --storage.")
+STORAGE_OPT = typer.Option(
+    None, "--storage", metavar="URL", help="Optuna storage URL (sqlite:///..., postgresql://...)."
+)
+STUDY_OPT = typer.Option(None, "--study", metavar="NAME", help="Study name inside --storage.")
 QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 
 
@@ -37,13 +49,16 @@ class ScoreDtype(str, Enum):
     float16 = "float16"
 
 
-TABLE_OR_JSON_OPT = typer.Option(Format.table, "--format", help="table or json.")
+TABLE_OR_JSON_OPT = typer.Option(
+    Format.table, "--format", help="table (for people) or json (for scripts; accuracies as fractions)."
+)
 DEVICE_OPT = typer.Option("cpu", "--device", help="torch device to score on (audit, export --verify).")
 DTYPE_OPT = typer.Option(
     ScoreDtype.float32,
     "--dtype",
-    help="dtype of the model scored on the full split (merges are computed in float32); "
-    "match the run's workers.dtype to audit what the search scored.",
+    metavar="DTYPE",
+    help="float32, bfloat16 or float16: dtype of the model scored on the full split (merges are "
+    "computed in float32); match the run's workers.dtype to audit what the search scored.",
 )
 
 
@@ -102,16 +117,6 @@ def _print_json(payload: Any) -> None:
     typer.echo(json.dumps(payload, indent=2, default=str))
 
 
-def _check_format(fmt: Format, allowed: tuple[Format, ...]) -> None:
-    if fmt not in allowed:
-        names = "|".join(f.value for f in allowed)
-        raise ConfigError(f"--format {fmt.value}: not available for this command; use {names}")
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
-
-
 # ----- status ---------------------------------------------------------------------------------
 def status(
     run: Path | None = RUN_ARG,
@@ -120,11 +125,10 @@ def status(
     fmt: Format = TABLE_OR_JSON_OPT,
 ) -> None:
     """Trials done / failed / running, best per task, front size, hypervolume, estimator audit."""
-    _check_format(fmt, (Format.table, Format.json))
     _, view = _open(run, storage, study)
     summary = view.summary()
     if fmt is Format.json:
-        _print_json(summary)
+        _print_json({**summary, **JSON_UNIT})
         return
     console = Console()
     t = summary["trials"]
@@ -138,7 +142,7 @@ def status(
     for task in summary["objectives"]:
         entry = summary["best"].get(task)
         best.add_row(
-            task, *([_pct(entry["value"]), str(entry["number"]), entry["label"]] if entry else ["-"] * 3)
+            task, *([pct(entry["value"]), str(entry["number"]), entry["label"]] if entry else ["-"] * 3)
         )
     console.print(best)
     history = summary["hypervolume_history"]
@@ -146,15 +150,15 @@ def status(
     if history:
         # A few checkpoints of the history: enough to see whether the search still improves.
         marks = sorted({max(0, round(f * len(history)) - 1) for f in (0.25, 0.5, 0.75, 1.0)})
-        steps = ", ".join(f"{history[i]['completed']}: {history[i]['hypervolume']:.4f}" for i in marks)
-        console.print(f"hypervolume after N completed trials: {steps}")
+        steps = "  ".join(f"{history[i]['completed']}:{history[i]['hypervolume']:.4f}" for i in marks)
+        console.print(f"hypervolume after N completed trials (N:hv): {steps}")
     audit = summary["audit"]
     if audit["n_trials"]:
         table = Table("task", "n", "MAE (pts)", "bias (pts)", "in interval %", title="Estimator audit")
         for task, row in audit["tasks"].items():
-            table.add_row(task, str(row["n"]), _pct(row["mae"]), _pct(row["bias"]), _pct(row["coverage"]))
+            table.add_row(task, str(row["n"]), pct(row["mae"]), pct(row["bias"]), pct(row["coverage"]))
         console.print(table)
-        console.print(f"running MAE over {audit['n_trials']} audited trials: {_pct(audit['mae'])} points")
+        console.print(f"running MAE over {audit['n_trials']} audited trials: {pct(audit['mae'])} points")
     else:
         console.print("estimator audit: no trial audited yet (run `evomerge audit RUN --front`)")
 
@@ -164,40 +168,55 @@ def front(
     run: Path | None = RUN_ARG,
     storage: str | None = STORAGE_OPT,
     study: str | None = STUDY_OPT,
-    fmt: Format = typer.Option(Format.table, "--format", help="table, json or csv."),
+    fmt: FrontFormat = typer.Option(
+        FrontFormat.table,
+        "--format",
+        help="table (for people), json or csv (for scripts; accuracies as fractions).",
+    ),
 ) -> None:
     """The non-dominated completed trials, with estimates, intervals and audited measurements."""
     _, view = _open(run, storage, study)
     records = view.front()
     knee = view.knee().number if records else None
-    if fmt is Format.json:
+    if fmt is FrontFormat.json:
         _print_json(
             {
                 "study": view.name,
                 "objectives": view.objectives,
+                **JSON_UNIT,
                 "knee": knee,
                 "front": [r.to_dict(view.objectives) for r in records],
             }
         )
-    elif fmt is Format.csv:
+    elif fmt is FrontFormat.csv:
         typer.echo(_front_csv(view.objectives, records), nl=False)
     else:
-        table = Table(
-            "trial", "kind", "label", title=escape(f"Pareto front of {view.name} (estimate % [interval])")
-        )
+        Console().print(_front_table(view, records, knee))
+
+
+def _front_table(view: Any, records: list[Any], knee: int | None) -> Table:
+    """Per task `estimate [low-high]`, one token per value so a narrow terminal never splits one;
+    an audited trial's measurement on a second line of its cell."""
+    table = Table(
+        "trial",
+        "kind",
+        "label",
+        title=escape(f"Pareto front of {view.name}: estimate [interval]"),
+        caption="* the knee of the front" if knee is not None else None,
+    )
+    for task in view.objectives:
+        table.add_column(f"{task} %", no_wrap=True)
+    for r in records:
+        cells = []
         for task in view.objectives:
-            table.add_column(task)
-        for r in records:
-            cells = []
-            for task in view.objectives:
-                low, high = r.intervals.get(task, (None, None))
-                cell = f"{_pct(r.estimates.get(task))} [{_pct(low)}, {_pct(high)}]"
-                if r.audit and task in r.audit:
-                    cell += f" meas {_pct(r.audit[task])}"
-                cells.append(cell)
-            mark = " (knee)" if r.number == knee else ""
-            table.add_row(f"{r.number}{mark}", r.kind, escape(r.label), *map(escape, cells))
-        Console().print(table)
+            low, high = r.intervals.get(task, (None, None))
+            cell = f"{pct(r.estimates.get(task))} [{pct(low)}-{pct(high)}]"
+            if r.audit and task in r.audit:
+                cell += f"\nmeasured {pct(r.audit[task])}"
+            cells.append(cell)
+        mark = "*" if r.number == knee else ""
+        table.add_row(f"{r.number}{mark}", r.kind, escape(r.label), *map(escape, cells))
+    return table
 
 
 def _front_csv(objectives: list[str], records: list[Any]) -> str:
@@ -205,7 +224,7 @@ def _front_csv(objectives: list[str], records: list[Any]) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(
         ["number", "kind", "label"]
-        + [f"{t}_{col}" for t in objectives for col in ("estimate", "low", "high", "measured")]
+        + [f"{t}_{col}{CSV_SUFFIX}" for t in objectives for col in ("estimate", "low", "high", "measured")]
     )
     for r in records:
         row: list[Any] = [r.number, r.kind, r.label]
@@ -228,7 +247,6 @@ def plot(
     """Pareto front, best-so-far and hypervolume history, coefficient heat-map: PNG and HTML."""
     from evomerge.report import write_report
 
-    _check_format(fmt, (Format.table, Format.json))
     _, view = _open(run, storage, study)
     paths = write_report(view, out, trial)
     if fmt is Format.json:
@@ -261,12 +279,10 @@ def audit(
     fmt: Format = TABLE_OR_JSON_OPT,
 ) -> None:
     """Re-score chosen trials on the full eval split; store measured beside estimated accuracy."""
-    from rich.progress import Progress
-
     from evomerge.audit import audit_trials
+    from evomerge.progress import progress_bar
     from evomerge.runview import RunView
 
-    _check_format(fmt, (Format.table, Format.json))
     store, view = _open(run, storage, study)
     chosen = {r.number: r for r in view.front()} if on_front else {}
     for number in _parse_trials(trials) if trials else []:
@@ -280,8 +296,8 @@ def audit(
     evaluator = full_split_evaluator(
         _suite_for(store, suite), MergeRecipe.from_yaml(records[0].recipe), view.objectives, device
     )
-    with Progress(disable=not _show_progress(quiet), transient=True) as bar:
-        task = bar.add_task("auditing on the full eval split", total=len(records))
+    with progress_bar(disable=not _show_progress(quiet), transient=True) as bar:
+        task = bar.add_task("audit", total=len(records), info="scoring trials on the full eval split")
         measured = audit_trials(
             store,
             view,
@@ -300,16 +316,19 @@ def audit(
                     for r in records
                 ],
                 "audit": summary,
+                **JSON_UNIT,
             }
         )
         return
-    table = Table("trial", *(f"{t} est/meas %" for t in view.objectives), title="Estimated vs measured")
+    table = Table("trial", title="Estimated / measured")
+    for task in view.objectives:
+        table.add_column(f"{task} %", no_wrap=True)
     for r in records:
-        cells = [f"{_pct(r.estimates.get(t))} / {_pct(measured[r.number][t])}" for t in view.objectives]
+        cells = [f"{pct(r.estimates.get(t))}/{pct(measured[r.number][t])}" for t in view.objectives]
         table.add_row(str(r.number), *cells)
     console = Console()
     console.print(table)
-    console.print(f"running MAE over {summary['n_trials']} audited trials: {_pct(summary['mae'])} points")
+    console.print(f"running MAE over {summary['n_trials']} audited trials: {pct(summary['mae'])} points")
 
 
 # ----- export ---------------------------------------------------------------------------------
@@ -379,7 +398,6 @@ def export(
 
     from evomerge.recipe import MergeRecipe
 
-    _check_format(fmt, (Format.table, Format.json))
     store, view = _open(run, storage, study)
     record = _choose(view, trial, knee, weights)
     recipe = MergeRecipe.from_yaml(record.recipe)
@@ -399,6 +417,7 @@ def export(
         "label": record.label,
         "recipe": str(out),
         "estimates": {t: record.estimates.get(t) for t in view.objectives},
+        **JSON_UNIT,
     }
     with tempfile.TemporaryDirectory(prefix="evomerge-verify-") as scratch:
         model_dir = materialize
@@ -419,16 +438,16 @@ def export(
         _print_json(result)
         return
     console = Console()
-    console.print(f"trial #{record.number} ({record.kind} {record.label}) -> {out}")
+    console.print(f"trial #{record.number} ({record.kind} {record.label}) -> {out}", soft_wrap=True)
     if materialize is not None:
-        console.print(f"merged model -> {materialize}")
+        console.print(f"merged model -> {materialize}", soft_wrap=True)
     table = Table("task", "estimate %", *(["measured %", "error (pts)"] if "measured" in result else []))
     for task in view.objectives:
         estimate = record.estimates.get(task)
-        cells = [task, _pct(estimate)]
+        cells = [task, pct(estimate)]
         if "measured" in result:
             measured = result["measured"][task]
-            cells += [_pct(measured), _pct(None if estimate is None else estimate - measured)]
+            cells += [pct(measured), pct(None if estimate is None else estimate - measured)]
         table.add_row(*cells)
     console.print(table)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
 import typer
 
+from evomerge.commands.inspect import QUIET_OPT, ScoreDtype, _show_progress
 from evomerge.errors import ConfigError, EvomergeError
 
 irt_app = typer.Typer(
@@ -34,7 +36,7 @@ def fit(
     dims: str = typer.Option(
         "1,2,3,5", "--dims", help="IRT dimensions to choose from (held-out likelihood)."
     ),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the held-out split that chooses the IRT dimension."),
 ) -> None:
     """Fit a (multidimensional) 2PL model to a response matrix."""
     from evomerge.fitness.calibration import fit_calibration, read_responses_csv
@@ -79,7 +81,7 @@ def anchors(
     n: int = typer.Option(..., "-n", "--n", help="Anchors per task."),
     out: Path = typer.Option(..., "--out", help="Anchors file to write (JSON)."),
     method: str = typer.Option("irt", "--method", help="irt | responses (k-means) or random (stratified)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the clustering (or of the random draw)."),
 ) -> None:
     """Select n anchor items per task, with weights."""
     from evomerge.fitness.anchors import cluster_anchors
@@ -100,7 +102,10 @@ def estimate(
     estimator: str = typer.Option("gpirt", "--estimator", help="mean, anchor, pirt, gpirt, mpirt, gmpirt."),
     parent: list[str] = typer.Option([], "--parent", help="Calibration subject that is a parent (mp-IRT)."),
 ) -> None:
-    """Print JSON {subject: {task: {"estimate": ..., "interval": [lo, hi], "anchors_answered": k}}}."""
+    """Print JSON: per subject and task, estimate, interval (low, high), anchors_answered, estimator.
+
+    Accuracies are fractions in [0, 1], as in every JSON evomerge writes.
+    """
     import numpy as np
 
     from evomerge.fitness.anchors import AnchorSet
@@ -147,18 +152,23 @@ def calibrate(
         ..., "--subjects", help="Model directories (base, parents, variants...)."
     ),
     out: Path = typer.Option(..., "--out", help="Calibration file to write (JSON)."),
-    device: str = typer.Option("cpu", "--device"),
-    batch_size: int = typer.Option(32, "--batch-size"),
+    device: str = typer.Option("cpu", "--device", help="torch device the subjects are scored on, e.g. cuda."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Items scored per forward pass."),
     dims: str = typer.Option("1,2,3,5", "--dims", help="IRT dimensions to choose from."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed of the --merges sample and of the split that chooses the IRT dimension."
+    ),
     space: Path | None = typer.Option(
         None, "--space", help="Search space YAML the --merges are sampled from (its base and parents)."
     ),
     merges: int = typer.Option(
         0, "--merges", help="Also score N space-filling merges of --space (in memory, not saved)."
     ),
-    dtype: str = typer.Option(
-        "float32", "--dtype", help="dtype the subjects are scored in (float32, bfloat16, float16)."
+    dtype: ScoreDtype = typer.Option(
+        ScoreDtype.float32,
+        "--dtype",
+        metavar="DTYPE",
+        help="float32, bfloat16 or float16: dtype of the scoring.",
     ),
     answers: Path | None = typer.Option(
         None,
@@ -166,15 +176,15 @@ def calibrate(
         help="Directory keeping each subject's answers as it is scored, so a stopped or extended "
         "calibration scores only what is missing (default: the --out path with suffix .answers).",
     ),
+    quiet: bool = QUIET_OPT,
 ) -> None:
     """Score every subject on the suite's full eval split, fit IRT, write the calibration."""
     from evomerge.fitness.answer_cache import AnswerCache
     from evomerge.fitness.population import calibrate_suite
     from evomerge.fitness.suite import FitnessSuite
+    from evomerge.progress import progress_bar
     from evomerge.space import SearchSpace
 
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise ConfigError(f"--dtype {dtype!r}: choose float32, bfloat16 or float16")
     if merges < 0:
         raise ConfigError(f"--merges {merges}: give a count >= 0")
 
@@ -183,19 +193,30 @@ def calibrate(
     missing = [str(s) for s in all_subjects if not s.is_dir()]
     if missing:
         raise ConfigError(f"--subjects: {missing} are not directories; give Hugging Face model directories")
-    calibration = calibrate_suite(
-        FitnessSuite.load(suite),
-        all_subjects,
-        device=device,
-        batch_size=batch_size,
-        dims=_dims(dims),
-        seed=seed,
-        progress=lambda message: typer.echo(message, err=True),
-        space=SearchSpace.load(space) if space is not None else None,
-        merges=merges,
-        dtype=dtype,
-        answers=AnswerCache(answers or out.with_suffix(".answers")),
-    )
+    total = len(all_subjects) + (merges if space is not None else 0)
+    with progress_bar(disable=not _show_progress(quiet)) as bar:
+        task = bar.add_task("calibrate", total=total, info="")
+        done = itertools.count()
+
+        def started(message: str) -> None:  # said as each subject starts: the ones before it are done
+            bar.update(task, completed=next(done), info=message)
+            if bar.disable and not quiet:  # no terminal (a log): the message as a line
+                typer.echo(message, err=True)
+
+        calibration = calibrate_suite(
+            FitnessSuite.load(suite),
+            all_subjects,
+            device=device,
+            batch_size=batch_size,
+            dims=_dims(dims),
+            seed=seed,
+            progress=started,
+            space=SearchSpace.load(space) if space is not None else None,
+            merges=merges,
+            dtype=dtype.value,
+            answers=AnswerCache(answers or out.with_suffix(".answers")),
+        )
+        bar.update(task, completed=total, info="IRT fitted")
     calibration.save(out)
     typer.echo(
         f"{out}: {len(calibration.subjects)} subjects x {len(calibration.item_ids)} items, "

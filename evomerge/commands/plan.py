@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from evomerge.commands.inspect import Format, _check_format, _print_json
+from evomerge.commands.inspect import Format, _print_json
 
 # Reference bandwidths for the floor per candidate (bytes read / bandwidth), DESIGN.md.
 HBM_BYTES_PER_S = 3.35e12  # H100 SXM
@@ -77,7 +77,7 @@ def plan(
     free_gib: float | None = typer.Option(
         None, "--free-gib", help="Plan for this much free device memory (default: measured)."
     ),
-    fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+    fmt: Format = typer.Option(Format.table, "--format", help="table (for people) or json (for scripts)."),
 ) -> None:
     """Print the genes, the models and, per placement, the bytes a worker holds and reads."""
     from rich.console import Console
@@ -85,7 +85,6 @@ def plan(
 
     from evomerge.merge.memory import human_bytes
 
-    _check_format(fmt, (Format.table, Format.json))
     data = plan_payload(experiment, device, free_gib)
     if fmt == Format.json:
         _print_json(data)

@@ -113,6 +113,11 @@ class Item:
                 raise ConfigError(f"{where}: item {item_id!r}: every choice must be a non-empty string")
             if len(choices) < 2:
                 raise ConfigError(f"{where}: item {item_id!r} has a single choice; give at least two")
+            if answer is None:
+                raise ConfigError(
+                    f"{where}: item {item_id!r} has 'choices' but no 'answer' field; add \"answer\": "
+                    f"the index of the correct choice (0..{len(choices) - 1})"
+                )
             if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
                 raise ConfigError(
                     f"{where}: item {item_id!r}: answer index {answer!r} is out of range for "

@@ -359,16 +359,15 @@ def merge_to_directory(
     with atomic_directory(out_dir, force) as staging:
         writer = ShardWriter(staging, layout, max_shard_bytes)
         try:
-            jobs = plan.jobs
-            if progress:
-                from tqdm.auto import tqdm
+            from evomerge.progress import progress_bar
 
-                jobs = tqdm(jobs, desc="merging", unit="tensor")
-            with torch.no_grad():
-                for job in jobs:
+            with progress_bar(disable=not progress) as bar, torch.no_grad():
+                task = bar.add_task("merge", total=len(plan.jobs), info="tensors")
+                for job in plan.jobs:
                     inputs = plan.inputs(job, tensor, fresh_stats)
                     inputs.out_dtype = out_dtypes[job.name]  # written by the kernel, as in memory
                     writer.write(job.name, plan.method.merge(inputs))
+                    bar.advance(task)
         finally:
             writer.close()
         _write_config(reference, plan.num_layers, recipe, staging, layout)

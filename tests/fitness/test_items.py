@@ -177,3 +177,13 @@ def test_suite_errors(tmp_path: Path) -> None:
         )
     with pytest.raises(ConfigError, match="does not exist"):
         FitnessSuite.load(tmp_path / "missing.yaml")
+
+
+def test_a_choice_item_without_an_answer_is_one_line_naming_the_item_and_the_field(tmp_path: Path) -> None:
+    bank = tmp_path / "b.jsonl"
+    bank.write_text(json.dumps({"id": "q7", "task": "t", "prompt": "2+2=", "choices": ["3", "4"]}) + "\n")
+    with pytest.raises(ConfigError) as error:
+        load_bank(bank)
+    message = str(error.value)
+    assert "\n" not in message and "'q7'" in message and "no 'answer' field" in message
+    assert "None" not in message and f"{bank}:1" in message
