@@ -16,6 +16,17 @@ import yaml
 
 from evomerge.errors import ConfigError
 from evomerge.runview import RunView
+from evomerge.units import pct
+
+PLOTLY_PERCENT = ".0%"  # accuracies are stored as fractions; axes read in percent (evomerge.units)
+
+
+def _percent_ticks(axis: Any) -> None:
+    """Tick labels of a matplotlib accuracy axis in percent (values stay fractions)."""
+    from matplotlib.ticker import PercentFormatter
+
+    axis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+
 
 # Marker per trial kind, shared by both renderers.
 KIND_STYLE = {
@@ -206,6 +217,7 @@ def _png_pareto(data: ReportData, path: Path) -> Path:
                     )
         ax.set_xlabel(f"{data.objectives[0]} (estimated accuracy)")
         ax.set_ylabel(f"{data.objectives[1]} (estimated accuracy)")
+        _percent_ticks(ax.xaxis)
         ax.set_title(f"Pareto front of {data.study}:\n{len(front)} of {len(data.points)} completed trials")
         ax.grid(alpha=0.3)
     else:
@@ -228,6 +240,7 @@ def _png_pareto(data: ReportData, path: Path) -> Path:
         n_front = sum(p.on_front for p in data.points)
         ax.set_title(f"Trials of {data.study}\n(parallel coordinates): {n_front} on the Pareto front")
         ax.grid(alpha=0.3, axis="y")
+    _percent_ticks(ax.yaxis)
     if not data.points:
         ax.text(0.5, 0.5, "no completed trial yet", ha="center", va="center", transform=ax.transAxes)
     elif n_obj == 2:
@@ -247,6 +260,7 @@ def _png_history(data: ReportData, path: Path) -> Path:
         best_ax.step(data.completed, data.best_so_far[:, j], where="post", label=task)
     best_ax.set_xlabel("completed trials")
     best_ax.set_ylabel("best estimated accuracy so far")
+    _percent_ticks(best_ax.yaxis)
     best_ax.set_title("Best so far per task")
     best_ax.legend(fontsize=8)
     best_ax.grid(alpha=0.3)
@@ -310,7 +324,7 @@ def render_html(data: ReportData, path: Path) -> Path:
 
 
 def _hover(point: Point, objectives: list[str]) -> str:
-    values = "<br>".join(f"{t}: {v:.4f}" for t, v in zip(objectives, point.values, strict=True))
+    values = "<br>".join(f"{t}: {pct(v)}%" for t, v in zip(objectives, point.values, strict=True))
     return f"trial #{point.number} {html.escape(point.label)}<br>{values}"
 
 
@@ -345,6 +359,8 @@ def _plotly_pareto(data: ReportData) -> Any:
                 )
             )
         fig.update_layout(xaxis_title=data.objectives[0], yaxis_title=data.objectives[1])
+        fig.update_xaxes(tickformat=PLOTLY_PERCENT)
+        fig.update_yaxes(tickformat=PLOTLY_PERCENT)
     else:
         keys = [_style_key(p, data.knee) for p in data.points]
         order = ["search", "front", "baseline", "parent", "knee"]
@@ -354,7 +370,11 @@ def _plotly_pareto(data: ReportData) -> Any:
             go.Parcoords(
                 line={"color": codes, "colorscale": scale, "cmin": 0, "cmax": len(order) - 1},
                 dimensions=[
-                    {"label": task, "values": [p.values[j] for p in data.points]}
+                    {
+                        "label": task,
+                        "values": [p.values[j] for p in data.points],
+                        "tickformat": PLOTLY_PERCENT,
+                    }
                     for j, task in enumerate(data.objectives)
                 ],
             )
@@ -375,6 +395,7 @@ def _plotly_history(data: ReportData) -> Any:
         fig.add_trace(go.Scatter(x=x, y=data.best_so_far[:, j].tolist(), name=task, line_shape="hv"), 1, 1)
     fig.add_trace(go.Scatter(x=x, y=data.hypervolume.tolist(), name="hypervolume", line_shape="hv"), 1, 2)
     fig.update_xaxes(title_text="completed trials")
+    fig.update_yaxes(tickformat=PLOTLY_PERCENT, row=1, col=1)
     return fig
 
 

@@ -136,3 +136,12 @@ def test_ray_messages_go_to_the_run_log_and_to_the_terminal_only_when_verbose(
     stderr = capfd.readouterr().err
     assert "Token authentication" in (tmp_path / RAY_LOG).read_text()
     assert ("Token authentication" in stderr) is verbose
+
+
+def test_plots_read_accuracy_in_percent(run_dir: Path, tmp_path: Path) -> None:
+    cli("plot", run_dir, "--out", tmp_path / "plots")
+    page = (tmp_path / "plots" / "report.html").read_text()
+    knee = json.loads(cli("front", run_dir, "--format", "json"))
+    record = next(r for r in knee["front"] if r["number"] == knee["knee"])
+    assert f"arithmetic: {100 * record['estimates']['arithmetic']:.1f}%" in page  # hover text
+    assert '"tickformat":".0%"' in page  # axes in percent
