@@ -45,7 +45,6 @@ def audit_trials(
 ) -> dict[int, dict[str, float]]:
     """Score each record's recipe on the full eval split and store the result in the study."""
     from evomerge.recipe import MergeRecipe
-    from evomerge.store import retry
 
     if not records:
         return {}
@@ -57,9 +56,7 @@ def audit_trials(
         scores = evaluator.evaluate_full(merger.model)
         measured[record.number] = {task: float(scores[task]) for task in view.objectives}
         # Stored right away: an interrupted audit keeps every measurement already made.
-        retry(
-            lambda n=record.number: store.study.set_user_attr(audit_key(n), measured[n]), "storing an audit"
-        )
+        store.write_study_attr(audit_key(record.number), measured[record.number])
         if progress is not None:
             progress(done, len(records))
     return measured

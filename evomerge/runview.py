@@ -123,26 +123,28 @@ class RunView:
     @classmethod
     def from_store(cls, store: Any) -> RunView:
         """The view of a `evomerge.store.RunStore` (its reads retry while the storage is busy)."""
-        from evomerge.store import retry
-
         return cls._build(
-            store.study,
-            store.objectives,
-            store.trials(),
-            retry(lambda: store.study.user_attrs, "reading the study"),
+            store.study_name, store.objectives, store.directions, store.trials(), store.study_attrs()
         )
 
     @classmethod
     def from_study(cls, study: Any, objectives: Sequence[str]) -> RunView:
-        return cls._build(study, objectives, study.get_trials(deepcopy=False), study.user_attrs)
+        """The view of an Optuna study as it is (tests and notebooks; a run's is `from_store`)."""
+        directions = [d.name.lower() for d in study.directions]
+        trials = study.get_trials(deepcopy=False)
+        return cls._build(study.study_name, objectives, directions, trials, study.user_attrs)
 
     @classmethod
     def _build(
-        cls, study: Any, objectives: Sequence[str], trials: Sequence[Any], study_attrs: Mapping[str, Any]
+        cls,
+        name: str,
+        objectives: Sequence[str],
+        directions: Sequence[str],
+        trials: Sequence[Any],
+        study_attrs: Mapping[str, Any],
     ) -> RunView:
-        directions = [d.name.lower() for d in study.directions]
         records = [record_from_trial(t, objectives, study_attrs.get(audit_key(t.number))) for t in trials]
-        return cls(study.study_name, objectives, directions, records)
+        return cls(name, objectives, directions, records)
 
     # ----- arrays and fronts ---------------------------------------------------------------
     def minimized(self, records: Sequence[TrialRecord] | None = None) -> np.ndarray:

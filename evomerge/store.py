@@ -39,6 +39,35 @@ def gene_name(index: int) -> str:
     return f"g{index:04d}"
 
 
+def _backend(study: optuna.Study) -> tuple[optuna.storages.BaseStorage, int]:
+    """The study's storage and id. Optuna has no public call that writes a trial's attributes by its
+    number, or creates a RUNNING trial, without running the study's sampler (`optuna.Trial` does on
+    construction): those go through the storage, here and nowhere else."""
+    return study._storage, study._study_id
+
+
+def create_running_trial(study: optuna.Study, template: optuna.trial.FrozenTrial) -> int:
+    """A new trial made from `template` (RUNNING), without the study's sampler; its number."""
+    storage, study_id = _backend(study)
+    trial_id = retry(lambda: storage.create_new_trial(study_id, template_trial=template), "creating a trial")
+    return retry(lambda: storage.get_trial_number_from_id(trial_id), "creating a trial")
+
+
+def trial_by_number(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    storage, study_id = _backend(study)
+    return retry(
+        lambda: storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, number)),
+        "reading a trial",
+    )
+
+
+def _set_metric_names(study: optuna.Study, names: Sequence[str]) -> None:
+    """Name the objectives after the tasks (the dashboard's axes read "arith", not "Objective 0")."""
+    with warnings.catch_warnings():  # set_metric_names is experimental
+        warnings.simplefilter("ignore")
+        study.set_metric_names(list(names))
+
+
 T = TypeVar("T")
 RUN_FILE = "run.json"
 DB_FILE = "study.db"
@@ -135,6 +164,19 @@ class RunStore:
     storage: str
 
     @property
+    def study_name(self) -> str:
+        return self.study.study_name
+
+    @property
+    def backend(self) -> optuna.storages.BaseStorage:
+        """The study's own storage object (optuna-dashboard serves it: no second connection)."""
+        return _backend(self.study)[0]
+
+    @property
+    def study_id(self) -> int:
+        return _backend(self.study)[1]
+
+    @property
     def directions(self) -> list[str]:
         return [d.name.lower() for d in self.study.directions]
 
@@ -160,31 +202,23 @@ class RunStore:
     # ----- the run's search time, over all its sessions ------------------------------------
     def search_seconds(self) -> float:
         """Seconds the run's search sessions have spent so far (`budget.minutes` counts these)."""
-        attrs = retry(
-            lambda: self.study._storage.get_study_user_attrs(self.study._study_id), "reading the study"
-        )
-        return float(attrs.get(SEARCH_SECONDS, 0.0))
+        return float(self.read_study_attr(SEARCH_SECONDS) or 0.0)
 
     def set_search_seconds(self, seconds: float) -> None:
-        retry(
-            lambda: self.study._storage.set_study_user_attr(
-                self.study._study_id, SEARCH_SECONDS, round(float(seconds), 3)
-            ),
-            "writing the search time",
-        )
+        self.write_study_attr(SEARCH_SECONDS, round(float(seconds), 3))
 
-    # ----- the driver lease: one search driver per study at a time ------------------------
+    # ----- the study's attributes (the driver lease, audits, the run's settings) ----------
+    def study_attrs(self) -> dict[str, Any]:
+        return retry(lambda: self.study.user_attrs, "reading the study")
+
     def read_study_attr(self, key: str) -> Any:
-        attrs = retry(
-            lambda: self.study._storage.get_study_user_attrs(self.study._study_id), "reading the study"
-        )
-        return attrs.get(key)
+        return self.study_attrs().get(key)
 
     def write_study_attr(self, key: str, value: Any) -> None:
-        retry(
-            lambda: self.study._storage.set_study_user_attr(self.study._study_id, key, value),
-            "writing the study",
-        )
+        retry(lambda: self.study.set_user_attr(key, value), "writing the study")
+
+    def set_metric_names(self, names: Sequence[str]) -> None:
+        retry(lambda: _set_metric_names(self.study, names), "writing the study")
 
     # ----- trials --------------------------------------------------------------------------
     def start_trial(
@@ -215,7 +249,6 @@ class RunStore:
         if trial_number is not None:
             self._set_attrs(trial_number, attrs)
             return trial_number
-        storage, study_id = self.study._storage, self.study._study_id
         params, distributions = {}, {}
         if kind == "search" and genome is not None:
             # The genes as Optuna params (the names and [0, 1] cube the optuna optimizer's own
@@ -226,10 +259,7 @@ class RunStore:
         template = optuna.trial.create_trial(
             state=TrialState.RUNNING, params=params, distributions=distributions, user_attrs=attrs
         )
-        trial_id = retry(
-            lambda: storage.create_new_trial(study_id, template_trial=template), "creating a trial"
-        )
-        return retry(lambda: storage.get_trial_number_from_id(trial_id), "creating a trial")
+        return create_running_trial(self.study, template)
 
     def complete_trial(self, number: int, result: WorkerResult) -> None:
         """Record a worker's result (estimates, intervals, timings, worker, ...) and COMPLETE it."""
@@ -255,18 +285,12 @@ class RunStore:
 
     def _set_attrs(self, number: int, attrs: dict[str, Any]) -> None:
         # Straight to the storage: an `optuna.Trial` handle would run the sampler on construction.
-        trial_id = self._trial_id(number)
-        for key, value in attrs.items():
-            retry(
-                lambda k=key, v=value: self.study._storage.set_trial_user_attr(trial_id, k, v),
-                "writing a trial",
-            )
-
-    def _trial_id(self, number: int) -> int:
-        return retry(
-            lambda: self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number),
-            "finding a trial",
+        storage, study_id = _backend(self.study)
+        trial_id = retry(
+            lambda: storage.get_trial_id_from_study_id_trial_number(study_id, number), "finding a trial"
         )
+        for key, value in attrs.items():
+            retry(lambda k=key, v=value: storage.set_trial_user_attr(trial_id, k, v), "writing a trial")
 
 
 def create_run(
@@ -299,9 +323,7 @@ def create_run(
         study.set_user_attr("objectives", list(objectives))
         for key, value in attrs.items():
             study.set_user_attr(key, value)
-        with warnings.catch_warnings():  # set_metric_names is experimental; the dashboard shows the names
-            warnings.simplefilter("ignore")
-            study.set_metric_names(list(objectives))
+        _set_metric_names(study, objectives)
     except optuna.exceptions.DuplicatedStudyError:
         _remove_new(run_dir, made)
         raise StorageError(

@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import sys
-import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -89,7 +88,7 @@ def _suite_for(store: Any, suite: Path | None) -> Path:
         return suite
     import yaml
 
-    recorded = store.study.user_attrs.get("suite_path")
+    recorded = store.read_study_attr("suite_path")
     if recorded and Path(recorded).is_file():
         return Path(recorded)
     named = (yaml.safe_load(store.experiment_yaml or "") or {}).get("suite")
@@ -463,19 +462,14 @@ def dashboard(
     ),
 ) -> None:
     """Open the run in optuna-dashboard (the study's trials, Pareto front, history); Ctrl-C stops."""
-    import optuna
     import optuna_dashboard
 
     store, view = _open(run, storage, study)
-    backend = store.study._storage  # the study's own storage object: no second connection string to trust
-    # Name the objectives after the tasks, so the dashboard's axes read "arith", not "Objective 0".
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        store.study.set_metric_names(view.objectives)
-    study_id = backend.get_study_id_from_name(view.name)
+    store.set_metric_names(view.objectives)
+    study_id = store.study_id
     _check_port_free(host, port)
     typer.echo(f"optuna-dashboard for study {view.name!r}: http://{host}:{port}/dashboard/studies/{study_id}")
-    optuna_dashboard.run_server(backend, host=host, port=port)
+    optuna_dashboard.run_server(store.backend, host=host, port=port)
 
 
 def register(app: typer.Typer) -> None:

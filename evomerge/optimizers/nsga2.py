@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 
 from evomerge.errors import ConfigError
 from evomerge.optimizers.base import OPTIMIZERS, Candidate, Optimizer
-from evomerge.store import gene_name
+from evomerge.store import create_running_trial, gene_name, trial_by_number
 
 SAMPLERS = ("nsga2", "tpe")
 
@@ -106,10 +106,7 @@ class OptunaOptimizer(Optimizer):
         """A new RUNNING trial with the interrupted trial's genes and generation, made without the
         sampler (its random state stays where the uninterrupted run would have it)."""
         study = self._ensure_study()
-        storage = study._storage
-        old = storage.get_trial(
-            storage.get_trial_id_from_study_id_trial_number(study._study_id, candidate.id)
-        )
+        old = trial_by_number(study, candidate.id)
         keep = getattr(self._sampler, "_get_generation_key", lambda: None)()  # NSGA-II's generation
         system_attrs = {k: v for k, v in old.system_attrs.items() if k == keep}
         template = optuna.trial.FrozenTrial(
@@ -126,8 +123,7 @@ class OptunaOptimizer(Optimizer):
             intermediate_values={},
             trial_id=-1,
         )
-        trial_id = storage.create_new_trial(study._study_id, template_trial=template)
-        renewed = Candidate(storage.get_trial_number_from_id(trial_id), candidate.genome)
+        renewed = Candidate(create_running_trial(study, template), candidate.genome)
         del self._pending[candidate.id]
         self._pending[renewed.id] = renewed
         return renewed
