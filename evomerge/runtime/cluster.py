@@ -1,0 +1,92 @@
+"""The Ray side of a search: joining or starting Ray, the worker actors, and how many fit."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from evomerge.errors import ConfigError
+from evomerge.experiment import Experiment
+from evomerge.space import SearchSpace
+
+
+def init_ray(experiment: Experiment, address: str | None) -> bool:
+    """Join `address` / RAY_ADDRESS, or start a local Ray; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    else:
+        num_cpus = experiment.spec.ray.num_cpus or os.cpu_count() or 1
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def actor_factory(experiment: Experiment, space: SearchSpace) -> Callable[[int], Any]:
+    import ray
+
+    from evomerge.runtime.worker import Worker
+
+    workers = experiment.spec.workers
+    gpus = workers.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    threads = str(max(1, int(workers.cpus_per_worker)))
+    remote = ray.remote(Worker).options(
+        num_cpus=workers.cpus_per_worker,
+        num_gpus=gpus,
+        resources=dict(workers.resources),  # workers.resources: only nodes that carry them
+        max_restarts=0,
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}},
+    )
+
+    def make(index: int) -> Any:
+        return remote.remote(
+            f"worker-{index}",
+            space.base,
+            space.parents,
+            str(experiment.suite_path),
+            str(experiment.calibration_path) if experiment.calibration_path else None,
+            "cuda" if gpus > 0 else "cpu",
+            workers.batch_size,
+            experiment.spec.seed,
+            workers.dtype,
+            workers.placement,
+            workers.token_budget,
+        )
+
+    return make
+
+
+def fit_workers(experiment: Experiment, requested: int, messages: list[str]) -> int:
+    """The worker count the cluster can place at once: never more actors than its CPUs (and GPUs)
+    hold, which would leave trials waiting forever; shrunk with a message, or refused."""
+    import ray
+
+    workers = experiment.spec.workers
+    resources = ray.cluster_resources()
+    fits = int(resources.get("CPU", 0) // workers.cpus_per_worker)
+    gpus = workers.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if resources.get("GPU", 0) > 0 else 0.0
+    if gpus > 0:
+        fits = min(fits, int(resources.get("GPU", 0) // gpus))
+    has = f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs"
+    for name, amount in workers.resources.items():
+        fits = min(fits, int(resources.get(name, 0) // amount))
+        has += f", {resources.get(name, 0):g} {name}"
+    if fits < 1:
+        needs = f"workers.cpus_per_worker: {workers.cpus_per_worker:g}, GPUs per worker: {gpus:g}"
+        needs += f", workers.resources: {dict(workers.resources)}" if workers.resources else ""
+        raise ConfigError(
+            f"the Ray cluster ({has}) cannot hold one worker ({needs}); lower them or raise "
+            "ray.num_cpus (a cluster: ray start --num-cpus/--resources on its nodes)"
+        )
+    if fits < requested:
+        messages.append(f"workers.count {requested} does not fit the cluster ({has}); running {fits}")
+        return fits
+    return requested
