@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import shlex
+import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
 
 from evomerge.commands.inspect import QUIET_OPT, Format, _print_json, _show_progress
 from evomerge.errors import StorageError, WorkerStartError
+from evomerge.runtime.interrupt import StopRequest
 from evomerge.units import JSON_UNIT, pct, pct_list
 
 RAY_LOG = "ray.log"  # in the run directory: Ray's own messages (start-up, warnings)
@@ -32,6 +36,21 @@ def route_ray_logs(log_file: Path, verbose: bool) -> None:
         logger.addHandler(logging.StreamHandler())
 
 
+def restores_sigint(command: Callable[..., None]) -> Callable[..., None]:
+    """The process's Ctrl-C handler as it was before `command`, which takes it over, ran."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        previous = signal.getsignal(signal.SIGINT)
+        try:
+            command(*args, **kwargs)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    return run
+
+
+@restores_sigint
 def search(
     experiment: Path = typer.Argument(..., help="Experiment YAML (see experiments/)."),
     run_dir: Path | None = typer.Option(
@@ -62,6 +81,7 @@ def search(
     ),
 ) -> None:
     """Search merge recipes: parents and a baseline first, then the optimizer's candidates."""
+    stop = StopRequest().install()  # first: a Ctrl-C at any moment from here ends in one line, exit 130
     from evomerge.experiment import Experiment
     from evomerge.progress import progress_bar
     from evomerge.runtime.driver import SearchDriver, SearchProgress
@@ -83,17 +103,22 @@ def search(
                 started = True
             bar.update(task, completed=p.done, total=p.budget, info=info)
 
-        driver = SearchDriver(
-            loaded,
-            run_dir,
-            resume=resume,
-            storage=storage,
-            ray_address=ray_address,
-            max_trials=max_trials,
-            seed=seed,
-            on_progress=show,
-            study=study,
-        )
+        try:
+            stop.check()  # pressed while loading
+            driver = SearchDriver(
+                loaded,
+                run_dir,
+                resume=resume,
+                storage=storage,
+                ray_address=ray_address,
+                max_trials=max_trials,
+                seed=seed,
+                on_progress=show,
+                study=study,
+                stop=stop,
+            )
+        except KeyboardInterrupt:
+            exit_interrupted(console, experiment, run_dir, resume_cmd)
         route_ray_logs(run_dir / RAY_LOG, verbose)  # the run directory exists from here on
         try:
             summary = driver.run()
@@ -101,9 +126,12 @@ def search(
             raise StorageError(f"{error}; resume with: {resume_cmd}") from error
         except WorkerStartError as error:
             raise WorkerStartError(f"{error}; fix it, then resume with: {resume_cmd}") from error
+        except KeyboardInterrupt:
+            exit_interrupted(console, experiment, run_dir, resume_cmd)
     # A search that measured nothing did not succeed: exit 1 (failures), with the reason printed.
     failed_run = summary.stopped == "failures" or (summary.complete == 0 and summary.failed > 0)
-    stopped_early = summary.stopped in ("interrupted", "time")
+    interrupted = summary.stopped == "interrupted" or stop.requested  # (even while shutting down)
+    stopped_early = interrupted or summary.stopped == "time"
     if fmt is Format.json:
         _print_json(
             {
@@ -122,18 +150,31 @@ def search(
                 **JSON_UNIT,
             }
         )
-        if summary.stopped == "interrupted":
+        if interrupted:
             raise typer.Exit(130)
         if failed_run:
             raise typer.Exit(1)
         return
     print_summary(console, summary, resume_cmd if stopped_early else None)
-    if summary.stopped == "interrupted":
+    if interrupted:
         raise typer.Exit(130)
     if failed_run:
         if summary.complete == 0:
             console.print("no search trial completed: the search measured nothing", highlight=False)
         raise typer.Exit(1)
+
+
+def exit_interrupted(console: Console, experiment: Path, run_dir: Path, resume_cmd: str) -> NoReturn:
+    """Ctrl-C that cut the search short outside its loop (whose own stop prints the summary), e.g.
+    while Ray starts: one line, exit 130. The run, if created, resumes (see runtime/opening.py)."""
+    from evomerge.store import RUN_FILE
+
+    if (run_dir / RUN_FILE).is_file():
+        console.print(f"interrupted; resume with: {resume_cmd}", soft_wrap=True, highlight=False)
+    else:
+        again = shlex.join(["evomerge", "search", str(experiment), "--run-dir", str(run_dir)])
+        console.print(f"interrupted before the run was created; start it with: {again}", soft_wrap=True)
+    raise typer.Exit(130)
 
 
 def print_summary(console: Console, summary: Any, resume_cmd: str | None) -> None:
