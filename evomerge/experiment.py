@@ -18,10 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from evomerge.errors import ConfigError
+from evomerge.yamltext import parse_yaml
 
 
 class _Strict(BaseModel):
@@ -125,10 +125,7 @@ class Experiment:
 
     @classmethod
     def from_text(cls, text: str, root: Path, source: str = "<experiment>") -> Experiment:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise ConfigError(f"experiment {source} is not valid YAML: {error}") from None
+        data = parse_yaml(text, f"experiment {source}")
         if not isinstance(data, dict):
             raise ConfigError(f"experiment {source}: expected a mapping, got {type(data).__name__}")
         try:

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from evomerge.errors import ConfigError
+from evomerge.yamltext import parse_yaml
 
 Scalar = StrictBool | float
 Gradient = list[float]
@@ -158,11 +159,7 @@ class MergeRecipe(_Frozen):
             if not path.is_file():
                 raise ConfigError(f"recipe file {str(path)!r} does not exist; pass a mergekit YAML file")
             text = path.read_text()
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise ConfigError(f"recipe is not valid YAML: {error}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(parse_yaml(text, "recipe"))
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True, exclude_defaults=True) | {

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evomerge.demo import DemoFamily
 from evomerge.errors import ConfigError
+from evomerge.yamltext import parse_yaml
 
 OTHER = "__other__"  # the filter group of tensors no filter names (norms, embeddings)
 
@@ -120,7 +121,8 @@ class SearchSpace:
             raise ConfigError(
                 f"search space {str(path)!r} does not exist; pass a YAML file under search_spaces/"
             )
-        return cls.from_dict(yaml.safe_load(path.read_text()), root=path.parent, source=str(path))
+        data = parse_yaml(path.read_text(), f"search space {str(path)!r}")
+        return cls.from_dict(data, root=path.parent, source=str(path))
 
     @classmethod
     def from_dict(cls, data: Any, root: Path = Path("."), source: str = "<dict>") -> SearchSpace:

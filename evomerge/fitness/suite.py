@@ -34,13 +34,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from evomerge.errors import ConfigError
 from evomerge.fitness.code import check_code_item
 from evomerge.fitness.items import Item, file_sha256, load_bank
 from evomerge.fitness.sandbox import Limits
+from evomerge.yamltext import parse_yaml
 
 
 class BankSpec(BaseModel):
@@ -144,10 +144,7 @@ class FitnessSuite:
             raise ConfigError(
                 f"fitness suite {str(path)!r} does not exist; give a suite YAML (e.g. fitness/skills.yaml)"
             )
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as error:
-            raise ConfigError(f"fitness suite {str(path)!r} is not valid YAML: {error}") from None
+        raw = parse_yaml(path.read_text(encoding="utf-8"), f"fitness suite {str(path)!r}")
         return cls.from_dict(raw, root=path.parent, source=str(path))
 
     @classmethod

@@ -67,7 +67,18 @@ class ModelReader:
             raise ModelLoadError(
                 f"{str(self.path)!r} has no config.json; point to a Hugging Face model directory"
             )
-        self.config: dict[str, Any] = json.loads(config_file.read_text())
+        try:
+            config = json.loads(config_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ModelLoadError(
+                f"{str(config_file)!r} is not valid JSON ({error}); restore the model's config.json"
+            ) from None
+        if not isinstance(config, dict):
+            raise ModelLoadError(
+                f"{str(config_file)!r} holds a JSON {type(config).__name__}, not an object; "
+                "restore the model's config.json"
+            )
+        self.config: dict[str, Any] = config
         self._files: dict[str, Any] = {}
         self._where: dict[str, str] = {}
         self._pickled: dict[str, torch.Tensor] | None = None

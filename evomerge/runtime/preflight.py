@@ -1,13 +1,17 @@
-"""What a search checks before any worker starts: each worker's memory against the free memory.
+"""What a search checks before any worker starts: its fitness, and each worker's memory.
 
-The bytes come from the checkpoints' safetensors headers (nothing is loaded; see
-`evomerge/merge/memory.py`). A local run checks the driver's own devices; a worker on a cluster
-checks its device again when it starts (LiveMerger refuses in one line before loading).
+The fitness check builds the evaluator every worker builds (suite and banks, estimator,
+calibration, anchors, the tokenizer the workers score with), so what would stop every worker at
+its start is refused in one line before a run exists. The memory check's bytes come from the
+checkpoints' safetensors headers (nothing is loaded; see `evomerge/merge/memory.py`). A local run
+checks the driver's own devices; a worker on a cluster checks its device again when it starts
+(LiveMerger refuses in one line before loading).
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,6 +19,8 @@ import torch
 from evomerge.errors import ConfigError
 from evomerge.merge.io import ModelReader, check_compatible
 from evomerge.merge.memory import MemoryPlan, choose_placement, free_bytes
+
+GPU_TOKEN_BUDGET = 16384  # padded tokens per scoring batch on a GPU (workers.token_budget overrides)
 
 
 def live_dtype(name: str, device: str) -> torch.dtype | None:
@@ -56,3 +62,70 @@ def check_worker_memory(experiment: Any, space: Any, device: str, free: int | No
     if refusal is not None:
         raise ConfigError(refusal)
     return plan
+
+
+def search_evaluator(
+    suite: Any,
+    tokenizer: Any,
+    base: str | None,
+    parents: list[str],
+    *,
+    calibration: str | Path | None = None,
+    device: str = "cpu",
+    batch_size: int = 16,
+    seed: int = 0,
+    token_budget: int | None = None,
+) -> Any:
+    """The fitness evaluator a search worker scores its candidates with (`suite`: a FitnessSuite or
+    its path; `tokenizer`: a tokenizer or its directory)."""
+    from evomerge.fitness.estimators import NEEDS_PARENTS, merge_endpoints
+    from evomerge.fitness.evaluator import FitnessEvaluator
+    from evomerge.fitness.suite import FitnessSuite
+
+    suite = suite if isinstance(suite, FitnessSuite) else FitnessSuite.load(suite)
+    return FitnessEvaluator(
+        suite,
+        tokenizer,
+        calibration=calibration,
+        device=device,
+        batch_size=batch_size,
+        token_budget=token_budget or (GPU_TOKEN_BUDGET if device.startswith("cuda") else None),
+        seed=seed,
+        parents=merge_endpoints(base, parents) if suite.estimator in NEEDS_PARENTS else None,
+    )
+
+
+def check_fitness(experiment: Any, space: Any) -> Any:
+    """The experiment's FitnessSuite, after building the workers' evaluator once here; a fault
+    any worker would hit at its start is a ConfigError (one line) instead."""
+    from evomerge.fitness.evaluator import load_tokenizer
+    from evomerge.fitness.suite import FitnessSuite
+
+    suite = FitnessSuite.load(experiment.suite_path)
+    source = Path(space.base or space.parents[0])  # the workers' tokenizer: their reference model's
+    if not source.is_dir():  # models only on a cluster's nodes: their workers check them at start
+        return suite
+    try:
+        tokenizer = load_tokenizer(source)
+    except Exception as error:  # transformers raises OSError, ValueError, ... for a missing tokenizer
+        first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"cannot load a tokenizer from {str(source)!r} ({first}); the workers score with it: copy the "
+            "model's tokenizer files (tokenizer.json, tokenizer_config.json, ...) there"
+        ) from None
+    vocabulary = ModelReader(source).config.get("vocab_size")
+    if isinstance(vocabulary, int) and len(tokenizer) > vocabulary:
+        raise ConfigError(
+            f"the tokenizer of {str(source)!r} has {len(tokenizer)} tokens but the model's vocab_size is "
+            f"{vocabulary}; use the tokenizer the model was trained with"
+        )
+    search_evaluator(
+        suite,
+        tokenizer,
+        space.base,
+        space.parents,
+        calibration=experiment.calibration_path,
+        batch_size=experiment.spec.workers.batch_size,
+        seed=experiment.spec.seed,
+    )
+    return suite

@@ -16,8 +16,6 @@ import traceback
 
 from evomerge.runtime.work import WorkerResult
 
-GPU_TOKEN_BUDGET = 16384  # padded tokens per scoring batch on a GPU (workers.token_budget overrides)
-
 
 class Worker:
     def __init__(
@@ -36,11 +34,8 @@ class Worker:
     ) -> None:
         import torch
 
-        from evomerge.fitness.estimators import NEEDS_PARENTS, merge_endpoints
-        from evomerge.fitness.evaluator import FitnessEvaluator
-        from evomerge.fitness.suite import FitnessSuite
         from evomerge.merge.live import LiveMerger
-        from evomerge.runtime.preflight import live_dtype
+        from evomerge.runtime.preflight import live_dtype, search_evaluator
 
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         import ray
@@ -50,16 +45,16 @@ class Worker:
         self.merger = LiveMerger(
             base, parents, device=device, model_dtype=live_dtype(dtype, device), placement=placement
         )
-        suite_obj = FitnessSuite.load(suite)
-        self.evaluator = FitnessEvaluator(
-            suite_obj,
+        self.evaluator = search_evaluator(
+            suite,
             self.merger.tokenizer_dir,
+            base,
+            parents,
             calibration=calibration,
             device=device,
             batch_size=batch_size,
-            token_budget=token_budget or (GPU_TOKEN_BUDGET if device.startswith("cuda") else None),
             seed=seed,
-            parents=merge_endpoints(base, parents) if suite_obj.estimator in NEEDS_PARENTS else None,
+            token_budget=token_budget,
         )
 
     def ping(self) -> str:
