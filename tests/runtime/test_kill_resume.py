@@ -102,3 +102,60 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, tiny_family) -> N
     assert all(
         t.user_attrs["fail_reason"].startswith("interrupted") for t in trials if t.state == TrialState.FAIL
     )
+
+
+def ctrl_c_group(driver: subprocess.Popen) -> float:
+    """Ctrl-C as a terminal sends it (the whole process group); seconds until the driver exited."""
+    started = time.time()
+    os.killpg(driver.pid, signal.SIGINT)
+    driver.wait(timeout=120)
+    return time.time() - started
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_start_up_and_mid_run_then_resume_exactly(tmp_path, tiny_family) -> None:
+    path = write_experiment(tmp_path / "exp", tiny_family, trials=12)
+    run_dir = tmp_path / "run"
+    resume = f"resume with: evomerge search {path} --run-dir {run_dir} --resume"
+
+    def start(*extra: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [*EVOMERGE, "search", str(path), "--run-dir", str(run_dir), *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+
+    first = start()  # start-up: the run exists, Ray and the workers are still starting
+    deadline = time.time() + 120
+    while not (run_dir / "run.json").exists():
+        assert first.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    took = ctrl_c_group(first)
+    err = first.stderr.read()
+    assert first.returncode == 130 and resume in " ".join(err.split()), err[-2000:]
+    assert took < 15, f"start-up Ctrl-C took {took:.1f} s"
+    assert completed_search_trials(run_dir / "study.db") == 0
+
+    second = start("--resume")  # mid-run
+    deadline = time.time() + 300
+    while completed_search_trials(run_dir / "study.db") < 2:
+        assert second.poll() is None and time.time() < deadline
+        time.sleep(0.1)
+    took = ctrl_c_group(second)
+    err = second.stderr.read()
+    assert second.returncode == 130 and resume in " ".join(err.split()), err[-2000:]
+    assert took < 15, f"mid-run Ctrl-C took {took:.1f} s"
+    assert not [t for t in open_run(run_dir).trials() if t.state == TrialState.RUNNING]
+
+    last = subprocess.run(
+        [*EVOMERGE, "search", str(path), "--run-dir", str(run_dir), "--resume"],
+        capture_output=True, text=True, timeout=500, start_new_session=True,
+    )  # fmt: skip
+    assert last.returncode == 0, last.stderr[-3000:]
+    trials = open_run(run_dir).trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    search = sorted(t.user_attrs["candidate"] for t in complete if t.user_attrs["kind"] == "search")
+    assert search == list(range(12))  # nothing lost, nothing evaluated twice
+    kinds = [t.user_attrs["kind"] for t in complete]
+    assert kinds.count("parent") == 2 and kinds.count("baseline") == 1
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert all(t.user_attrs["fail_reason"].startswith("interrupted") for t in failed)
