@@ -16,7 +16,7 @@ seed: 0
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -69,6 +69,9 @@ class Workers(_Strict):
     placement: Literal["auto", "device", "host", "disk"] = "auto"
     # An evaluation running longer fails (its worker is replaced). None: no limit.
     evaluation_timeout_s: float | None = Field(default=1800.0, gt=0)
+    # Custom Ray resources each worker needs, e.g. {evomerge_worker: 1}: workers then run only on
+    # the nodes started with them (`ray start --resources='{"evomerge_worker": 2}'`).
+    resources: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
 
 
 class RaySpec(_Strict):
