@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import shlex
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -121,7 +123,9 @@ def search(
             exit_interrupted(console, experiment, run_dir, resume_cmd)
         route_ray_logs(run_dir / RAY_LOG, verbose)  # the run directory exists from here on
         try:
-            summary = driver.run()
+            # Ray prints cluster events (a node's loss) on stdout, which holds the summary alone.
+            with contextlib.redirect_stdout(sys.stderr):
+                summary = driver.run()
         except StorageError as error:  # the run exists; everything finished is committed
             raise StorageError(f"{error}; resume with: {resume_cmd}") from error
         except WorkerStartError as error:
