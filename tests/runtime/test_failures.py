@@ -110,3 +110,33 @@ def test_a_worker_count_the_cluster_cannot_hold_is_shrunk(tmp_path, tiny_family,
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 0.5})
     with pytest.raises(evomerge.errors.ConfigError, match=r"cannot hold one worker .* raise ray.num_cpus"):
         driver._fit_workers(4)
+
+
+def test_workers_resources_are_fitted_to_the_nodes_that_carry_them(
+    tmp_path, tiny_family, monkeypatch
+) -> None:
+    import ray
+    import yaml
+
+    path = write_experiment(tmp_path / "exp", tiny_family, trials=2, workers=3)
+    data = yaml.safe_load(path.read_text())
+    data["workers"]["resources"] = {"evomerge_worker": 1}
+    path.write_text(yaml.safe_dump(data))
+    driver = SearchDriver(Experiment.load(path), tmp_path / "run", make_actor=lambda i: None)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0, "evomerge_worker": 2.0})
+    assert driver._fit_workers(3) == 2
+    assert driver.messages == [
+        "workers.count 3 does not fit the cluster (8 CPUs, 0 GPUs, 2 evomerge_worker); running 2"
+    ]
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})  # no node carries it
+    with pytest.raises(
+        evomerge.errors.ConfigError, match=r"workers.resources: \{'evomerge_worker': 1.0\}\); .*--resources"
+    ):
+        driver._fit_workers(3)
+    data["workers"]["resources"] = {"evomerge_worker": 0}
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(
+        evomerge.errors.ConfigError,
+        match=r"workers.resources.evomerge_worker: Input should be greater than 0",
+    ):
+        Experiment.load(path)
