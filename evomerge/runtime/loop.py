@@ -50,9 +50,14 @@ class SearchClock:
     def __init__(self, store: RunStore, spent: float, start: float) -> None:
         self.store, self.spent, self.start = store, spent, start
         self._saved = start
+        self._end: float | None = None
+
+    def stop(self) -> None:
+        """The session's time ends here (what is saved next and reported is the same)."""
+        self._end = time.perf_counter()
 
     def total(self) -> float:
-        return self.spent + time.perf_counter() - self.start
+        return self.spent + (self._end or time.perf_counter()) - self.start
 
     def save(self, force: bool = False) -> None:
         now = time.perf_counter()
@@ -115,6 +120,7 @@ class SearchLoop:
             self._cancel_all("the workers could not start")  # not evaluated: a resume runs them again
             raise
         finally:
+            clock.stop()
             if self.stopped != "storage":  # (during an outage the error is already on its way)
                 clock.save(force=True)
         utilization = scheduler.busy_seconds / max(
