@@ -25,7 +25,7 @@ def load(text: str) -> Experiment:
 
 def test_shipped_quickstart_loads() -> None:
     exp = Experiment.load(ROOT / "experiments" / "quickstart.yaml")
-    assert exp.suite_path == (ROOT / "fitness" / "quickstart.yaml").resolve()
+    assert exp.suite_path == (ROOT / "fitness" / "demo.yaml").resolve()
     assert exp.spec.workers.count == 2 and exp.spec.budget.trials
 
 

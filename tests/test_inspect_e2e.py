@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from runfixture import write_suite
 from typer.testing import CliRunner
 
 from evomerge.cli import app
@@ -75,15 +74,15 @@ def test_inspect_a_real_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
     # The run records its suite's absolute path: found from any directory.
     monkeypatch.chdir(tmp_path)
-    assert _suite_for(store, None) == (REPO / "fitness" / "quickstart.yaml").resolve()
+    assert _suite_for(store, None) == (REPO / "fitness" / "demo.yaml").resolve()
     # Runs from before that record: the experiment's relative path, tried under ./experiments.
     store.study.set_user_attr("suite_path", "")
     with pytest.raises(ConfigError, match="not found beside the run"):
         _suite_for(store, None)
     monkeypatch.chdir(REPO)
-    assert _suite_for(store, None) == (REPO / "fitness" / "quickstart.yaml").resolve()
+    assert _suite_for(store, None) == (REPO / "fitness" / "demo.yaml").resolve()
 
-    suite, _ = write_suite(tmp_path / "suite", n_items=4)  # same tasks, a few items: a quick audit
+    suite = REPO / "fitness" / "demo.yaml"  # the run's own suite: 100 eval items a task, a quick audit
     audit = json.loads(invoke("audit", run, "--front", "--suite", suite, "--format", "json", "-q").stdout)
     assert audit["audit"]["n_trials"] == len(front["front"])
 
