@@ -62,16 +62,19 @@ def non_dominated_ranks(points: np.ndarray) -> np.ndarray:
 def knee_point(points: np.ndarray) -> int:
     """Index (into `points`) of the front point nearest the ideal point.
 
-    Each objective is rescaled to [0, 1] across the front (0 = best value reached), so that no
-    task dominates the choice by its scale; the knee is the point with the smallest Euclidean
-    distance to the all-zero ideal. Ties go to the lowest index.
+    Each objective is rescaled to [0, 1] across all the points (0 = the best value reached, 1 =
+    the worst), so that no task dominates the choice by its scale; the knee is the front point
+    with the smallest Euclidean distance to the all-zero ideal. Ties go to the lowest index.
+    Scaling by the whole set, not the front alone, keeps a two-point front meaningful: 6 points
+    short on one task is near the ideal next to 56 short on the other (scaled by the front alone,
+    both would be 1 away).
     """
     points = np.asarray(points, dtype=float)
     if len(points) == 0:
         raise ValueError("the knee point of an empty set is undefined")
     front = np.flatnonzero(non_dominated_mask(points))
     sub = points[front]
-    low, high = sub.min(axis=0), sub.max(axis=0)
+    low, high = points.min(axis=0), points.max(axis=0)
     span = np.where(high > low, high - low, 1.0)
     distance = np.linalg.norm((sub - low) / span, axis=1)
     return int(front[np.argmin(distance)])

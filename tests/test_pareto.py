@@ -110,5 +110,8 @@ def test_knee_point() -> None:
     assert knee_point(scaled) == 1
     # The knee is always on the front even when a dominated point is near the ideal.
     assert knee_point(np.array([[0.5, 0.5], [0.4, 0.4], [0.0, 1.0]])) == 1
+    # Scaled by all the points: on a two-point front, the point a little short on one task beats
+    # the one far short on the other (scaled by the front alone they tie, and a parent won).
+    assert knee_point(-np.array([[0.44, 1.0], [1.0, 0.94], [0.25, 0.25]])) == 1
     with pytest.raises(ValueError):
         knee_point(np.empty((0, 2)))
