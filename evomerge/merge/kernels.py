@@ -27,7 +27,7 @@ from torch import Tensor
 
 # How a model's task vector is sparsified before the sum.
 KEEP_ALL = "all"  # no sparsification (density 1, or plain task arithmetic)
-BAND = "band"  # keep lo <= |delta| <= hi (TIES trim: hi = inf; breadcrumbs: both), times SCALE
+BAND = "band"  # keep (lo, cuts[0]) <= (|delta|, position) <= (hi, cuts[1]), times SCALE (TIES, breadcrumbs)
 RANDOM = "random"  # keep where uniform < DENSITY (DARE), times SCALE
 RANKED = "ranked"  # keep where uniform < p(rank) (DELLA), kept entries not rescaled
 RANKED_RESCALED = "ranked_rescaled"  # the same, kept entries divided by p(rank)
@@ -35,6 +35,9 @@ RANKED_RESCALED = "ranked_rescaled"  # the same, kept entries divided by p(rank)
 # Columns of the per-model parameter matrix (one row per merged model).
 # Each entry is read in the kernels as a 0-d tensor, so new values never recompile.
 WEIGHT, LO, HI, DENSITY, EPSILON, SCALE, LAMBDA = range(7)
+
+# A BAND's tie cuts (first kept position at lo, last kept position at hi) that split no ties.
+NO_CUTS = (0, 1 << 62)
 
 
 def parameter_row(weight: float, **values: float) -> list[float]:
@@ -65,6 +68,7 @@ class KernelCall:
     consensus: bool = False
     normalize: bool = False
     seeds: list[int | None] = field(default_factory=list)  # per operand, for the RANDOM/RANKED draws
+    cuts: list[tuple[int, int]] = field(default_factory=list)  # per operand, a BAND's tie cuts
     compute_dtype: torch.dtype | None = None
 
 
@@ -98,14 +102,17 @@ def uniforms(positions: Tensor, key: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _sparsified(
-    delta: Tensor, kind: str, row: Tensor, positions: Tensor, key: Tensor, rank: Tensor | None
+    delta: Tensor, kind: str, row: Tensor, positions: Tensor, key: Tensor, cuts: Tensor, rank: Tensor | None
 ) -> Tensor:
     if kind == KEEP_ALL:
         return delta
-    if kind == BAND:  # written as "not outside the band" so a NaN entry stays NaN (a broken model shows)
+    if kind == BAND:
+        # the ranks [lo, hi] of (|delta|, position) ascending: exact k even where magnitudes tie.
+        # Written as "not outside the band" so a NaN entry stays NaN (a broken model shows).
         magnitude = delta.abs()
-        outside = (magnitude < row[LO]) | (magnitude > row[HI])
-        return delta * ~outside * row[SCALE]
+        below = (magnitude < row[LO]) | ((magnitude == row[LO]) & (positions < cuts[0]))
+        above = (magnitude > row[HI]) | ((magnitude == row[HI]) & (positions > cuts[1]))
+        return delta * ~(below | above) * row[SCALE]
     uniform = uniforms(positions, key, delta.dtype)
     if kind == RANDOM:
         return delta * (uniform < row[DENSITY]) * row[SCALE]
@@ -125,22 +132,26 @@ def _task_vector_kernel(
     rows: Tensor,
     start: Tensor,
     keys: Tensor,
+    cuts: Tensor,
     ranks: list[Tensor | None],
     consensus: bool,
     normalize: bool,
     compute: torch.dtype,
 ) -> None:
     """out = base + lam * merged task vectors, all tensors flat, rows [models, 7], every step in
-    `compute`; `start` (0-d int64) is the first entry's position in the whole tensor and `keys`
-    [models] the random kinds' draw keys. Without consensus the WEIGHT column holds each model's
-    coefficient (normalization already folded in); with it, TIES sign election (Yadav et al. 2023):
-    the majority sign of sum_i w_i s_i (zero counts as positive), entries of w_i s_i with that sign
-    kept, divided by the summed weights of the kept entries when normalizing."""
+    `compute`; `start` (0-d int64) is the first entry's position in the whole tensor, `keys`
+    [models] the random kinds' draw keys and `cuts` [models, 2] the BAND kinds' tie cuts. Without
+    consensus the WEIGHT column holds each model's coefficient (normalization already folded in);
+    with it, TIES sign election (Yadav et al. 2023): the majority sign of sum_i w_i s_i (zero counts
+    as positive), entries of w_i s_i with that sign kept, divided by the summed weights of the kept
+    entries when normalizing."""
     base = base.to(compute)
-    random = any(kind in RANDOM_KINDS for kind in kinds)  # a static tuple: no index buffer otherwise
-    positions = torch.arange(out.numel(), device=out.device) + start if random else start
+    # a static tuple: no position index otherwise (an eager run would allocate it)
+    positional = any(kind in RANDOM_KINDS or kind == BAND for kind in kinds)
+    positions = torch.arange(out.numel(), device=out.device) + start if positional else start
     weighted = [
-        _sparsified(operand.to(compute) - base, kind, rows[i], positions, keys[i], ranks[i]) * rows[i, WEIGHT]
+        _sparsified(operand.to(compute) - base, kind, rows[i], positions, keys[i], cuts[i], ranks[i])
+        * rows[i, WEIGHT]
         for i, (operand, kind) in enumerate(zip(operands, kinds, strict=True))
     ]
     lam = rows[0, LAMBDA]
@@ -180,7 +191,10 @@ class _Kernel:
             # One compiled variant per structure (models, sparsifier, consensus, normalize, dtypes):
             # more than dynamo's default 8 in a process that runs many methods.
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-            self._compiled = torch.compile(self.fn, dynamic=True)
+            # Eager numerics for low-precision casts: without it Inductor skips the rounding of
+            # `x.to(bfloat16)` inside a fused chain, and a bf16 merge of fp32 checkpoints differed
+            # from eager (and from mergekit, which casts first) on ~97% of |delta| entries.
+            self._compiled = torch.compile(self.fn, dynamic=True, options={"emulate_precision_casts": True})
         try:
             return self._compiled(*args)
         except Exception as error:  # a compiler failure; a real input error fails eagerly too
@@ -198,10 +212,11 @@ class _Kernel:
 def _bracket_kernel(
     magnitude: Tensor, inside: Tensor, tensor: Tensor, base: Tensor, bounds: Tensor, compute: torch.dtype
 ) -> None:
-    """|tensor - base| in `compute`, and whether it lies in [bounds[0], bounds[1]) (one pass)."""
+    """|tensor - base| in `compute`, and whether it lies strictly between bounds[0] and bounds[1]
+    (one pass)."""
     value = (tensor.to(compute) - base.to(compute)).abs()
     magnitude.copy_(value)
-    inside.copy_((value >= bounds[0]) & (value < bounds[1]))
+    inside.copy_((value > bounds[0]) & (value < bounds[1]))
 
 
 def _band_l1_kernel(tensor: Tensor, base: Tensor, bounds: Tensor, compute: torch.dtype) -> Tensor:
@@ -217,8 +232,8 @@ _bracket = _Kernel(_bracket_kernel)
 _band_l1 = _Kernel(_band_l1_kernel)
 
 
-def in_bracket(tensor: Tensor, base: Tensor, low: float, high: float, compute: torch.dtype) -> Tensor:
-    """The magnitudes |tensor - base| (flat chunks of equal shape) with low <= |.| < high."""
+def between(tensor: Tensor, base: Tensor, low: float, high: float, compute: torch.dtype) -> Tensor:
+    """The magnitudes |tensor - base| (flat chunks of equal shape) with low < |.| < high."""
     magnitude = torch.empty(tensor.shape, dtype=compute, device=tensor.device)
     inside = torch.empty(tensor.shape, dtype=torch.bool, device=tensor.device)
     _bracket(
@@ -274,6 +289,7 @@ def run(out: Tensor, call: KernelCall) -> Tensor:
     keys = torch.tensor(
         [draw_key(seed) if seed is not None else 0 for seed in seeds], device=reference.device
     )
+    cuts = torch.tensor(call.cuts or [NO_CUTS] * len(operands), dtype=torch.int64, device=reference.device)
     for start in range(0, max(flat_out.numel(), 1), step):
         part = slice(start, start + step)
         if base is None:
@@ -289,7 +305,7 @@ def run(out: Tensor, call: KernelCall) -> Tensor:
             )
         offset = torch.tensor(start, device=reference.device)
         _task_vector(
-            flat_out[part], base[part], [t[part] for t in operands], call.kinds, rows, offset, keys, ranks,
-            call.consensus, call.normalize, compute,
+            flat_out[part], base[part], [t[part] for t in operands], call.kinds, rows, offset, keys, cuts,
+            ranks, call.consensus, call.normalize, compute,
         )  # fmt: skip
     return out if target is out else out.copy_(target)

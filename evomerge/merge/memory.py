@@ -24,6 +24,7 @@ from typing import Literal
 
 import torch
 
+from evomerge.merge import kernels
 from evomerge.merge.io import ModelReader
 from evomerge.merge.methods import DeltaStats, MagnitudeIndex
 
@@ -123,9 +124,11 @@ def plan_memory(
     names = reference.tensor_names
     largest = max((math.prod(reference.shape(n)) for n in names), default=0)
     largest_bytes = sum(largest * _itemsize(storage_dtype(r)) for r in readers)
-    chunk = min(largest, DeltaStats.CHUNK)
+    # The kernels' chunk on this device (larger on a GPU) and the sparsifiers' passes' chunk
+    chunk = min(largest, max(kernels.chunk_entries(1, torch.device(device)), DeltaStats.CHUNK))
     # A chunk's working set: its |delta| and masks in float32, DELLA's ranks (a stable argsort and
-    # its inverse hold int64 indices): ~32 B per chunk entry, once per model.
+    # its inverse hold int64 indices), the positions a BAND or a draw reads: ~32 B per chunk entry,
+    # once per model.
     work = 32 * chunk * len(readers)
     return MemoryPlan(
         placement=placement,

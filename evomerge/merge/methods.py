@@ -56,20 +56,23 @@ class ParamSpec:
 
 
 class MagnitudeIndex:
-    """A few KB that make an exact magnitude threshold cheap, instead of a sorted copy of |delta|.
+    """A few KB that make an exact magnitude selection cheap, instead of a sorted copy of |delta|.
 
-    `edges` are <= 256 ascending values of |delta| (quantiles of a strided sample, edges[0] = 0) and
-    `below[j]` counts the entries with |delta| < edges[j] (below[-1] = all entries), from one pass
-    over the tensor. The k-th smallest magnitude then lies in a known bracket [edges[j], edges[j+1])
-    holding ~1/256 of the entries: one pass per candidate selects them and `kthvalue` finishes exactly.
+    `edges` are <= 257 ascending values of |delta| (quantiles of a strided sample, edges[0] = 0);
+    `below[j]` counts the entries with |delta| < edges[j] and `upto[j]` those with |delta| <= edges[j]
+    (below[-1] = upto[-1] = all entries), from one pass over the tensor. The entry at a rank then
+    either sits on an edge (answered from the counts, no pass: in bf16, where a few values hold most
+    entries, nearly always) or strictly between two edges, in a bracket of ~1/256 of the entries that
+    one pass per candidate selects and `kthvalue` finishes exactly.
     """
 
     BUCKETS = 256
     SAMPLE = 1 << 16
 
-    def __init__(self, edges: Tensor, below: Tensor, total_l1: float) -> None:
+    def __init__(self, edges: Tensor, below: list[int], upto: list[int], total_l1: float) -> None:
         self.edges = edges
         self.below = below
+        self.upto = upto
         self.total_l1 = total_l1
 
     @classmethod
@@ -84,23 +87,40 @@ class MagnitudeIndex:
         positions = torch.linspace(0, sample.numel() - 1, count, device=sample.device).long()
         picks = sample[positions]
         edges = torch.unique(torch.cat([picks.new_zeros(1), picks]))  # sorted, strictly increasing
-        counts = torch.zeros(edges.numel() + 1, dtype=torch.int64, device=edges.device)
+        size = edges.numel() + 1
+        strictly = torch.zeros(size, dtype=torch.int64, device=edges.device)
+        at_most = torch.zeros(size, dtype=torch.int64, device=edges.device)
         total = 0.0
         for magnitude in stats.magnitudes():
-            # bucketize(right=True) = number of edges <= x, so x < edges[j] exactly when it is <= j
-            counts += torch.bincount(torch.bucketize(magnitude, edges, right=True), minlength=counts.numel())
+            # bucketize(right=True) = number of edges <= x, so x < edges[j] exactly when it is <= j;
+            # bucketize(right=False) = number of edges < x, so x <= edges[j] exactly when it is <= j
+            strictly += torch.bincount(torch.bucketize(magnitude, edges, right=True), minlength=size)
+            at_most += torch.bincount(torch.bucketize(magnitude, edges), minlength=size)
             total += float(magnitude.double().sum())
-        return cls(edges, counts.cumsum(0)[: edges.numel()].tolist() + [stats.numel], total)
+        edge_count = edges.numel()
+        below = strictly.cumsum(0)[:edge_count].tolist() + [stats.numel]
+        upto = at_most.cumsum(0)[:edge_count].tolist() + [stats.numel]
+        return cls(edges, below, upto, total)
 
     @property
     def nbytes(self) -> int:
-        return self.edges.numel() * self.edges.element_size() + 8 * len(self.below)
+        return self.edges.numel() * self.edges.element_size() + 8 * (len(self.below) + len(self.upto))
 
     @classmethod
     def bytes_for(cls, numel: int) -> int:
         """At most what the index of a tensor of `numel` entries weighs (float32 edges)."""
         edges = min(cls.BUCKETS, numel // 1024) + 1
-        return 4 * edges + 8 * (edges + 1)
+        return 4 * edges + 16 * (edges + 1)
+
+
+@dataclass(frozen=True)
+class Cut:
+    """The entry at one rank of |delta| in ascending (magnitude, position) order: its magnitude,
+    how many entries of that magnitude come before it by position (`tie`), and how many there are."""
+
+    value: float
+    tie: int
+    ties: int
 
 
 class DeltaStats:
@@ -152,14 +172,30 @@ class DeltaStats:
                 self._on_index(self._index)
         return self._index
 
-    def kth_smallest(self, rank: int) -> float:
-        """The magnitude at 0-based position `rank` of |delta| sorted ascending, exactly."""
+    def cut_at(self, rank: int) -> Cut:
+        """The entry at 0-based `rank` of |delta| sorted ascending, ties in position order, exactly."""
         index = self.index
         bucket = bisect.bisect_right(index.below, rank) - 1
+        if rank < index.upto[bucket]:  # on the edge itself: the counts answer it
+            below = index.below[bucket]
+            return Cut(float(index.edges[bucket]), rank - below, index.upto[bucket] - below)
         low = float(index.edges[bucket])
         high = float(index.edges[bucket + 1]) if bucket + 1 < index.edges.numel() else math.inf
-        values = torch.cat([kernels.in_bracket(t, b, low, high, self.compute) for t, b in self.chunks()])
-        return float(values.kthvalue(rank - index.below[bucket] + 1).values)
+        values = torch.cat([kernels.between(t, b, low, high, self.compute) for t, b in self.chunks()])
+        value = values.kthvalue(rank - index.upto[bucket] + 1).values
+        below = index.upto[bucket] + int((values < value).sum())
+        return Cut(float(value), rank - below, int((values == value).sum()))
+
+    def tie_position(self, cut: Cut) -> int:
+        """The position in the flat tensor of the `cut.tie`-th entry (0-based) of magnitude `cut.value`."""
+        seen = 0
+        for start, magnitude in zip(range(0, self.numel, self.CHUNK), self.magnitudes(), strict=True):
+            equal = magnitude == cut.value
+            count = int(equal.sum())
+            if seen + count > cut.tie:
+                return start + int(equal.nonzero()[cut.tie - seen])
+            seen += count
+        raise AssertionError(f"no entry {cut.tie} of magnitude {cut.value}: the index is stale")
 
     def l1_between(self, low: float, high: float) -> tuple[float, float]:
         """(L1 norm of the entries with low <= |delta| <= high, L1 norm of all entries), in float64."""
@@ -243,6 +279,7 @@ class Sparsity:
     kind: str
     values: dict[str, float] = field(default_factory=dict)  # kernels.parameter_row keywords
     seed: int | None = None  # the random kinds' draws: a hash of (seed, position) inside the kernel
+    cuts: tuple[int, int] = kernels.NO_CUTS  # BAND: the positions that split ties at lo and hi
 
 
 # density >= 1 keeps every entry, expressed in the method's own kind (the neutral parameters keep
@@ -252,24 +289,36 @@ FULL_BAND = Sparsity(kernels.BAND)
 EMPTY_BAND = Sparsity(kernels.BAND, {"lo": math.inf})
 
 
-def _band(stats: DeltaStats, low: float, high: float, rescale: bool) -> Sparsity:
-    """Keep low <= |delta| <= high; with rescale, times L1(delta) / L1(kept) (the norm is kept)."""
+def _band(stats: DeltaStats, low: Cut, high: Cut | None, rescale: bool) -> Sparsity:
+    """Keep the entries from `low` to `high` (None: to the largest) in ascending (|delta|, position)
+    order: exactly the ranks the method defines, ties at either end split by position. With
+    rescale, times L1(delta) / L1(kept) (the norm is kept)."""
+    high_value = math.inf if high is None else high.value
+    # a cut that takes the first (last) of its ties takes them all: no position pass needed then
+    low_position = 0 if low.tie == 0 else stats.tie_position(low)
+    last = high is None or high.tie == high.ties - 1
+    high_position = kernels.NO_CUTS[1] if last else stats.tie_position(high)
     scale = 1.0
     if rescale:
-        kept, total = stats.l1_between(low, high)
+        kept, total = stats.l1_between(low.value, high_value)
+        kept -= low.tie * low.value  # the ties before the low cut are dropped
+        if high is not None:
+            kept -= (high.ties - 1 - high.tie) * high.value  # and those after the high cut
         scale = total / kept if kept >= 1e-7 else 1.0
-    return Sparsity(kernels.BAND, {"lo": low, "hi": high, "scale": scale})
+    values = {"lo": low.value, "hi": high_value, "scale": scale}
+    return Sparsity(kernels.BAND, values, cuts=(low_position, high_position))
 
 
 def _magnitude(stats: DeltaStats, p: dict[str, Any], _: int | None) -> Sparsity:
-    """TIES trim: keep the top `density` fraction of entries by magnitude."""
+    """TIES trim: keep the k = max(1, int(density * n)) entries of largest magnitude (mergekit's k:
+    a positive density keeps at least one entry)."""
     density, n = p["density"], stats.numel
     if density >= 1:
         return FULL_BAND
-    k = int(density * n)
-    if k == 0:
+    if density <= 0 or n == 0:
         return EMPTY_BAND
-    return _band(stats, stats.kth_smallest(n - k), math.inf, p["rescale"])
+    k = max(1, int(density * n))
+    return _band(stats, stats.cut_at(n - k), None, p["rescale"])
 
 
 def _magnitude_outliers(stats: DeltaStats, p: dict[str, Any], _: int | None) -> Sparsity:
@@ -278,14 +327,12 @@ def _magnitude_outliers(stats: DeltaStats, p: dict[str, Any], _: int | None) -> 
     density, n = p["density"], stats.numel
     if density >= 1:
         return FULL_BAND
-    n_top = int(p["gamma"] * n)
-    n_bottom = n - int(density * n) - n_top
-    if n_bottom < 0:  # gamma larger than what density leaves: cut less from the top
-        n_top += n_bottom
-        n_bottom = 0
-    if n - n_top <= n_bottom:
+    kept = int(density * n)
+    # gamma larger than what density leaves: cut less from the top
+    n_bottom = max(0, n - kept - int(p["gamma"] * n))
+    if kept == 0:
         return EMPTY_BAND
-    low, high = stats.kth_smallest(n_bottom), stats.kth_smallest(n - n_top - 1)
+    low, high = stats.cut_at(n_bottom), stats.cut_at(n_bottom + kept - 1)
     return _band(stats, low, high, p["rescale"])
 
 
@@ -344,6 +391,7 @@ def _task_arithmetic(
             consensus=sign_consensus,
             normalize=normalize,
             seeds=[k.seed for k in kept],
+            cuts=[k.cuts for k in kept],
             compute_dtype=inputs.compute_dtype,
         )
 

@@ -53,3 +53,9 @@ def test_streamed_placements_keep_the_models_off_the_device(placement: str, fami
     if placement == "host":
         tensor = next(iter(next(iter(live._resident.values())).values()))
         assert tensor.device.type == "cpu" and tensor.is_pinned()
+        # one page-locked buffer per model: the host holds the checkpoints' bytes (+ alignment), not
+        # each tensor rounded up to a power of two
+        held_tensors = [t for tensors in live._resident.values() for t in tensors.values()]
+        buffers = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in held_tensors}
+        assert len(buffers) == len(live._resident)
+        assert sum(buffers.values()) <= live.resident_bytes()["models"] + 64 * len(held_tensors)

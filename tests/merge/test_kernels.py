@@ -34,6 +34,21 @@ def test_compiled_equals_eager(case: str, live: LiveMerger, tiny_family, monkeyp
         torch.testing.assert_close(tensor, eager[name], rtol=1e-6, atol=1e-6 * float(eager[name].abs().max()))
 
 
+@pytest.mark.parametrize("case", ["ties", "breadcrumbs", "dare_ties"])
+def test_low_precision_casts_round_as_in_eager(case: str, live: LiveMerger, tiny_family, monkeypatch) -> None:
+    """A bf16 merge of fp32 checkpoints rounds each input to bf16 before the arithmetic, compiled
+    as eagerly (and as mergekit casts): the magnitudes the selection compares are the same bits,
+    so the same entries are kept and the tensors agree to bf16 rounding of the sums."""
+    base, parents = tiny_family
+    recipe = MergeRecipe.from_dict(recipes(base, parents)[case] | {"dtype": "bfloat16"})
+    monkeypatch.setenv("EVOMERGE_COMPILE", "1")
+    compiled = {name: t.clone() for name, t in live.apply(recipe).state_dict().items()}
+    monkeypatch.setenv("EVOMERGE_COMPILE", "0")
+    eager = live.apply(recipe).state_dict()
+    for name, tensor in compiled.items():
+        assert torch.equal(tensor, eager[name]), name
+
+
 def test_a_failing_compiler_falls_back_to_eager_with_a_warning(monkeypatch) -> None:
     def no_compiler(fn, **_):
         def broken(*args):
