@@ -113,9 +113,12 @@ def evaluate_value(value: ParamValue, tensor: str, t: float) -> float | bool | N
 
 def layer_position(layer: int | None, n_layers: int) -> float:
     """t in [0, 1] for layer `layer` of a slice of `n_layers`; non-layer tensors (embeddings, final
-    norm, head) are read at t = 0, as mergekit 0.1.5 does."""
-    if layer is None or n_layers <= 1:
+    norm, head) are read at t = 0 and the layer of a one-layer slice at t = 1, as mergekit 0.1.5
+    does."""
+    if layer is None:
         return 0.0
+    if n_layers <= 1:
+        return 1.0
     return layer / (n_layers - 1)
 
 
@@ -262,7 +265,7 @@ def _validate_parameters(recipe: MergeRecipe) -> None:
         if spec.default is not None or spec.scope != "model":
             continue
         for model, params, where in sources:
-            if model == recipe.base_model and method.needs_base:
+            if model == recipe.base_model and method.takes_base(recipe.base_model):
                 continue
             if spec.name not in params and spec.name not in recipe.parameters:
                 raise ValueError(

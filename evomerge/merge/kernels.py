@@ -39,6 +39,12 @@ WEIGHT, LO, HI, DENSITY, EPSILON, SCALE, LAMBDA = range(7)
 # A BAND's tie cuts (first kept position at lo, last kept position at hi) that split no ties.
 NO_CUTS = (0, 1 << 62)
 
+# How a call combines its operands (KernelCall.form).
+SUM = "sum"  # weighted sum, or base + merged task vectors (the rows and kinds above)
+SCALED = "scaled"  # [base +] sum_i scales[i] * (operand_i [- base]), scales per row, column or tensor
+NEARSWAP = "nearswap"  # base moved towards the operand by at most t per entry
+SCE = "sce"  # SCE's fusion of the masked task vectors (Wan et al. 2024)
+
 
 def parameter_row(weight: float, **values: float) -> list[float]:
     """One model's row of the parameter matrix; unnamed columns keep-everything defaults."""
@@ -70,6 +76,12 @@ class KernelCall:
     seeds: list[int | None] = field(default_factory=list)  # per operand, for the RANDOM/RANKED draws
     cuts: list[tuple[int, int]] = field(default_factory=list)  # per operand, a BAND's tie cuts
     compute_dtype: torch.dtype | None = None
+    form: str = SUM
+    # SCALED: [operands, R, W] coefficients, R = 1 or the rows, W = 1 or the row width (one number
+    # per row, per column or for the whole tensor: small, whatever the tensor's size)
+    scales: Tensor | None = None
+    mask: Tensor | None = None  # SCE: which entries every task vector keeps (bool, the tensor's shape)
+    t: float = 0.0  # NEARSWAP: the largest step per entry
 
 
 RANDOM_KINDS = (RANDOM, RANKED, RANKED_RESCALED)
@@ -175,6 +187,44 @@ def _weighted_sum_kernel(out: Tensor, tensors: list[Tensor], rows: Tensor, compu
     out.copy_(_total([t.to(compute) * rows[i, WEIGHT] for i, t in enumerate(tensors)]))
 
 
+def _scaled_kernel(
+    out: Tensor, base: Tensor | None, tensors: list[Tensor], scales: Tensor, compute: torch.dtype
+) -> None:
+    """out = [base +] sum_i scales[i] * (tensors[i] [- base]) over (rows, width) views; scales[i]
+    broadcasts as one value per row, per column or for the whole chunk."""
+    if base is None:
+        out.copy_(_total([t.to(compute) * scales[i] for i, t in enumerate(tensors)]))
+        return
+    origin = base.to(compute)
+    out.copy_(origin + _total([(t.to(compute) - origin) * scales[i] for i, t in enumerate(tensors)]))
+
+
+def _nearswap_kernel(out: Tensor, base: Tensor, other: Tensor, t: Tensor, compute: torch.dtype) -> None:
+    """NearSwap: weight = clamp(t / max(|base - other|, 1e-6), 0, 1) per entry, out = base + weight *
+    (other - base) written as mergekit's weight * other + (1 - weight) * base: entries that differ
+    by less than t take the other model's value, the rest move by t towards it."""
+    a, b = base.to(compute), other.to(compute)
+    weight = (t / (a - b).abs().clamp(min=1e-6)).clamp(0, 1)
+    out.copy_(weight * b + (1 - weight) * a)
+
+
+def _sce_kernel(
+    out: Tensor, base: Tensor, tensors: list[Tensor], mask: Tensor | None, rows: Tensor, compute: torch.dtype
+) -> None:
+    """SCE fusion (Wan et al. 2024, FuseChat): the task vectors restricted to `mask`, a TIES sign
+    election over their plain sum (zero entries agree with neither sign), each agreeing entry
+    weighted by its model's WEIGHT (mean square of its masked task vector, normalized), divided by
+    the agreeing weights (at least 1e-6)."""
+    origin = base.to(compute)
+    deltas = [t.to(compute) - origin for t in tensors]
+    if mask is not None:
+        deltas = [d * mask for d in deltas]
+    positive = _total(deltas) >= 0
+    agreeing = [rows[i, WEIGHT] * torch.where(positive, d > 0, d < 0) for i, d in enumerate(deltas)]
+    merged = _total([d * w for d, w in zip(deltas, agreeing, strict=True)])
+    out.copy_(origin + merged / _total(agreeing).clamp(min=1e-6))
+
+
 class _Kernel:
     """A kernel run compiled (once per structure, dynamic shapes) or eagerly."""
 
@@ -228,6 +278,9 @@ def _band_l1_kernel(tensor: Tensor, base: Tensor, bounds: Tensor, compute: torch
 
 _task_vector = _Kernel(_task_vector_kernel)
 _weighted_sum = _Kernel(_weighted_sum_kernel)
+_scaled = _Kernel(_scaled_kernel)
+_nearswap = _Kernel(_nearswap_kernel)
+_sce = _Kernel(_sce_kernel)
 _bracket = _Kernel(_bracket_kernel)
 _band_l1 = _Kernel(_band_l1_kernel)
 
@@ -290,6 +343,9 @@ def run(out: Tensor, call: KernelCall) -> Tensor:
         [draw_key(seed) if seed is not None else 0 for seed in seeds], device=reference.device
     )
     cuts = torch.tensor(call.cuts or [NO_CUTS] * len(operands), dtype=torch.int64, device=reference.device)
+    if call.form != SUM:
+        _run_form(flat_out, base, operands, call, rows, width, step, compute)
+        return out if target is out else out.copy_(target)
     for start in range(0, max(flat_out.numel(), 1), step):
         part = slice(start, start + step)
         if base is None:
@@ -309,3 +365,43 @@ def run(out: Tensor, call: KernelCall) -> Tensor:
             ranks, call.consensus, call.normalize, compute,
         )  # fmt: skip
     return out if target is out else out.copy_(target)
+
+
+def _run_form(
+    flat_out: Tensor,
+    base: Tensor | None,
+    operands: list[Tensor],
+    call: KernelCall,
+    rows: Tensor,
+    width: int,
+    step: int,
+    compute: torch.dtype,
+) -> None:
+    """The SCALED, NEARSWAP and SCE forms, chunk by chunk of whole rows."""
+    device = flat_out.device
+    scales = None if call.scales is None else call.scales.to(device=device, dtype=compute)
+    mask = None if call.mask is None else call.mask.reshape(-1).to(device)
+    t = torch.tensor(call.t, dtype=compute, device=device)
+    for start in range(0, max(flat_out.numel(), 1), step):
+        part = slice(start, start + step)
+        chunk_base = None if base is None else base[part]
+        chunk = [operand[part] for operand in operands]
+        if call.form == NEARSWAP:
+            assert chunk_base is not None
+            _nearswap(flat_out[part], chunk_base, chunk[0], t, compute)
+        elif call.form == SCE:
+            assert chunk_base is not None
+            _sce(flat_out[part], chunk_base, chunk, None if mask is None else mask[part], rows, compute)
+        else:
+            assert scales is not None
+            local = scales
+            if scales.shape[1] > 1:  # one coefficient per row: this chunk's rows
+                local = scales[:, start // width : (start + step) // width]
+            views = [c.view(-1, width) for c in chunk]
+            _scaled(
+                flat_out[part].view(-1, width),
+                None if chunk_base is None else chunk_base.view(-1, width),
+                views,
+                local,
+                compute,
+            )

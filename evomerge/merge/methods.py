@@ -33,7 +33,7 @@ class ParamSpec:
 
     name: str
     scope: Literal["model", "global"]
-    kind: Literal["float", "bool"]
+    kind: Literal["float", "bool", "int"]
     default: float | bool | None = None
     low: float | None = None
     high: float | None = None
@@ -48,6 +48,8 @@ class ParamSpec:
             return
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise ConfigError(f"{where}: {self.name!r} must be a finite number, got {value!r}")
+        if self.kind == "int" and not float(value).is_integer():
+            raise ConfigError(f"{where}: {self.name!r} must be a whole number, got {value!r}")
         if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
             raise ConfigError(
                 f"{where}: {self.name!r} = {value} is out of range [{self.low}, {self.high}]; "
@@ -69,11 +71,12 @@ class MagnitudeIndex:
     BUCKETS = 256
     SAMPLE = 1 << 16
 
-    def __init__(self, edges: Tensor, below: list[int], upto: list[int], total_l1: float) -> None:
+    def __init__(self, edges: Tensor, below: list[int], upto: list[int], total_l1: float, nans: int) -> None:
         self.edges = edges
         self.below = below
         self.upto = upto
         self.total_l1 = total_l1
+        self.nans = nans  # NaN magnitudes: no rank can be selected among them
 
     @classmethod
     def build(cls, stats: DeltaStats) -> MagnitudeIndex:
@@ -90,8 +93,9 @@ class MagnitudeIndex:
         size = edges.numel() + 1
         strictly = torch.zeros(size, dtype=torch.int64, device=edges.device)
         at_most = torch.zeros(size, dtype=torch.int64, device=edges.device)
-        total = 0.0
+        total, nans = 0.0, 0
         for magnitude in stats.magnitudes():
+            nans += int(magnitude.isnan().sum())
             # bucketize(right=True) = number of edges <= x, so x < edges[j] exactly when it is <= j;
             # bucketize(right=False) = number of edges < x, so x <= edges[j] exactly when it is <= j
             strictly += torch.bincount(torch.bucketize(magnitude, edges, right=True), minlength=size)
@@ -100,7 +104,7 @@ class MagnitudeIndex:
         edge_count = edges.numel()
         below = strictly.cumsum(0)[:edge_count].tolist() + [stats.numel]
         upto = at_most.cumsum(0)[:edge_count].tolist() + [stats.numel]
-        return cls(edges, below, upto, total)
+        return cls(edges, below, upto, total, nans)
 
     @property
     def nbytes(self) -> int:
@@ -141,7 +145,9 @@ class DeltaStats:
         compute_dtype: torch.dtype | None = None,
         index: MagnitudeIndex | None = None,
         on_index: Callable[[MagnitudeIndex], None] | None = None,
+        label: str = "a model's tensor",
     ) -> None:
+        self.label = label  # names the model and tensor in errors
         self.tensor = tensor
         self.base = base
         self.compute = compute_dtype or tensor.dtype
@@ -175,6 +181,11 @@ class DeltaStats:
     def cut_at(self, rank: int) -> Cut:
         """The entry at 0-based `rank` of |delta| sorted ascending, ties in position order, exactly."""
         index = self.index
+        if index.nans:
+            raise CandidateError(
+                f"the task vector of {self.label} has {index.nans} NaN entries: no magnitude threshold "
+                "exists; the model or the base holds NaN weights, repair or drop it"
+            )
         bucket = bisect.bisect_right(index.below, rank) - 1
         if rank < index.upto[bucket]:  # on the edge itself: the counts answer it
             below = index.below[bucket]
@@ -234,6 +245,13 @@ class MergeMethod:
     random: bool
     fn: Callable[[TensorInputs], kernels.KernelCall]  # what to compute; kernels.py computes it
     n_models: int | None = None  # exact number of merged models (besides the base), if fixed
+    min_models: int = 1  # the fewest merged models (besides the base)
+    optional_base: bool = False  # a base_model, when given, is the origin (nuslerp, multislerp)
+    includes_base: bool = False  # mergekit adds base_model to a `models:` list as one more input
+
+    def takes_base(self, base_model: str | None) -> bool:
+        """Whether the base is set apart from the merged models (the origin of their task vectors)."""
+        return self.needs_base or (self.optional_base and base_model is not None)
 
     def param(self, name: str) -> ParamSpec:
         for spec in self.params:
@@ -449,6 +467,282 @@ def _slerp(inputs: TensorInputs, dot_threshold: float = 0.9995, eps: float = 1e-
     return _weighted(inputs, [v0, v1], [c0, c1])
 
 
+# --- methods built on whole-tensor reductions ------------------------------------------------
+# Norms, angles and variances need a pass over the whole tensor before anything is written: they
+# are computed chunk by chunk (nothing full-size per model), reduced to a few numbers per tensor
+# (or per row), and the result is then written by one SCALED kernel pass.
+
+Axis = Literal["tensor", "rows", "columns"]
+
+
+def _grams(tensors: list[Tensor], base: Tensor | None, compute: torch.dtype, axis: Axis) -> Tensor:
+    """Gram matrices [R, n, n] (float64) of the vectors x_i = tensors[i] (- base): one for the whole
+    tensor (R = 1), one per row (vectors along the last dimension) or one per column, from chunks of
+    whole rows. Products are taken in at least float32, as torch reduces low-precision tensors."""
+    reference = base if base is not None else tensors[0]
+    width = reference.shape[-1] if reference.dim() > 1 else max(reference.numel(), 1)
+    if reference.dim() <= 1 and axis != "tensor":
+        axis = "tensor"  # a vector is one row and one column: mergekit treats it whole
+    accumulate = torch.promote_types(compute, torch.float32)
+    flat = [t.reshape(-1, width) for t in tensors]
+    origin = None if base is None else base.reshape(-1, width)
+    rows_per_chunk = max(1, DeltaStats.CHUNK // width)
+    parts: list[Tensor] = []
+    total: Tensor | None = None
+    for start in range(0, flat[0].shape[0], rows_per_chunk):
+        part = slice(start, start + rows_per_chunk)
+        shift = None if origin is None else origin[part].to(compute)
+        vectors = [x[part].to(compute) if shift is None else x[part].to(compute) - shift for x in flat]
+        stacked = torch.stack(vectors).to(accumulate)  # [n, rows, width]
+        if axis == "rows":
+            parts.append(torch.einsum("irw,jrw->rij", stacked, stacked).double())
+            continue
+        pattern = "irw,jrw->wij" if axis == "columns" else "irw,jrw->ij"
+        gram = torch.einsum(pattern, stacked, stacked).double()
+        total = gram if total is None else total + gram
+    if axis == "rows":
+        return torch.cat(parts)
+    assert total is not None
+    return total if axis == "columns" else total.unsqueeze(0)
+
+
+def _combination(
+    inputs: TensorInputs, tensors: list[Tensor], coefficients: Tensor, axis: Axis, base: Tensor | None
+) -> kernels.KernelCall:
+    """[base +] sum_i coefficients[:, i] * tensors[i] [- base], coefficients [R, n] from `_grams`."""
+    reference = base if base is not None else tensors[0]
+    if reference.dim() <= 1:
+        axis = "tensor"
+    per_tensor = coefficients.transpose(0, 1)  # [n, R]
+    if axis == "rows":
+        scales = per_tensor.unsqueeze(-1)  # [n, rows, 1]
+    elif axis == "columns":
+        scales = per_tensor.unsqueeze(1)  # [n, 1, width]
+    else:
+        scales = per_tensor.reshape(-1, 1, 1)
+    return kernels.KernelCall(
+        operands=tensors,
+        rows=[],
+        base=base,
+        compute_dtype=inputs.compute_dtype,
+        form=kernels.SCALED,
+        scales=scales,
+    )
+
+
+def _compute(inputs: TensorInputs) -> torch.dtype:
+    reference = inputs.base if inputs.base is not None else inputs.tensors[0]
+    return inputs.compute_dtype or reference.dtype
+
+
+def _passthrough(inputs: TensorInputs) -> kernels.KernelCall:
+    """The one source's tensor, times its `scale` (mergekit's passthrough: with slices, layer
+    stacking from several models, e.g. the frankenmerges of Goddard et al. 2024, MergeKit)."""
+    return _weighted(inputs, inputs.tensors, [float(inputs.model_params[0]["scale"])])
+
+
+def _model_stock(inputs: TensorInputs) -> kernels.KernelCall:
+    """Model Stock (Jang et al. 2024, eq. 6): with theta the mean pairwise angle between the task
+    vectors (cos clamped to [-1, 1], norms at least 1e-6), t = n cos / (1 + (n - 1) cos) and the
+    merge base + t * (mean of the models - base); t = 0 where the denominator vanishes (|.| < 1e-6).
+    `filter_wise`: one angle per row (output filter) instead of one per tensor."""
+    assert inputs.base is not None
+    axis: Axis = "rows" if inputs.global_params["filter_wise"] else "tensor"
+    gram = _grams(inputs.tensors, inputs.base, _compute(inputs), axis)  # [R, n, n]
+    n = gram.shape[-1]
+    norms = gram.diagonal(dim1=-2, dim2=-1).sqrt()
+    pairs = [(a, b) for a in range(n) for b in range(a + 1, n)]
+    cosines = [(gram[:, a, b] / (norms[:, a] * norms[:, b]).clamp(min=1e-6)).clamp(-1, 1) for a, b in pairs]
+    cos = torch.stack(cosines).mean(dim=0)
+    denominator = 1 + (n - 1) * cos
+    singular = denominator.abs() < 1e-6
+    t = torch.where(singular, 0.0, n * cos / torch.where(singular, 1.0, denominator))
+    return _combination(inputs, inputs.tensors, (t / n).unsqueeze(-1).expand(-1, n), axis, inputs.base)
+
+
+def _nuslerp(inputs: TensorInputs) -> kernels.KernelCall:
+    """NuSLERP (mergekit's spherical interpolation of two models, or of their task vectors when a
+    base is given; Shoemake 1985): t = w_1 / (w_0 + w_1) (0.5 when the weights sum to ~0), over the
+    flattened tensor, or per row (`nuslerp_flatten: false`), or per column (and `nuslerp_row_wise`);
+    colinear vectors (1 - cos^2 <= 1e-16) are interpolated linearly."""
+    w0, w1 = (float(p["weight"]) for p in inputs.model_params)
+    total = w0 + w1
+    t = 0.5 if abs(total) < 1e-6 else w1 / total
+    flatten, row_wise = inputs.global_params["nuslerp_flatten"], inputs.global_params["nuslerp_row_wise"]
+    axis: Axis = "tensor" if flatten else "columns" if row_wise else "rows"
+    gram = _grams(inputs.tensors, inputs.base, _compute(inputs), axis)
+    norms = gram.diagonal(dim1=-2, dim2=-1).sqrt().clamp(min=1e-7)
+    cos = (gram[:, 0, 1] / (norms[:, 0] * norms[:, 1])).clamp(-1, 1)
+    colinear = (1 - cos.square()) <= 1e-16
+    theta = torch.acos(torch.where(colinear, 0.0, cos))
+    sin = torch.where(colinear, 1.0, torch.sin(theta))
+    c0 = torch.where(colinear, 1 - t, torch.sin((1 - t) * theta) / sin)
+    c1 = torch.where(colinear, t, torch.sin(t * theta) / sin)
+    return _combination(inputs, inputs.tensors, torch.stack([c0, c1], dim=-1), axis, inputs.base)
+
+
+def _karcher(inputs: TensorInputs) -> kernels.KernelCall:
+    """The Karcher (Riemannian) mean of the models' directions on the unit sphere (Karcher 1977;
+    Grove & Karcher 1973), equal weights, by gradient steps along the tangent mean (at most
+    `max_iter`, stopping when the tangent is shorter than `tol`), rescaled by the mean norm.
+    Every iterate is a combination of the inputs, so the steps run on their Gram matrix alone."""
+    tensors = inputs.tensors
+    n = len(tensors)
+    if n == 1:
+        return _weighted(inputs, tensors, [1.0])
+    tol, max_iter = float(inputs.global_params["tol"]), int(inputs.global_params["max_iter"])
+    gram = _grams(tensors, None, _compute(inputs), "tensor")[0]
+    norms = gram.diagonal().sqrt()
+    alphas = [1.0 / n] * n
+    valid = [i for i in range(n) if norms[i] > tol]
+    if not valid:
+        return _weighted(inputs, tensors, [0.0] * n)
+    alpha_sum = sum(alphas[i] for i in valid)
+    weights = {i: alphas[i] / alpha_sum for i in valid}
+
+    def unit(i: int) -> Tensor:  # u_i = x_i / |x_i| as coefficients over the inputs
+        return torch.zeros(n, dtype=torch.float64).index_fill_(0, torch.tensor([i]), 1 / float(norms[i]))
+
+    def length(c: Tensor) -> float:
+        return math.sqrt(max(float(c @ gram @ c), 0.0))
+
+    mean = sum((weights[i] * unit(i) for i in valid), torch.zeros(n, dtype=torch.float64))
+    size = length(mean)
+    mean = unit(valid[0]) if size < tol else mean / size
+    for _ in range(max_iter):
+        tangent = torch.zeros(n, dtype=torch.float64)
+        projections = gram @ mean  # x_j . mean
+        for i in valid:
+            dot = min(max(float(projections[i]) / float(norms[i]), -1.0), 1.0)
+            theta = math.acos(dot)
+            if theta < tol:
+                continue
+            tangent += weights[i] * (theta / math.sin(theta)) * (unit(i) - dot * mean)
+        step = length(tangent)
+        if step < tol:
+            break
+        mean = math.cos(step) * mean + math.sin(step) * (tangent / step)
+        size = length(mean)
+        if size > tol:
+            mean = mean / size
+    scale = sum(alpha * float(norm) for alpha, norm in zip(alphas, norms, strict=True))
+    return _weighted(inputs, tensors, (scale * mean).tolist())
+
+
+def _multislerp(inputs: TensorInputs) -> kernels.KernelCall:
+    """Multi-SLERP (barycentric interpolation on the hypersphere; Buss & Fillmore 2001, as in
+    mergekit's multislerp): unit vectors x_i / (|x_i| + eps) of the models (their task vectors when
+    a base is given), mapped to the tangent space at their normalized weighted mean, averaged with
+    the weights, mapped back by the exponential map and scaled by the weighted mean norm."""
+    tensors = inputs.tensors
+    if len(tensors) == 1:
+        return _weighted(inputs, tensors, [1.0])
+    eps = float(inputs.global_params["eps"])
+    weights = torch.tensor([float(p["weight"]) for p in inputs.model_params], dtype=torch.float64)
+    if inputs.global_params["normalize_weights"]:
+        weights = weights / weights.sum()
+    gram = _grams(tensors, inputs.base, _compute(inputs), "tensor")[0]
+    norms = gram.diagonal().sqrt()
+    inverse = 1 / (norms + eps)  # u_i = inverse_i * x_i
+
+    def length(c: Tensor) -> float:
+        return math.sqrt(max(float(c @ gram @ c), 0.0))
+
+    mean = weights * inverse
+    size = length(mean)
+    if size < eps:
+        if len(tensors) != 2:
+            raise CandidateError(
+                f"multislerp of {inputs.name!r}: the weighted sum of the unit vectors is zero "
+                f"(antipodal models with balancing weights); change the weights"
+            )
+        coefficients = weights  # mergekit falls back to the weighted sum of two
+    else:
+        mean = mean / size
+        dots = inverse * (gram @ mean)  # u_i . mean
+        tangent = weights * inverse - float((weights * dots).sum()) * mean
+        step = length(tangent) + eps
+        result = math.cos(step) * mean + (math.sin(step) / step) * tangent
+        coefficients = result * float((norms * weights).sum())
+    return _combination(inputs, tensors, coefficients.unsqueeze(0), "tensor", inputs.base)
+
+
+def _nearswap(inputs: TensorInputs) -> kernels.KernelCall:
+    """NearSwap (alchemonaut, QuartetAnemoi-70B): the base takes the other model's value where the
+    two differ by less than t, and moves by t towards it elsewhere."""
+    assert inputs.base is not None
+    return kernels.KernelCall(
+        operands=inputs.tensors,
+        rows=[],
+        base=inputs.base,
+        compute_dtype=inputs.compute_dtype,
+        form=kernels.NEARSWAP,
+        t=float(inputs.global_params["t"]),
+    )
+
+
+def _sce_mask(inputs: TensorInputs, fraction: float, compute: torch.dtype) -> Tensor | None:
+    """SCE's select step: the entries whose variance across the task vectors is among the top
+    int(fraction * nonzero variances), ties at the threshold split by position (the last ones kept,
+    as the magnitude selections do). None: every entry. One float per entry while it is built."""
+    if fraction >= 1:
+        return None
+    assert inputs.base is not None
+    if fraction <= 0:
+        return torch.zeros(inputs.base.shape, dtype=torch.bool, device=inputs.base.device)
+    flat_base = inputs.base.reshape(-1)
+    flat = [t.reshape(-1) for t in inputs.tensors]
+    variances = torch.empty(flat_base.numel(), dtype=compute, device=flat_base.device)
+    for start in range(0, flat_base.numel(), DeltaStats.CHUNK):
+        part = slice(start, start + DeltaStats.CHUNK)
+        origin = flat_base[part].to(compute)
+        deltas = torch.stack([x[part].to(compute) - origin for x in flat])
+        variances[part] = torch.var(deltas, dim=0, unbiased=False)
+    k = int(int(torch.count_nonzero(variances)) * fraction)
+    if k == 0:
+        return torch.zeros(inputs.base.shape, dtype=torch.bool, device=inputs.base.device)
+    n = variances.numel()
+    threshold = variances.kthvalue(n - k + 1).values  # the k-th largest
+    above = variances > threshold
+    ties = (variances == threshold).nonzero().reshape(-1)
+    keep = above.clone()
+    keep[ties[len(ties) - (k - int(above.sum())) :]] = True
+    return keep.reshape(inputs.base.shape)
+
+
+def _sce(inputs: TensorInputs) -> kernels.KernelCall:
+    """SCE (Wan et al. 2024, FuseChat): Select the entries of highest variance across the task
+    vectors (`select_topk`), Calculate each model's weight as its masked task vector's mean square
+    (normalized; equal weights when they sum below 1e-6), Erase the entries whose sign disagrees
+    with the sum's, then the weighted mean of what remains, added to the base."""
+    assert inputs.base is not None
+    compute = _compute(inputs)
+    mask = _sce_mask(inputs, float(inputs.global_params["select_topk"]), compute)
+    accumulate = torch.promote_types(compute, torch.float32)
+    squares = [0.0] * len(inputs.tensors)
+    flat_base = inputs.base.reshape(-1)
+    flat_mask = None if mask is None else mask.reshape(-1)
+    for start in range(0, flat_base.numel(), DeltaStats.CHUNK):
+        part = slice(start, start + DeltaStats.CHUNK)
+        origin = flat_base[part].to(compute)
+        for i, tensor in enumerate(inputs.tensors):
+            delta = tensor.reshape(-1)[part].to(compute) - origin
+            if flat_mask is not None:
+                delta = delta * flat_mask[part]
+            squares[i] += float(delta.to(accumulate).square().sum())
+    means = [total / max(flat_base.numel(), 1) for total in squares]
+    weight_sum = sum(means)
+    weights = [1 / len(means)] * len(means) if abs(weight_sum) < 1e-6 else [m / weight_sum for m in means]
+    return kernels.KernelCall(
+        operands=inputs.tensors,
+        rows=[kernels.parameter_row(w) for w in weights],
+        base=inputs.base,
+        compute_dtype=inputs.compute_dtype,
+        form=kernels.SCE,
+        mask=mask,
+    )
+
+
 # --- the registry ---------------------------------------------------------------------------
 
 METHODS.add("linear", MergeMethod("linear", (WEIGHT, _normalize(True)), False, False, _linear))
@@ -479,3 +773,60 @@ _add_task_method("breadcrumbs", _magnitude_outliers, False, False, False, (GAMMA
 _add_task_method("breadcrumbs_ties", _magnitude_outliers, True, False, False, (GAMMA,))
 _add_task_method("della", _magnitude_prune, True, True, True, (EPSILON,))
 _add_task_method("della_linear", _magnitude_prune, False, False, True, (EPSILON,))
+
+
+SCALE = ParamSpec("scale", "model", "float", 1.0, search_low=0.0, search_high=1.0)
+NEARSWAP_T = ParamSpec("t", "global", "float", None, search_low=0.0, search_high=0.001)
+METHODS.add("passthrough", MergeMethod("passthrough", (SCALE,), False, False, _passthrough, n_models=1))
+METHODS.add(
+    "model_stock",
+    MergeMethod(
+        "model_stock", (ParamSpec("filter_wise", "global", "bool", False),), True, False, _model_stock,
+        min_models=2,
+    ),
+)  # fmt: skip
+METHODS.add(
+    "nuslerp",
+    MergeMethod(
+        "nuslerp",
+        (
+            WEIGHT,
+            ParamSpec("nuslerp_row_wise", "global", "bool", False),
+            ParamSpec("nuslerp_flatten", "global", "bool", True),
+        ),
+        False, False, _nuslerp, n_models=2, optional_base=True,
+    ),
+)  # fmt: skip
+METHODS.add(
+    "sce",
+    MergeMethod(
+        "sce",
+        (
+            ParamSpec("select_topk", "global", "float", 1.0, 0.0, 1.0, 0.1, 1.0),
+            # mergekit's mask storage type: no effect on the values
+            ParamSpec("int8_mask", "global", "bool", False),
+        ),
+        True, False, _sce,
+    ),
+)  # fmt: skip
+METHODS.add(
+    "karcher",
+    MergeMethod(
+        "karcher",
+        (ParamSpec("max_iter", "global", "int", 10, 1, None), ParamSpec("tol", "global", "float", 1e-5, 0.0)),
+        False, False, _karcher, includes_base=True,
+    ),
+)  # fmt: skip
+METHODS.add(
+    "multislerp",
+    MergeMethod(
+        "multislerp",
+        (
+            WEIGHT,
+            ParamSpec("normalize_weights", "global", "bool", True),
+            ParamSpec("eps", "global", "float", 1e-8, 0.0),
+        ),
+        False, False, _multislerp, optional_base=True,
+    ),
+)  # fmt: skip
+METHODS.add("nearswap", MergeMethod("nearswap", (NEARSWAP_T,), True, False, _nearswap, n_models=1))

@@ -94,6 +94,9 @@ def build_plan(recipe: MergeRecipe, tensor_names: list[str], layer_counts: dict[
         slices = [piece.sources for piece in recipe.slices]
     else:
         slices = [[SliceSource(model=m.model, layer_range=(0, n_ref)) for m in recipe.models or []]]
+        listed = {source.model for source in slices[0]}
+        if method.includes_base and recipe.base_model and recipe.base_model not in listed:
+            slices[0].append(SliceSource(model=recipe.base_model, layer_range=(0, n_ref)))
     for s_index, sources in enumerate(slices):
         for source in sources:
             count = layer_counts[source.model]
@@ -153,7 +156,7 @@ def _job(
     n_layers = length or 1  # unused for non-layer tensors (they sit at t = 0)
     base: tuple[str, str] | None = None
     merged = list(sources)
-    if method.needs_base:
+    if method.takes_base(recipe.base_model):
         base_sources = [s for s in sources if s.model == recipe.base_model]
         if base_sources:
             base = (recipe.base_model, input_name(base_sources[0]))
@@ -165,10 +168,17 @@ def _job(
                 f"add it to that slice's sources"
             )
         merged = [s for s in sources if s.model != recipe.base_model]
+    besides = " besides base_model" if method.takes_base(recipe.base_model) else ""
     if method.n_models is not None and len(merged) != method.n_models:
         raise ConfigError(
-            f"{method.name} merges exactly {method.n_models} model(s) besides base_model, got "
-            f"{len(merged)} ({', '.join(s.model for s in merged) or 'none'}); list them under 'models'"
+            f"{method.name} merges exactly {method.n_models} model(s){besides}, got "
+            f"{len(merged)} ({', '.join(s.model for s in merged) or 'none'}) for {out_name!r}; "
+            f"list that many under 'models' or in each slice's 'sources'"
+        )
+    if len(merged) < method.min_models:
+        raise ConfigError(
+            f"{method.name} merges at least {method.min_models} models{besides}, got {len(merged)} "
+            f"for {out_name!r}; add models"
         )
     if not merged:
         raise ConfigError(f"{method.name}: no model to merge besides base_model; add models")
@@ -188,7 +198,7 @@ def _job(
                 f"{method.name}: no value of {spec.name!r}{who} applies to tensor {out_name!r}; "
                 f"add a fallback entry (without 'filter') or a global value"
             )
-        if spec.kind == "float":
+        if spec.kind != "bool":
             spec.check(found, f"{spec.name} on {out_name}")
         return found
 

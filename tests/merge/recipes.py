@@ -49,6 +49,20 @@ def recipes(base: Path, parents: list[Path]) -> dict[str, dict[str, Any]]:
             "seed": 5,
         }
 
+    def three(method: str, **params: Any) -> dict[str, Any]:  # base + both parents, no weights
+        models = [{"model": b}, {"model": p0}, {"model": p1}]
+        return {"merge_method": method, "base_model": b, "parameters": params, "models": models}
+
+    def weighted(method: str, origin: str | None, **params: Any) -> dict[str, Any]:
+        models = [
+            {"model": p0, "parameters": {"weight": [0.3, 1.0, 0.5]}},
+            {"model": p1, "parameters": {"weight": filtered}},
+        ]
+        if origin is None:
+            return {"merge_method": method, "parameters": params, "models": models}
+        models.insert(0, {"model": origin})
+        return {"merge_method": method, "base_model": origin, "parameters": params, "models": models}
+
     return {
         "linear": {
             "merge_method": "linear",
@@ -84,10 +98,48 @@ def recipes(base: Path, parents: list[Path]) -> dict[str, dict[str, Any]]:
                 {"sources": [{"model": b, "layer_range": [1, 3]}, {"model": p0, "layer_range": [1, 3]}]},
             ],
         },
+        "passthrough": {
+            "merge_method": "passthrough",
+            "slices": [
+                {"sources": [{"model": b, "layer_range": [0, 2]}]},
+                {"sources": [{"model": p0, "layer_range": [2, 4], "parameters": {"scale": filtered}}]},
+            ],
+        },
+        # layers 0-2 of the base, 1-4 of p0 (scaled), 3 of p1: 6 layers from 4-layer models
+        "passthrough_stack": {
+            "merge_method": "passthrough",
+            "parameters": {"scale": [{"filter": "mlp", "value": [0.5, 1.0]}, {"value": 1.0}]},
+            "slices": [
+                {"sources": [{"model": b, "layer_range": [0, 2]}]},
+                {"sources": [{"model": p0, "layer_range": [1, 4]}]},
+                {"sources": [{"model": p1, "layer_range": [3, 4], "parameters": {"scale": [0.2, 0.8]}}]},
+            ],
+        },
+        "model_stock": three("model_stock"),
+        "model_stock_filter_wise": three("model_stock", filter_wise=True),
+        "nuslerp": weighted("nuslerp", b),
+        "nuslerp_rows": weighted("nuslerp", None, nuslerp_flatten=False),
+        "nuslerp_columns": weighted("nuslerp", b, nuslerp_flatten=False, nuslerp_row_wise=True),
+        "multislerp": weighted("multislerp", b),
+        "multislerp_unnormalized": weighted("multislerp", None, normalize_weights=False),
+        "sce": three("sce", select_topk=0.4),
+        "sce_all": three("sce"),
+        # mergekit adds base_model to the models: a Karcher mean of three
+        "karcher": {"merge_method": "karcher", "base_model": b, "models": [{"model": p0}, {"model": p1}]},
+        "karcher_short": {
+            "merge_method": "karcher",
+            "parameters": {"max_iter": 2, "tol": 1e-3},
+            "models": [{"model": b}, {"model": p0}, {"model": p1}],
+        },
+        "nearswap": {
+            "merge_method": "nearswap",
+            "base_model": b,
+            "parameters": {"t": [{"filter": "mlp", "value": [0.005, 0.03]}, {"value": 0.01}]},
+            "models": [{"model": b}, {"model": p0}],
+        },
     }
 
 
-# The cases an in-memory merge can take (slerp_slices changes the layer count).
-LIVE_CASES = [
-    name for name in recipes(Path("b"), [Path("p0"), Path("p1")]) if not name.startswith("slerp_slices")
-]
+# The cases an in-memory merge can take (these change the layer count).
+OTHER_LAYER_COUNTS = ("slerp_slices", "passthrough_stack")
+LIVE_CASES = [name for name in recipes(Path("b"), [Path("p0"), Path("p1")]) if name not in OTHER_LAYER_COUNTS]

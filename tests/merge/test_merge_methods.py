@@ -13,7 +13,10 @@ from evomerge.merge.methods import METHODS, DeltaStats, TensorInputs
 ALL = {
     "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear",
     "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "slerp",
+    "passthrough", "model_stock", "nuslerp", "sce", "karcher", "multislerp", "nearswap",
 }  # fmt: skip
+# numeric settings with no useful search range: a search space must give bounds to search them
+UNBOUNDED = {("karcher", "max_iter"), ("karcher", "tol"), ("multislerp", "eps")}
 
 
 def run(method: str, base, tensors, model_params, seed: int | None = None, **global_params) -> torch.Tensor:
@@ -39,12 +42,19 @@ def test_registry_declares_mergekit_parameters() -> None:
     assert names["slerp"] == {"t"}
     assert names["ties"] == {"weight", "density", "normalize", "lambda", "rescale"}
     assert {"gamma"} <= names["breadcrumbs"] and {"epsilon"} <= names["della"]
+    assert names["passthrough"] == {"scale"} and names["model_stock"] == {"filter_wise"}
+    assert names["nuslerp"] == {"weight", "nuslerp_row_wise", "nuslerp_flatten"}
+    assert names["sce"] == {"select_topk", "int8_mask"} and names["nearswap"] == {"t"}
+    assert names["karcher"] == {"max_iter", "tol"}
+    assert names["multislerp"] == {"weight", "normalize_weights", "eps"}
+    assert METHODS.get("karcher").param("max_iter").default == 10
+    assert METHODS.get("sce").param("select_topk").default == 1.0
     assert {m for m in ALL if METHODS.get(m).random} == {"dare_ties", "dare_linear", "della", "della_linear"}
     assert not METHODS.get("linear").needs_base and METHODS.get("ties").needs_base
     for name in ALL:
         for spec in METHODS.get(name).params:
-            assert spec.scope in ("model", "global") and spec.kind in ("float", "bool")
-            if spec.kind == "float":
+            assert spec.scope in ("model", "global") and spec.kind in ("float", "bool", "int")
+            if spec.kind == "float" and (name, spec.name) not in UNBOUNDED:
                 assert spec.search_low is not None and spec.search_high is not None
                 assert spec.search_low < spec.search_high
     density = METHODS.get("ties").param("density")
@@ -52,6 +62,9 @@ def test_registry_declares_mergekit_parameters() -> None:
         density.check(1.5, "models.0.parameters.density")
     with pytest.raises(ConfigError, match="unknown merge method 'nope'; available: breadcrumbs"):
         METHODS.get("nope")
+    with pytest.raises(ConfigError, match="'max_iter' must be a whole number, got 2.5"):
+        METHODS.get("karcher").param("max_iter").check(2.5, "parameters.max_iter")
+    METHODS.get("karcher").param("max_iter").check(3.0, "parameters.max_iter")  # YAML reads 3 as 3.0
 
 
 def test_linear_normalizes_by_default() -> None:
