@@ -143,3 +143,36 @@ def recipes(base: Path, parents: list[Path]) -> dict[str, dict[str, Any]]:
 # The cases an in-memory merge can take (these change the layer count).
 OTHER_LAYER_COUNTS = ("slerp_slices", "passthrough_stack")
 LIVE_CASES = [name for name in recipes(Path("b"), [Path("p0"), Path("p1")]) if name not in OTHER_LAYER_COUNTS]
+
+
+def tied_recipes(base: Path, parents: list[Path]) -> dict[str, dict[str, Any]]:
+    """Recipes for a bfloat16 family, computed in float32 as the search does: bf16 task vectors
+    take few distinct magnitudes, so the selections' thresholds fall inside runs of tied entries."""
+    b, p0, p1 = str(base), str(parents[0]), str(parents[1])
+
+    def recipe(method: str, models: list[str], **params: Any) -> dict[str, Any]:
+        return {
+            "merge_method": method,
+            "base_model": b,
+            "parameters": params,
+            "models": [{"model": b}] + [{"model": m} for m in models],
+            "dtype": "float32",
+        }
+
+    return {
+        "ties_one": recipe("ties", [p0], weight=1.0, density=[0.3, 0.7]),
+        "ties_two": recipe("ties", [p0, p1], weight=0.6, density=0.5),
+        "breadcrumbs_one": recipe("breadcrumbs", [p0], weight=1.0, density=0.6, gamma=0.05),
+        "breadcrumbs_ties_two": recipe("breadcrumbs_ties", [p0, p1], weight=0.8, density=0.5, gamma=0.1),
+        "model_stock": recipe("model_stock", [p0, p1]),
+        "sce": recipe("sce", [p0, p1], select_topk=0.5),
+        "sce_all": recipe("sce", [p0, p1]),
+        "nuslerp": recipe("nuslerp", [p0, p1], weight=0.5),
+        "passthrough": {
+            "merge_method": "passthrough",
+            "slices": [
+                {"sources": [{"model": p1, "layer_range": [1, 3]}]},
+                {"sources": [{"model": b, "layer_range": [0, 4], "parameters": {"scale": 0.5}}]},
+            ],
+        },
+    }
