@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evomerge.demo import DemoFamily
 from evomerge.errors import ConfigError
+from evomerge.merge.hub import is_hub_id, resolve_model
 from evomerge.yamltext import parse_yaml
 
 OTHER = "__other__"  # the filter group of tensors no filter names (norms, embeddings)
@@ -84,7 +85,11 @@ class SearchSpace:
         self.method = METHODS.get(spec.method)
 
         def resolve(path: str) -> str:  # relative to the space file; ~ and $VARS expanded
-            return str((root / os.path.expandvars(os.path.expanduser(path))).resolve())
+            expanded = os.path.expandvars(os.path.expanduser(path))
+            local = root / expanded
+            if not local.exists() and is_hub_id(expanded):
+                return expanded  # a hub id, kept as written (as recipes keep it)
+            return str(local.resolve())
 
         self.base = resolve(spec.base) if spec.base else None
         self.parents = [resolve(p) for p in spec.parents]
@@ -136,7 +141,7 @@ class SearchSpace:
         return cls(spec, root, source)
 
     def _read_num_layers(self) -> int:
-        config = Path(self.base or self.parents[0]) / "config.json"
+        config = resolve_model(self.base or self.parents[0]) / "config.json"  # a missing id: one line
         try:
             return int(json.loads(config.read_text())["num_hidden_layers"])
         except (OSError, KeyError, ValueError) as error:

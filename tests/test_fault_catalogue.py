@@ -549,6 +549,9 @@ def nan_trials(ctx: Ctx) -> None:
     assert "non-finite log-likelihood" in parents["nan_parent"].user_attrs["fail_reason"]
     search = [t for t in trials if t.user_attrs["kind"] == "search"]
     assert all(t.state.name == "FAIL" and t.user_attrs["fail_reason"] for t in search)
+    # a TIES merge with the NaN parent names it: no threshold exists in its task vector
+    merged = [t for t in search if not t.user_attrs["fail_reason"].startswith("interrupted")]
+    assert merged and all("NaN entries" in t.user_attrs["fail_reason"] for t in merged)
     assert len(search) < 20  # stopped long before the budget
     log = (ctx.out / "run" / "failures.log").read_text()
     assert "non-finite log-likelihood" in log and "Traceback (most recent call last)" in log

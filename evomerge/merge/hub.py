@@ -26,6 +26,11 @@ def hf_cache_dir() -> Path:
     return Path(home) / "hub"
 
 
+def is_hub_id(model: str | Path) -> bool:
+    """Whether `model` reads as `org/name[@revision]` (a path that exists wins over an id)."""
+    return _HUB_ID.match(str(model)) is not None
+
+
 def resolve_model(model: str | Path) -> Path:
     """An existing path as given; else a hub id's cached snapshot; else a one-line ModelLoadError."""
     path = Path(model)

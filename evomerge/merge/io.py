@@ -330,9 +330,12 @@ def tokenizer_dir(recipe: MergeRecipe) -> Path:
     source = recipe.tokenizer_source
     if source is None or source == "base":
         return resolve_model(recipe.model_paths()[0])
-    if not Path(source).is_dir():
-        raise ConfigError(f"tokenizer_source {source!r} is not a directory; use 'base' or a model directory")
-    return Path(source)
+    directory = resolve_model(source)  # a path, or a hub id in the local cache
+    if not directory.is_dir():
+        raise ConfigError(
+            f"tokenizer_source {source!r} is not a directory; use 'base', a model directory or a hub id"
+        )
+    return directory
 
 
 def merge_to_directory(
@@ -365,7 +368,7 @@ def merge_to_directory(
     def fresh_stats(
         model: str, name: str, value: torch.Tensor, base: torch.Tensor, compute: Any
     ) -> DeltaStats:
-        return DeltaStats(value, base, compute)
+        return DeltaStats(value, base, compute, label=f"{Path(model).name}: {name}")
 
     with atomic_directory(out_dir, force) as staging:
         writer = ShardWriter(staging, layout, max_shard_bytes)

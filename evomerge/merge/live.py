@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from evomerge.errors import ConfigError
-from evomerge.merge.io import ModelReader, check_compatible, plan_for
+from evomerge.merge.hub import resolve_model
+from evomerge.merge.io import ModelReader, check_compatible, plan_for, tokenizer_dir
 from evomerge.merge.memory import (
     PLACEMENTS,
     MemoryPlan,
@@ -36,7 +37,8 @@ from evomerge.recipe import MergeRecipe
 
 
 def _key(path: str | Path) -> str:
-    return str(Path(path).resolve())
+    """The loaded model a recipe's path or hub id names (a hub id: its cached snapshot)."""
+    return str(resolve_model(path).resolve())
 
 
 def empty_model(config: Any, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
@@ -223,7 +225,8 @@ class LiveMerger:
             def remember(index: MagnitudeIndex) -> None:
                 self._indexes[key] = index
 
-            return DeltaStats(value, base, compute, self._indexes.get(key), remember)
+            label = f"{Path(model).name}: {name}"
+            return DeltaStats(value, base, compute, self._indexes.get(key), remember, label)
 
         return stats
 
@@ -266,8 +269,7 @@ class LiveMerger:
                 inputs = plan.inputs(job, tensor, stats)
                 inputs.out = target  # the kernel writes straight into the parameter, in its dtype
                 plan.method.merge(inputs)
-        source = recipe.tokenizer_source
-        self._tokenizer_dir = Path(source) if source and source != "base" else Path(recipe.model_paths()[0])
+        self._tokenizer_dir = tokenizer_dir(recipe)
         return self.model
 
     def state_dict(self) -> dict[str, Any]:

@@ -91,3 +91,29 @@ def test_a_missing_model_is_one_line_naming_the_cache(hub: Path, tmp_path: Path)
     )
     with pytest.raises(ModelLoadError, match=r"model 'org/base@deadbeef' not found"):
         resolve_model("org/base@deadbeef")
+
+
+def test_a_search_space_and_the_live_merger_take_ids(
+    hub: Path, tmp_path: Path, tiny_family: tuple[Path, list[Path]]
+) -> None:
+    """A space naming its models by id keeps the ids (its recipes and exports name them), reads the
+    layer count from the cached snapshot, and the live merger gives the tensors of the paths."""
+    from evomerge.merge.live import LiveMerger
+    from evomerge.space import SearchSpace
+
+    base, parents = tiny_family
+
+    def space_of(base_model: str, models: list[str]) -> SearchSpace:
+        spec = {"method": "ties", "base": base_model, "parents": models, "search": {"weight": {}}}
+        return SearchSpace.from_dict(spec, root=tmp_path)
+
+    space = space_of("org/base", ["org/p0", "org/p1"])
+    assert (space.base, space.parents) == ("org/base", ["org/p0", "org/p1"])
+    assert space.num_layers == LiveMerger(base, parents).model.config.num_hidden_layers
+    genome = [0.7] * len(space.genes)
+    recipe = space.decode(genome)
+    assert recipe.base_model == "org/base"
+    by_id = LiveMerger(space.base, space.parents).apply(recipe).state_dict()
+    paths = space_of(str(base), [str(p) for p in parents])
+    by_path = LiveMerger(paths.base, paths.parents).apply(paths.decode(genome)).state_dict()
+    assert all(torch.equal(by_id[name], by_path[name]) for name in by_id)

@@ -253,3 +253,15 @@ def test_preflight_refuses_what_cannot_fit_in_one_line(bf16_family) -> None:
     assert chosen.placement == "disk"
     assert choose_placement(readers, "auto", "cpu", None, free=10 * device.device_bytes).placement == "device"
     assert "2 workers" in (device.refusal(device.device_bytes + 1, workers=2) or "")
+
+
+def test_a_nan_task_vector_is_a_candidate_error_naming_the_tensor() -> None:
+    """A parent with NaN weights has no magnitude threshold: the selection says so, naming the
+    model and tensor, instead of failing inside torch (a failed trial with its reason)."""
+    from evomerge.errors import CandidateError
+
+    parent, base = _tied_pair(torch.float32)
+    parent.view(-1)[1000:1010] = float("nan")
+    stats = DeltaStats(parent, base, torch.float32, label="p0: layers.0.w")
+    with pytest.raises(CandidateError, match=r"task vector of p0: layers.0.w has 10 NaN entries"):
+        stats.cut_at(100)
