@@ -44,6 +44,7 @@ SUM = "sum"  # weighted sum, or base + merged task vectors (the rows and kinds a
 SCALED = "scaled"  # [base +] sum_i scales[i] * (operand_i [- base]), scales per row, column or tensor
 NEARSWAP = "nearswap"  # base moved towards the operand by at most t per entry
 SCE = "sce"  # SCE's fusion of the masked task vectors (Wan et al. 2024)
+MASKED = "masked"  # base + (operand - base) where mask (arcee_fusion)
 
 
 def parameter_row(weight: float, **values: float) -> list[float]:
@@ -80,7 +81,7 @@ class KernelCall:
     # SCALED: [operands, R, W] coefficients, R = 1 or the rows, W = 1 or the row width (one number
     # per row, per column or for the whole tensor: small, whatever the tensor's size)
     scales: Tensor | None = None
-    mask: Tensor | None = None  # SCE: which entries every task vector keeps (bool, the tensor's shape)
+    mask: Tensor | None = None  # SCE, MASKED: which entries the task vectors keep (bool, the tensor's shape)
     t: float = 0.0  # NEARSWAP: the largest step per entry
 
 
@@ -225,6 +226,11 @@ def _sce_kernel(
     out.copy_(origin + merged / _total(agreeing).clamp(min=1e-6))
 
 
+def _masked_kernel(out: Tensor, base: Tensor, other: Tensor, mask: Tensor, compute: torch.dtype) -> None:
+    origin = base.to(compute)
+    out.copy_(origin + (other.to(compute) - origin) * mask)
+
+
 class _Kernel:
     """A kernel run compiled (once per structure, dynamic shapes) or eagerly."""
 
@@ -281,6 +287,7 @@ _weighted_sum = _Kernel(_weighted_sum_kernel)
 _scaled = _Kernel(_scaled_kernel)
 _nearswap = _Kernel(_nearswap_kernel)
 _sce = _Kernel(_sce_kernel)
+_masked = _Kernel(_masked_kernel)
 _bracket = _Kernel(_bracket_kernel)
 _band_l1 = _Kernel(_band_l1_kernel)
 
@@ -377,7 +384,7 @@ def _run_form(
     step: int,
     compute: torch.dtype,
 ) -> None:
-    """The SCALED, NEARSWAP and SCE forms, chunk by chunk of whole rows."""
+    """The SCALED, NEARSWAP, SCE and MASKED forms, chunk by chunk of whole rows."""
     device = flat_out.device
     scales = None if call.scales is None else call.scales.to(device=device, dtype=compute)
     mask = None if call.mask is None else call.mask.reshape(-1).to(device)
@@ -389,6 +396,9 @@ def _run_form(
         if call.form == NEARSWAP:
             assert chunk_base is not None
             _nearswap(flat_out[part], chunk_base, chunk[0], t, compute)
+        elif call.form == MASKED:
+            assert chunk_base is not None and mask is not None
+            _masked(flat_out[part], chunk_base, chunk[0], mask[part], compute)
         elif call.form == SCE:
             assert chunk_base is not None
             _sce(flat_out[part], chunk_base, chunk, None if mask is None else mask[part], rows, compute)

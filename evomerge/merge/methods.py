@@ -743,6 +743,42 @@ def _sce(inputs: TensorInputs) -> kernels.KernelCall:
     )
 
 
+def _arcee_fusion(inputs: TensorInputs) -> kernels.KernelCall:
+    """Arcee Fusion (Arcee AI, mergekit): importance = |delta| * KL(softmax(model) || softmax(base))
+    of its row (softmax over the last dimension, each probability + 1e-8); the task vector is kept
+    where the importance reaches median + 1.5 * IQR (Tukey's outlier fence) of all importances.
+    The quartiles are exact order statistics (index floor(q * (n - 1)) of the sorted importances);
+    mergekit takes them from a random sample of 10^6 entries in larger tensors (not reproducible),
+    so only tensors up to 10^6 entries are expected to match it exactly."""
+    assert inputs.base is not None
+    compute = _compute(inputs)
+    base, other = inputs.base, inputs.tensors[0]
+    width = base.shape[-1] if base.dim() > 0 else 1
+    flat_base, flat_other = base.reshape(-1, width), other.reshape(-1, width)
+    rows_per_chunk = max(1, DeltaStats.CHUNK // width)
+    importance = torch.empty(flat_base.shape, dtype=compute, device=base.device)
+    for start in range(0, flat_base.shape[0], rows_per_chunk):
+        part = slice(start, start + rows_per_chunk)
+        q, p = flat_base[part].to(compute), flat_other[part].to(compute)
+        p_soft = torch.softmax(p, dim=-1) + 1e-8
+        q_soft = torch.softmax(q, dim=-1) + 1e-8
+        divergence = torch.sum(p_soft * torch.log(p_soft / q_soft), dim=-1, keepdim=True)
+        importance[part] = (p - q).abs() * divergence
+    flat = importance.reshape(-1)
+    quantiles = torch.tensor([0.25, 0.5, 0.75], device=flat.device)
+    positions = (quantiles * (flat.numel() - 1)).long().tolist()
+    q1, median, q3 = (flat.kthvalue(position + 1).values for position in positions)
+    threshold = median + 1.5 * (q3 - q1)
+    return kernels.KernelCall(
+        operands=inputs.tensors,
+        rows=[],
+        base=base,
+        compute_dtype=inputs.compute_dtype,
+        form=kernels.MASKED,
+        mask=(importance >= threshold).reshape(base.shape),
+    )
+
+
 # --- the registry ---------------------------------------------------------------------------
 
 METHODS.add("linear", MergeMethod("linear", (WEIGHT, _normalize(True)), False, False, _linear))
@@ -830,3 +866,4 @@ METHODS.add(
     ),
 )  # fmt: skip
 METHODS.add("nearswap", MergeMethod("nearswap", (NEARSWAP_T,), True, False, _nearswap, n_models=1))
+METHODS.add("arcee_fusion", MergeMethod("arcee_fusion", (), True, False, _arcee_fusion, n_models=1))

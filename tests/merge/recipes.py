@@ -131,6 +131,11 @@ def recipes(base: Path, parents: list[Path]) -> dict[str, dict[str, Any]]:
             "parameters": {"max_iter": 2, "tol": 1e-3},
             "models": [{"model": b}, {"model": p0}, {"model": p1}],
         },
+        "arcee_fusion": {
+            "merge_method": "arcee_fusion",
+            "base_model": b,
+            "models": [{"model": b}, {"model": p1}],
+        },
         "nearswap": {
             "merge_method": "nearswap",
             "base_model": b,

@@ -13,7 +13,7 @@ from evomerge.merge.methods import METHODS, DeltaStats, TensorInputs
 ALL = {
     "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear",
     "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "slerp",
-    "passthrough", "model_stock", "nuslerp", "sce", "karcher", "multislerp", "nearswap",
+    "passthrough", "model_stock", "nuslerp", "sce", "karcher", "multislerp", "nearswap", "arcee_fusion",
 }  # fmt: skip
 # numeric settings with no useful search range: a search space must give bounds to search them
 UNBOUNDED = {("karcher", "max_iter"), ("karcher", "tol"), ("multislerp", "eps")}
@@ -45,7 +45,7 @@ def test_registry_declares_mergekit_parameters() -> None:
     assert names["passthrough"] == {"scale"} and names["model_stock"] == {"filter_wise"}
     assert names["nuslerp"] == {"weight", "nuslerp_row_wise", "nuslerp_flatten"}
     assert names["sce"] == {"select_topk", "int8_mask"} and names["nearswap"] == {"t"}
-    assert names["karcher"] == {"max_iter", "tol"}
+    assert names["karcher"] == {"max_iter", "tol"} and names["arcee_fusion"] == set()
     assert names["multislerp"] == {"weight", "normalize_weights", "eps"}
     assert METHODS.get("karcher").param("max_iter").default == 10
     assert METHODS.get("sce").param("select_topk").default == 1.0
@@ -60,7 +60,7 @@ def test_registry_declares_mergekit_parameters() -> None:
     density = METHODS.get("ties").param("density")
     with pytest.raises(ConfigError, match=r"out of range \[0.0, 1.0\]"):
         density.check(1.5, "models.0.parameters.density")
-    with pytest.raises(ConfigError, match="unknown merge method 'nope'; available: breadcrumbs"):
+    with pytest.raises(ConfigError, match="unknown merge method 'nope'; available: arcee_fusion, breadc"):
         METHODS.get("nope")
     with pytest.raises(ConfigError, match="'max_iter' must be a whole number, got 2.5"):
         METHODS.get("karcher").param("max_iter").check(2.5, "parameters.max_iter")
@@ -159,3 +159,42 @@ def test_magnitude_trim_rescale_keeps_the_l1_norm(method: str) -> None:
     assert torch.equal(scaled != 0, kept != 0)
     torch.testing.assert_close(scaled.abs().sum(), delta.abs().sum())
     torch.testing.assert_close(scaled, kept * (delta.abs().sum() / kept.abs().sum()))
+
+
+def test_passthrough_scales_its_one_source() -> None:
+    a = torch.tensor([1.0, -2.0, 3.0])
+    torch.testing.assert_close(run("passthrough", None, [a], [{"scale": 0.5}]), 0.5 * a)
+    assert torch.equal(run("passthrough", None, [a], [{}]), a)
+
+
+def test_model_stock_interpolates_by_the_angle() -> None:
+    base = torch.zeros(2)
+    d0, d1 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])  # orthogonal: cos 0, t 0 -> base
+    torch.testing.assert_close(run("model_stock", base, [d0, d1], [{}, {}]), base)
+    same = run("model_stock", base, [d0, 2 * d0], [{}, {}])  # parallel: cos 1, t = 2 / 2 = 1 -> average
+    torch.testing.assert_close(same, 1.5 * d0)
+    rows = torch.stack([d0, d0]), torch.stack([d1, 2 * d0])  # row 0 orthogonal, row 1 parallel
+    out = run("model_stock", torch.zeros(2, 2), list(rows), [{}, {}], filter_wise=True)
+    torch.testing.assert_close(out, torch.stack([torch.zeros(2), 1.5 * d0]))
+
+
+def test_karcher_and_multislerp_of_two_orthogonal_vectors_meet_halfway() -> None:
+    a, b = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 2.0])
+    halfway = torch.tensor([math.sqrt(2.0), math.sqrt(2.0)])  # on the arc, mean norm 2
+    torch.testing.assert_close(run("karcher", None, [a, b], [{}, {}]), halfway)
+    weights = [{"weight": 1.0}, {"weight": 1.0}]
+    torch.testing.assert_close(run("multislerp", None, [a, b], weights), halfway)
+
+
+def test_nearswap_moves_at_most_t() -> None:
+    base, other = torch.tensor([0.0, 0.0, 1.0]), torch.tensor([0.05, 1.0, 1.0])
+    out = run("nearswap", base, [other], [{}], t=0.1)
+    torch.testing.assert_close(out, torch.tensor([0.05, 0.1, 1.0]))  # close: swapped; far: a 0.1 step
+
+
+def test_sce_keeps_exactly_k_of_tied_variances() -> None:
+    base = torch.zeros(10)
+    d0, d1 = torch.ones(10), 3 * torch.ones(10)  # every variance 1: all tied
+    out = run("sce", base, [d0, d1], [{}, {}], select_topk=0.3)
+    # the last 3 by position; weights 1 : 9 (mean squares of the kept entries)
+    torch.testing.assert_close(out, torch.tensor([0.0] * 7 + [2.8] * 3))
