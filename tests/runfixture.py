@@ -14,6 +14,8 @@ import numpy as np
 import optuna
 import yaml
 
+from evomerge.store import GENE_DISTRIBUTION, gene_name
+
 N_LAYERS = 4
 
 
@@ -74,8 +76,15 @@ def make_run(
             }
             attrs["n_items"] = 10 * len(objectives)
             attrs["estimator"] = "gmp-irt"
+        # Search trials carry their genes as Optuna params, as the store writes them (the dashboard's
+        # importance and parallel-coordinate panels read them).
+        params = {gene_name(i): g for i, g in enumerate(attrs["genome"])} if kind == "search" else {}
+        distributions = {name: GENE_DISTRIBUTION for name in params}
         # Trials are added one after the other, so their completion times increase with their number.
-        study.add_trial(optuna.trial.create_trial(state=state, values=values, user_attrs=attrs))
+        trial = optuna.trial.create_trial(
+            state=state, values=values, user_attrs=attrs, params=params, distributions=distributions
+        )
+        study.add_trial(trial)
 
     for k in range(n_parents):
         weights = np.zeros((n_parents, N_LAYERS))
@@ -105,15 +114,19 @@ def _values(rng: np.random.Generator, objectives: list[str]) -> list[float]:
     return [round(float(v), 4) for v in rng.uniform(0.2, 0.9, len(objectives))]
 
 
-def write_suite(root: Path, n_items: int = 6) -> tuple[Path, list[str]]:
-    """A two-task suite of a few real eval items (arithmetic, dates) and its task names."""
+def write_suite(root: Path, n_items: int = 6, n_test: int = 0) -> tuple[Path, list[str]]:
+    """A two-task suite of a few real eval items (arithmetic, dates), and `n_test` test items per
+    task, and its task names."""
     from evomerge.fitness.items import load_bank, write_bank
 
     fitness = Path(__file__).resolve().parents[1] / "fitness"
     root.mkdir(parents=True, exist_ok=True)
     banks = {"arith": "bigbench_arithmetic.jsonl", "dates": "bigbench_date_understanding.jsonl"}
     for name, file in banks.items():
-        items = [i for i in load_bank(fitness / file) if i.split == "eval"][:n_items]
+        bank = load_bank(fitness / file)
+        items = [i for i in bank if i.split == "eval"][:n_items] + [i for i in bank if i.split == "test"][
+            :n_test
+        ]
         write_bank(items, root / f"{name}.jsonl")
     spec = {
         "name": "audit-mini",

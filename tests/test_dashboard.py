@@ -87,4 +87,8 @@ def test_dashboard_renders_the_study_page(tmp_path: Path) -> None:
     # The command named the objectives after the tasks: the plot's axis selectors show those names.
     for task in TASKS:
         assert re.search(rf'role="combobox"[^>]*>{task}<', dom), f"no objective selector named {task}"
+    # The genes are Optuna params: the importance panel is drawn with the genes' names as its bars.
+    assert "Hyperparameter Importance" in dom and 'id="graph-hyperparameter-importances"' in dom
+    importances = dom.split('id="graph-hyperparameter-importances"', 1)[1][:200_000]
+    assert re.search(r">g\d{4}<", importances), "the importance plot shows no gene"
     assert shot.stat().st_size > 20_000
