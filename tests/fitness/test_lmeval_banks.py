@@ -317,3 +317,56 @@ def test_a_bank_from_lm_eval_scores_in_a_suite(tiny: tuple[Any, Any, Any], tasks
     assert {i.id: result.answers[i.id] for i in sums} == expected
     assert result.estimates["sums"] == pytest.approx(sum(expected.values()) / len(sums))
     assert set(result.answers) >= {i.id for i in suite.task_items("gen")}
+
+
+@pytest.mark.slow
+def test_a_search_runs_on_a_suite_mixing_lm_eval_generative_and_code_banks(
+    tiny_family: tuple[Path, list[Path]], tasks_dir: Path, tmp_path: Path
+) -> None:
+    """Issue 16 item 5: an lm-eval multiple-choice bank, an lm-eval generate_until bank (stops and a
+    regex) and HumanEval code items (run in the sandbox) as three objectives of one search."""
+    import ray
+    import yaml
+    from searchfixture import write_experiment
+
+    from evomerge.experiment import Experiment
+    from evomerge.fitness.items import write_bank
+    from evomerge.runtime.driver import SearchDriver
+    from evomerge.store import open_run
+
+    write_bank(lm_eval_items(str(tasks_dir / "mc.yaml")), tmp_path / "sums.jsonl")
+    write_bank(lm_eval_items(str(tasks_dir / "gen.yaml"), limit=GEN_DOCS), tmp_path / "gen.jsonl")
+    humaneval = load_bank(Path(__file__).resolve().parents[2] / "fitness" / "humaneval.jsonl")
+    humaneval = [item for item in humaneval if item.split == "eval"][:2]
+    write_bank(humaneval, tmp_path / "code.jsonl")
+    suite = {
+        "name": "mixed",
+        "banks": {
+            "sums": {"path": "sums.jsonl", "normalization": "chars"},
+            "gen": {"path": "gen.jsonl", "mode": "generate", "max_new_tokens": 12},
+            "code": {"path": "code.jsonl", "mode": "code", "max_new_tokens": 16},
+        },
+        "tasks": {
+            "sums": {"banks": ["sums"], "anchors": 4},
+            "gen": {"banks": ["gen"], "anchors": 2},
+            "code": {"banks": ["code"], "anchors": 2},
+        },
+        "sandbox": {"timeout_s": 10, "network": "allow"},
+    }
+    (tmp_path / "mixed.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
+    path = write_experiment(tmp_path / "exp", tiny_family, trials=2, workers=1)
+    experiment = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**experiment, "suite": str(tmp_path / "mixed.yaml")}))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        summary = SearchDriver(Experiment.load(path), tmp_path / "run").run()
+    finally:
+        ray.shutdown()
+    assert summary.complete >= 2 and summary.failed == 0
+    store = open_run(tmp_path / "run")
+    assert store.objectives == ["sums", "gen", "code"]
+    for trial in store.trials():
+        answers = trial.user_attrs["answers"]
+        assert len(answers) == 8 and set(answers.values()) <= {0, 1}
+        assert {i.split("/")[0] for i in answers} == {"toy_sums", "toy_gen", "HumanEval"}
+        assert len(trial.values) == 3
