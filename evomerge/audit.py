@@ -1,4 +1,7 @@
-"""Measure trials on the full eval split: the ground truth the IRT estimates are audited against.
+"""Measure trials on a full split: the ground truth the IRT estimates are audited against.
+
+The split is `test` (held out from calibration, anchors and search) where every task of the
+suite has test items, else `eval`; `resolve_split` decides and every report names it.
 
 `audit_trials` re-materializes each chosen trial's recipe in memory (LiveMerger, parents loaded
 once) and scores it with `FitnessEvaluator.evaluate_full`; the measurements are stored in the
@@ -42,8 +45,9 @@ def audit_trials(
     progress: Progress | None = None,
     device: str = "cpu",
     dtype: str = "float32",
+    split: str = "eval",
 ) -> dict[int, dict[str, float]]:
-    """Score each record's recipe on the full eval split and store the result in the study."""
+    """Score each record's recipe on every item of `split` and store the result in the study."""
     from evomerge.recipe import MergeRecipe
 
     if not records:
@@ -53,13 +57,22 @@ def audit_trials(
     measured: dict[int, dict[str, float]] = {}
     for done, (record, recipe) in enumerate(zip(records, recipes, strict=True), start=1):
         merger.apply(recipe)
-        scores = evaluator.evaluate_full(merger.model)
+        scores = evaluator.evaluate_full(merger.model, split)
         measured[record.number] = {task: float(scores[task]) for task in view.objectives}
         # Stored right away: an interrupted audit keeps every measurement already made.
         store.write_study_attr(audit_key(record.number), measured[record.number])
         if progress is not None:
             progress(done, len(records))
     return measured
+
+
+def resolve_split(suite: Any, split: str | None) -> str:
+    """The split to measure on: `split` if given, else test where every task has test items."""
+    if split is None:
+        return "test" if suite.has_test_split() else "eval"
+    if split not in ("test", "eval"):
+        raise ConfigError(f"--split {split!r}: choose test (held out) or eval (the selection pool)")
+    return split
 
 
 def full_split_evaluator(suite: Any, recipe: Any, objectives: Sequence[str], device: str = "cpu") -> Any:
@@ -82,11 +95,11 @@ def full_split_evaluator(suite: Any, recipe: Any, objectives: Sequence[str], dev
 
 
 def measure_model_dir(
-    model_dir: Path, evaluator: Any, device: str = "cpu", dtype: str = "float32"
+    model_dir: Path, evaluator: Any, device: str = "cpu", dtype: str = "float32", split: str = "eval"
 ) -> dict[str, float]:
-    """Full-split accuracy of a model saved on disk (what `export --verify` checks)."""
+    """Accuracy on every item of `split` of a model saved on disk (what `export --verify` checks)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device).eval()
-    return {task: float(value) for task, value in evaluator.evaluate_full(model).items()}
+    return {task: float(value) for task, value in evaluator.evaluate_full(model, split).items()}

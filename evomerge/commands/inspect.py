@@ -52,6 +52,12 @@ TABLE_OR_JSON_OPT = typer.Option(
     Format.table, "--format", help="table (for people) or json (for scripts; accuracies as fractions)."
 )
 DEVICE_OPT = typer.Option("cpu", "--device", help="torch device to score on (audit, export --verify).")
+SPLIT_OPT = typer.Option(
+    None,
+    "--split",
+    help="test (held out from calibration, anchors and search; the default where every task has "
+    "test items) or eval (the selection pool the search read).",
+)
 DTYPE_OPT = typer.Option(
     ScoreDtype.float32,
     "--dtype",
@@ -272,12 +278,13 @@ def audit(
     on_front: bool = typer.Option(False, "--front", help="Audit every trial on the Pareto front."),
     trials: str | None = typer.Option(None, "--trials", help="Audit these trials, e.g. 3,7,12."),
     suite: Path | None = SUITE_OPT,
+    split: str | None = SPLIT_OPT,
     device: str = DEVICE_OPT,
     dtype: ScoreDtype = DTYPE_OPT,
     quiet: bool = QUIET_OPT,
     fmt: Format = TABLE_OR_JSON_OPT,
 ) -> None:
-    """Re-score chosen trials on the full eval split; store measured beside estimated accuracy."""
+    """Re-score chosen trials on a full split (test by default); store measured beside estimated."""
     from evomerge.audit import audit_trials
     from evomerge.progress import progress_bar
     from evomerge.runview import RunView
@@ -289,14 +296,15 @@ def audit(
     if not chosen:
         raise ConfigError("audit: no trial selected; pass --front and/or --trials N,M,...")
     records = [chosen[n] for n in sorted(chosen)]
-    from evomerge.audit import full_split_evaluator
+    from evomerge.audit import full_split_evaluator, resolve_split
     from evomerge.recipe import MergeRecipe
 
     evaluator = full_split_evaluator(
         _suite_for(store, suite), MergeRecipe.from_yaml(records[0].recipe), view.objectives, device
     )
+    split = resolve_split(evaluator.suite, split)
     with progress_bar(disable=not _show_progress(quiet), transient=True) as bar:
-        task = bar.add_task("audit", total=len(records), info="scoring trials on the full eval split")
+        task = bar.add_task("audit", total=len(records), info=f"scoring trials on the full {split} split")
         measured = audit_trials(
             store,
             view,
@@ -305,6 +313,7 @@ def audit(
             lambda done, _: bar.update(task, completed=done),
             device=device,
             dtype=dtype.value,
+            split=split,
         )
     summary = RunView.from_store(store).audit_summary()
     if fmt is Format.json:
@@ -315,6 +324,7 @@ def audit(
                     for r in records
                 ],
                 "audit": summary,
+                "split": split,
                 **JSON_UNIT,
             }
         )
@@ -327,6 +337,7 @@ def audit(
         table.add_row(str(r.number), *cells)
     console = Console()
     console.print(table)
+    console.print(f"measured on the {split} split", soft_wrap=True)
     console.print(f"running MAE over {summary['n_trials']} audited trials: {pct(summary['mae'])} points")
 
 
@@ -384,15 +395,18 @@ def export(
     materialize: Path | None = typer.Option(
         None, "--materialize", help="Also write the merged HF model here."
     ),
-    verify: bool = typer.Option(False, "--verify", help="Score the exported model on the full eval split."),
+    verify: bool = typer.Option(
+        False, "--verify", help="Score the exported model on a full split (--split; test by default)."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite --out / --materialize if they exist."),
     suite: Path | None = SUITE_OPT,
+    split: str | None = SPLIT_OPT,
     device: str = DEVICE_OPT,
     dtype: ScoreDtype = DTYPE_OPT,
     quiet: bool = QUIET_OPT,
     fmt: Format = TABLE_OR_JSON_OPT,
 ) -> None:
-    """Write a trial's recipe (and optionally the merged model, verified on the full eval split)."""
+    """Write a trial's recipe (and optionally the merged model, verified on a full split)."""
     import tempfile
 
     from evomerge.recipe import MergeRecipe
@@ -407,9 +421,10 @@ def export(
         raise ConfigError(f"--materialize {materialize}: already exists; pass --force to overwrite it")
     evaluator = None
     if verify:
-        from evomerge.audit import full_split_evaluator
+        from evomerge.audit import full_split_evaluator, resolve_split
 
         evaluator = full_split_evaluator(_suite_for(store, suite), recipe, view.objectives, device)
+        split = resolve_split(evaluator.suite, split)
     result: dict[str, Any] = {
         "trial": record.number,
         "kind": record.kind,
@@ -431,7 +446,10 @@ def export(
         if evaluator is not None:
             from evomerge.audit import measure_model_dir
 
-            result["measured"] = measure_model_dir(model_dir, evaluator, device=device, dtype=dtype.value)
+            result["measured"] = measure_model_dir(
+                model_dir, evaluator, device=device, dtype=dtype.value, split=split
+            )
+            result["split"] = split
     _write_atomic(out, recipe.to_yaml())  # last: a recipe on disk means its model was written too
     if fmt is Format.json:
         _print_json(result)
@@ -449,6 +467,8 @@ def export(
             cells += [pct(measured), pct(None if estimate is None else estimate - measured)]
         table.add_row(*cells)
     console.print(table)
+    if "measured" in result:
+        console.print(f"measured on the {result['split']} split", soft_wrap=True)
 
 
 # ----- dashboard ------------------------------------------------------------------------------

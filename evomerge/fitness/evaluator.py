@@ -182,13 +182,26 @@ class FitnessEvaluator:
         )
 
     def score_eval_split(self, model: Any) -> dict[str, int]:
-        """0/1 answers of the model on every eval item of the suite."""
-        items = [self.suite.items[i] for task in self.suite.tasks for i in self.suite.eval_ids[task]]
+        """0/1 answers of the model on every eval item of the suite (the selection pool)."""
+        return self.score_split(model, "eval")
+
+    def evaluate_full(self, model: Any, split: str = "eval") -> dict[str, float]:
+        """Measured accuracy on every item of one split, per task (for audits and --verify)."""
+        return accuracy(self.suite.split_ids(split), self.score_split(model, split))
+
+    def score_split(self, model: Any, split: str = "eval") -> dict[str, int]:
+        """0/1 answers of the model on every item of one split ("eval" or "test")."""
+        ids = self.suite.split_ids(split)
+        empty = [task for task, task_ids in ids.items() if not task_ids]
+        if empty:
+            raise ConfigError(
+                f"suite {self.suite.name!r}: task(s) {empty} have no {split!r} items; "
+                "choose another split or add items with that split to the banks"
+            )
+        items = [self.suite.items[i] for task_ids in ids.values() for i in task_ids]
         return self._score(model, items).correct
 
-    def evaluate_full(self, model: Any) -> dict[str, float]:
-        """Measured accuracy on the full eval split, per task (for audits and --verify)."""
-        answers = self.score_eval_split(model)
-        return {
-            task: float(np.mean([answers[i] for i in self.suite.eval_ids[task]])) for task in self.suite.tasks
-        }
+
+def accuracy(ids: dict[str, list[str]], answers: dict[str, int]) -> dict[str, float]:
+    """Per-task mean of 0/1 answers over the given item ids."""
+    return {task: float(np.mean([answers[i] for i in task_ids])) for task, task_ids in ids.items()}

@@ -12,6 +12,7 @@ Sources are read straight from the archives PyPI serves, never installed:
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import random
@@ -208,3 +209,23 @@ def assign_split(items: Sequence[Item], train_fraction: float, seed: int) -> lis
         Item.from_dict({**item.to_dict(), "split": split_of[position]}, item.id)
         for position, item in enumerate(items)
     ]
+
+
+def hold_out_test(items: Sequence[Item], test_fraction: float, seed: int) -> list[Item]:
+    """Move a fixed share of the evaluation items (split "eval" or none) to split "test".
+
+    An item is held out when the first 8 bytes of sha256("seed:task:id") read as a fraction are
+    below `test_fraction`: the rule depends on the item alone, so a bank that grows keeps every
+    item's role, and rebuilding a bank gives the same test split byte for byte.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ConfigError(f"test_fraction={test_fraction} must be in (0, 1)")
+    held = []
+    for item in items:
+        if item.split == "train":
+            held.append(item)
+            continue
+        digest = hashlib.sha256(f"{seed}:{item.task}:{item.id}".encode()).digest()
+        split = "test" if int.from_bytes(digest[:8], "big") / 2**64 < test_fraction else "eval"
+        held.append(Item.from_dict({**item.to_dict(), "split": split}, item.id))
+    return held

@@ -8,7 +8,9 @@ One JSON object per line:
     prompt    the text the model continues
     choices   + answer: multiple choice, scored by the log-likelihood of each choice after the prompt
     target    generative: greedy continuation compared by exact match after normalization
-    split     optional "train" (used to make experts, never scored) or "eval"
+    split     optional "train" (used to make experts, never scored), "eval" (the selection pool:
+              calibration, anchors, search, promotion) or "test" (held out: read only by `audit`
+              and `export --verify`); an item without a split counts as "eval"
     meta      optional free-form dict (source, licence, original fields)
 
 Optional fields that carry an lm-eval task's own rules (`evomerge banks from-lm-eval`):
@@ -37,7 +39,7 @@ from typing import Any
 
 from evomerge.errors import ConfigError
 
-SPLITS = ("train", "eval")
+SPLITS = ("train", "eval", "test")
 ORIGIN_KEYS = ("harness", "harness_version", "task", "task_version", "config_sha256")
 _GENERATIVE_FIELDS = ("until", "answer_regex", "answer_regex_select")
 _KNOWN_FIELDS = {

@@ -17,8 +17,10 @@ answers are tokenized digit by digit and so differ in length), `sum` (lm-eval's 
 (per character of the choice text: lm-eval's `acc_norm`). `mode: generate` scores
 an item's `target` by greedy decoding and exact match instead of its choices; `mode: code` runs
 the greedy completion of a code item (HumanEval: tests and entry point in `meta`) with its tests
-in a sandbox, pass@1 (give it `max_new_tokens: 384` or so). Only `eval` items (or items with no
-split) are ever scored; `train` items exist to make experts.
+in a sandbox, pass@1 (give it `max_new_tokens: 384` or so). `train` items exist to make experts
+and are never scored. The item roles are kept apart here, in one place: `eval_ids` (split `eval`
+or none) is the selection pool that calibration, anchors and the search read; `test_ids` (split
+`test`) is read only by `audit` and `export --verify`.
 
 A suite with code banks may set the sandbox's limits (`evomerge/fitness/sandbox.py`):
 
@@ -180,7 +182,19 @@ class FitnessSuite:
 
     @cached_property
     def eval_ids(self) -> dict[str, list[str]]:
-        return {task: [item.id for item in self.task_items(task)] for task in self.tasks}
+        """The selection pool of every task: what calibration, anchors and the search may read."""
+        return self.split_ids("eval")
+
+    @cached_property
+    def test_ids(self) -> dict[str, list[str]]:
+        """The held-out items of every task (empty lists for a bank without a test split)."""
+        return self.split_ids("test")
+
+    def split_ids(self, split: str) -> dict[str, list[str]]:
+        return {task: [item.id for item in self.task_items(task, split)] for task in self.tasks}
+
+    def has_test_split(self) -> bool:
+        return all(self.test_ids.values())
 
     def bank_hashes(self) -> dict[str, str]:
         """sha256 of every bank file, so a calibration made on other items is detected."""

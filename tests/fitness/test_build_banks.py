@@ -78,7 +78,7 @@ def test_banks_build_command(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     arithmetic = load_bank(out / "bigbench_arithmetic.jsonl")
-    assert len(arithmetic) == 6 * 4 and {i.split for i in arithmetic} == {"train", "eval"}
+    assert len(arithmetic) == 6 * 4 and {i.split for i in arithmetic} == {"train", "eval", "test"}
     dates = load_bank(out / "bigbench_date_understanding.jsonl")
     assert {i.group for i in dates} == {"date_understanding"}
     assert [i.answer for i in load_bank(out / "mmlu_dev.jsonl")] == [1, 0]

@@ -60,7 +60,7 @@ def test_harness_fields_round_trip(tmp_path: Path) -> None:
         ([{**MC, "choices": []}], "empty or non-list 'choices'"),
         ([{**MC, "choices": [" 2"]}], "single choice"),
         ([{"id": "a", "task": "t", "prompt": "p"}], "neither 'choices'"),
-        ([{**MC, "split": "test"}], "split 'test' is not one of"),
+        ([{**MC, "split": "dev"}], "split 'dev' is not one of"),
         ([{**MC, "colour": 1}], "unknown field"),
         (
             [{**GEN, "target_delimiter": " "}],
@@ -148,8 +148,10 @@ def test_committed_banks_are_valid_and_split() -> None:
         items = load_bank(FITNESS / name)
         assert len(items) == count
         if name != "humaneval.jsonl":
-            assert {item.split for item in items} == {"train", "eval"}
+            assert {item.split for item in items} == {"train", "eval", "test"}
             assert all(item.is_choice for item in items)
+        else:
+            assert {item.split for item in items} == {"eval", "test"}
     groups = {item.group for item in load_bank(FITNESS / "bigbench_arithmetic.jsonl")}
     assert groups == {"2_digit_addition", "2_digit_subtraction", "2_digit_multiplication", "3_digit_addition"}
 
@@ -157,8 +159,9 @@ def test_committed_banks_are_valid_and_split() -> None:
 def test_committed_suites_load() -> None:
     skills = FitnessSuite.load(FITNESS / "skills.yaml")
     assert skills.tasks == ["arithmetic", "logic", "dates"]
-    assert len(skills.task_items("logic")) == 300
+    assert len(skills.task_items("logic")) + len(skills.task_items("logic", "test")) == 300
     assert all(item.split == "eval" for item in skills.task_items("dates"))
+    assert all(item.split == "test" for item in skills.task_items("dates", "test"))
     quick = FitnessSuite.load(FITNESS / "quickstart.yaml")
     assert quick.estimator == "mean" and quick.n_anchors("arithmetic") == 8
 
