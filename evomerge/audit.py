@@ -46,24 +46,44 @@ def audit_trials(
     device: str = "cpu",
     dtype: str = "float32",
     split: str = "eval",
-) -> dict[int, dict[str, float]]:
-    """Score each record's recipe on every item of `split` and store the result in the study."""
+) -> tuple[dict[int, dict[str, float]], dict[int, dict[str, int]]]:
+    """Score each record's recipe on every item of `split` and store the result in the study.
+
+    Returns each trial's accuracy per task and its 0/1 answer per item (for paired comparisons).
+    """
+    from evomerge.fitness.evaluator import accuracy
     from evomerge.recipe import MergeRecipe
 
     if not records:
-        return {}
+        return {}, {}
     recipes = [MergeRecipe.from_yaml(r.recipe) for r in records]
     merger = live_merger_for(recipes, device=device, dtype=dtype)
     measured: dict[int, dict[str, float]] = {}
+    answers: dict[int, dict[str, int]] = {}
     for done, (record, recipe) in enumerate(zip(records, recipes, strict=True), start=1):
         merger.apply(recipe)
-        scores = evaluator.evaluate_full(merger.model, split)
+        answers[record.number] = evaluator.score_split(merger.model, split)
+        scores = accuracy(evaluator.suite.split_ids(split), answers[record.number])
         measured[record.number] = {task: float(scores[task]) for task in view.objectives}
         # Stored right away: an interrupted audit keeps every measurement already made.
         store.write_study_attr(audit_key(record.number), measured[record.number])
         if progress is not None:
             progress(done, len(records))
-    return measured
+    return measured, answers
+
+
+def compare_to_reference(
+    suite: Any, split: str, answers: dict[int, dict[str, int]], reference: int
+) -> dict[int, dict[str, dict[str, float | int]]]:
+    """Every other trial minus the reference, per task: paired difference, SE and McNemar's p."""
+    from evomerge.fitness.paired import compare_answers
+
+    ids = suite.split_ids(split)
+    return {
+        number: {task: compare_answers(given, answers[reference], ids[task]).to_dict() for task in ids}
+        for number, given in answers.items()
+        if number != reference
+    }
 
 
 def resolve_split(suite: Any, split: str | None) -> str:

@@ -277,6 +277,12 @@ def audit(
     study: str | None = STUDY_OPT,
     on_front: bool = typer.Option(False, "--front", help="Audit every trial on the Pareto front."),
     trials: str | None = typer.Option(None, "--trials", help="Audit these trials, e.g. 3,7,12."),
+    reference: int | None = typer.Option(
+        None,
+        "--reference",
+        help="Also audit this trial and compare every other one with it on the same items: "
+        "difference ± paired SE and McNemar's p.",
+    ),
     suite: Path | None = SUITE_OPT,
     split: str | None = SPLIT_OPT,
     device: str = DEVICE_OPT,
@@ -285,7 +291,7 @@ def audit(
     fmt: Format = TABLE_OR_JSON_OPT,
 ) -> None:
     """Re-score chosen trials on a full split (test by default); store measured beside estimated."""
-    from evomerge.audit import audit_trials
+    from evomerge.audit import audit_trials, compare_to_reference
     from evomerge.progress import progress_bar
     from evomerge.runview import RunView
 
@@ -293,6 +299,8 @@ def audit(
     chosen = {r.number: r for r in view.front()} if on_front else {}
     for number in _parse_trials(trials) if trials else []:
         chosen[number] = view.trial(number)
+    if reference is not None:
+        chosen[reference] = view.trial(reference)
     if not chosen:
         raise ConfigError("audit: no trial selected; pass --front and/or --trials N,M,...")
     records = [chosen[n] for n in sorted(chosen)]
@@ -305,7 +313,7 @@ def audit(
     split = resolve_split(evaluator.suite, split)
     with progress_bar(disable=not _show_progress(quiet), transient=True) as bar:
         task = bar.add_task("audit", total=len(records), info=f"scoring trials on the full {split} split")
-        measured = audit_trials(
+        measured, answers = audit_trials(
             store,
             view,
             records,
@@ -316,18 +324,14 @@ def audit(
             split=split,
         )
     summary = RunView.from_store(store).audit_summary()
+    paired = {} if reference is None else compare_to_reference(evaluator.suite, split, answers, reference)
     if fmt is Format.json:
-        _print_json(
-            {
-                "trials": [
-                    {"number": r.number, "estimates": r.estimates, "measured": measured[r.number]}
-                    for r in records
-                ],
-                "audit": summary,
-                "split": split,
-                **JSON_UNIT,
-            }
-        )
+        rows = [
+            {"number": r.number, "estimates": r.estimates, "measured": measured[r.number]}
+            | ({"vs_reference": paired[r.number]} if r.number in paired else {})
+            for r in records
+        ]
+        _print_json({"trials": rows, "audit": summary, "split": split, "reference": reference, **JSON_UNIT})
         return
     table = Table("trial", title="Estimated / measured")
     for task in view.objectives:
@@ -338,6 +342,12 @@ def audit(
     console = Console()
     console.print(table)
     console.print(f"measured on the {split} split", soft_wrap=True)
+    for number, tasks in paired.items():
+        cells = [
+            f"{task} {c['diff'] * 100:+.1f} ± {pct(c['se'])} pts (McNemar p={c['p_value']:.3g})"
+            for task, c in tasks.items()
+        ]
+        console.print(f"trial {number} - trial {reference}: " + ", ".join(cells), soft_wrap=True)
     console.print(f"running MAE over {summary['n_trials']} audited trials: {pct(summary['mae'])} points")
 
 
