@@ -59,25 +59,25 @@ def non_dominated_ranks(points: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def knee_point(points: np.ndarray) -> int:
-    """Index (into `points`) of the front point nearest the ideal point.
+def knee_point(points: np.ndarray, weights: Sequence[float] | None = None) -> int:
+    """Index (into `points`) of the front point nearest the ideal point, in the objectives' units.
 
-    Each objective is rescaled to [0, 1] across all the points (0 = the best value reached, 1 =
-    the worst), so that no task dominates the choice by its scale; the knee is the front point
-    with the smallest Euclidean distance to the all-zero ideal. Ties go to the lowest index.
-    Scaling by the whole set, not the front alone, keeps a two-point front meaningful: 6 points
-    short on one task is near the ideal next to 56 short on the other (scaled by the front alone,
-    both would be 1 away).
+    The ideal is the best value any point reached on each objective; the distance is
+    sqrt(sum_t w_t (x_t - ideal_t)^2) in the objectives' own units (accuracy points here, the
+    same for every task), with task weights w (all 1 by default). No rescaling by the points'
+    range: a task on which every trial is within two points of the others would otherwise weigh
+    as much as one spanning forty, and its noise would choose the knee. Ties go to the lowest
+    index.
     """
     points = np.asarray(points, dtype=float)
     if len(points) == 0:
         raise ValueError("the knee point of an empty set is undefined")
+    w = np.ones(points.shape[1]) if weights is None else np.asarray(weights, dtype=float)
+    if w.shape != (points.shape[1],) or np.any(w < 0) or not np.any(w > 0):
+        raise ValueError(f"knee weights {list(w)} must be {points.shape[1]} numbers >= 0, one positive")
     front = np.flatnonzero(non_dominated_mask(points))
-    sub = points[front]
-    low, high = points.min(axis=0), points.max(axis=0)
-    span = np.where(high > low, high - low, 1.0)
-    distance = np.linalg.norm((sub - low) / span, axis=1)
-    return int(front[np.argmin(distance)])
+    gap = points[front] - points.min(axis=0)
+    return int(front[np.argmin(np.sqrt(gap**2 @ w))])
 
 
 def hypervolume(points: np.ndarray, reference: Sequence[float]) -> float:

@@ -198,10 +198,30 @@ class RunView:
             )
         return record
 
-    def knee(self) -> TrialRecord:
+    def knee(self, weights: Mapping[str, float] | None = None) -> TrialRecord:
+        """The front's knee in accuracy units, with optional task weights (see `pareto.knee_point`)."""
         if not self.completed:
             raise ConfigError(f"--knee: study {self.name!r} has no completed trial yet")
-        return self.completed[pareto.knee_point(self.minimized())]
+        vector = None if weights is None else [weights.get(t, 0.0) for t in self.objectives]
+        return self.completed[pareto.knee_point(self.minimized(), vector)]
+
+    def best_lower_bound(self, weights: Mapping[str, float] | None = None) -> TrialRecord:
+        """The completed trial whose pessimistic end of each task's interval (the lower bound of an
+        accuracy) has the best weighted sum (equal weights by default): a pick that a lucky
+        estimate on few items does not win."""
+        records = [r for r in self.completed if all(t in r.intervals for t in self.objectives)]
+        if not records:
+            raise ConfigError(
+                f"--lcb: no completed trial of study {self.name!r} has an interval on every task; "
+                "pick with --knee or --weights"
+            )
+        ends = [0 if d == "maximize" else 1 for d in self.directions]
+        pessimistic = [
+            [r.intervals[t][end] for t, end in zip(self.objectives, ends, strict=True)] for r in records
+        ]
+        vector = np.array([1.0 if weights is None else weights.get(t, 0.0) for t in self.objectives])
+        score = pareto.to_minimize(np.array(pessimistic), self.directions) @ vector
+        return records[int(np.argmin(score))]
 
     def weighted(self, weights: Mapping[str, float]) -> TrialRecord:
         """The completed trial with the best weighted sum of its (direction-normalized) objectives."""

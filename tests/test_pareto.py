@@ -102,16 +102,21 @@ def test_hypervolume_history_is_prefix_volume() -> None:
 
 
 def test_knee_point() -> None:
-    # The middle of a convex front is nearest the ideal once each axis is scaled to [0, 1].
-    points = np.array([[0.0, 10.0], [0.2, 2.0], [1.0, 0.0], [0.9, 9.0]])
+    # The middle of a convex front is nearest the ideal (the best value on each objective).
+    points = np.array([[0.0, 0.5], [0.1, 0.1], [0.5, 0.0], [0.45, 0.45]])
     assert knee_point(points) == 1
-    # Scaling one objective by 1000 does not move the knee.
-    scaled = points * np.array([1000.0, 1.0])
-    assert knee_point(scaled) == 1
     # The knee is always on the front even when a dominated point is near the ideal.
     assert knee_point(np.array([[0.5, 0.5], [0.4, 0.4], [0.0, 1.0]])) == 1
-    # Scaled by all the points: on a two-point front, the point a little short on one task beats
-    # the one far short on the other (scaled by the front alone they tie, and a parent won).
+    # On a two-point front, the point a little short on one task beats the one far short on the
+    # other (6 points against 56).
     assert knee_point(-np.array([[0.44, 1.0], [1.0, 0.94], [0.25, 0.25]])) == 1
+    # Accuracy units, not the points' range: 2 points short on a task where every trial is within
+    # 2 points beats 5 short on a task spanning 40 (each rescaled to [0, 1], point 1 would win).
+    narrow = -np.array([[0.90, 0.79], [0.85, 0.81], [0.50, 0.80]])
+    assert knee_point(narrow) == 0
+    # Task weights move the knee: the narrow task at 10 times the other (sqrt(10) * 2 > 5).
+    assert knee_point(narrow, weights=[1.0, 10.0]) == 1
+    with pytest.raises(ValueError, match="weights"):
+        knee_point(narrow, weights=[0.0, 0.0])
     with pytest.raises(ValueError):
         knee_point(np.empty((0, 2)))

@@ -352,20 +352,24 @@ def audit(
 
 
 # ----- export ---------------------------------------------------------------------------------
-def _choose(view: Any, trial: int | None, knee: bool, weights: str | None) -> Any:
-    given = [
-        name for name, on in (("--trial", trial is not None), ("--knee", knee), ("--weights", weights)) if on
-    ]
-    if len(given) != 1:
+def _choose(view: Any, trial: int | None, knee: bool, lcb: bool, weights: str | None) -> Any:
+    """One trial: by number, the knee or the best lower bound (either with optional --weights), or
+    the best weighted sum (--weights alone)."""
+    given = [name for name, on in (("--trial", trial is not None), ("--knee", knee), ("--lcb", lcb)) if on]
+    if len(given) > 1 or (not given and weights is None) or (trial is not None and weights is not None):
         raise ConfigError(
-            "export: choose exactly one of --trial N, --knee, --weights task=w,... "
-            f"(got {', '.join(given) or 'none'})"
+            "export: choose exactly one of --trial N, --knee, --lcb, --weights task=w,... "
+            "(--knee and --lcb take --weights as task weights) "
+            f"(got {', '.join(given + (['--weights'] if weights else [])) or 'none'})"
         )
+    parsed = view.parse_weights(weights) if weights is not None else None
     if trial is not None:
         return view.trial(trial)
     if knee:
-        return view.knee()
-    return view.weighted(view.parse_weights(weights))
+        return view.knee(parsed)
+    if lcb:
+        return view.best_lower_bound(parsed)
+    return view.weighted(parsed)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -397,9 +401,17 @@ def export(
     storage: str | None = STORAGE_OPT,
     study: str | None = STUDY_OPT,
     trial: int | None = typer.Option(None, "--trial", help="Export this completed trial."),
-    knee: bool = typer.Option(False, "--knee", help="Export the knee of the Pareto front."),
+    knee: bool = typer.Option(
+        False, "--knee", help="Export the knee of the Pareto front (nearest the ideal in accuracy points)."
+    ),
+    lcb: bool = typer.Option(
+        False, "--lcb", help="Export the trial with the best weighted sum of its intervals' lower bounds."
+    ),
     weights: str | None = typer.Option(
-        None, "--weights", help="Export the best weighted sum, e.g. arith=2,logic=1."
+        None,
+        "--weights",
+        help="Task weights, e.g. arith=2,logic=1: alone, export the best weighted sum; with --knee "
+        "or --lcb, weigh the tasks there.",
     ),
     out: Path = typer.Option(..., "--out", help="Recipe YAML to write (mergekit-compatible)."),
     materialize: Path | None = typer.Option(
@@ -422,7 +434,7 @@ def export(
     from evomerge.recipe import MergeRecipe
 
     store, view = _open(run, storage, study)
-    record = _choose(view, trial, knee, weights)
+    record = _choose(view, trial, knee, lcb, weights)
     recipe = MergeRecipe.from_yaml(record.recipe)
     # Every target is checked before anything is written: a refused export leaves no file behind.
     if out.exists() and not force:
