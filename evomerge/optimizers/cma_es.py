@@ -14,6 +14,13 @@ an injected solution: pycma repairs its Mahalanobis length before the update (`c
 new mean cannot derail the step size. Start points (`suggest`, e.g. a known recipe) are told the
 same way. Every completed evaluation is told exactly once; a late *failure* carries no information
 about the new distribution and is only counted (`late_failed`).
+
+Restarts (IPOP-CMA-ES, Auger & Hansen, CEC 2005): when pycma signals a stop after a tell
+(`es.stop()`: flat fitness, step size below tolerance, stagnation, ...), CMA starts again from a
+uniformly drawn mean with the first sigma and twice the population, so a search that has
+converged (or stalled on equal scores) explores again instead of asking the same point. Results
+of the previous run arrive as late results of the new one. The restart count and the mean's
+random generator are part of the pickled state, so a resumed search restarts exactly the same.
 """
 
 from __future__ import annotations
@@ -66,6 +73,10 @@ class CMAOptimizer(Optimizer):
         if popsize is not None:
             options["popsize"] = popsize
         self.es = cma.CMAEvolutionStrategy(mean.tolist(), sigma0, options)
+        self._sigma0 = sigma0
+        self._options = options
+        self._restart_rng = np.random.default_rng(seed)
+        self.restarts = 0
         self.scalarizer = Scalarizer(n_objectives, scalarization, weights)
         self._generation = 0
         self._queue: list[np.ndarray] = []  # samples of the current generation not yet handed out
@@ -78,6 +89,17 @@ class CMAOptimizer(Optimizer):
     @property
     def popsize(self) -> int:
         return int(self.es.popsize)
+
+    def _restart(self) -> None:
+        """IPOP: a fresh CMA from a uniform random mean, the first sigma, twice the population."""
+        self.restarts += 1
+        mean = self._restart_rng.uniform(0.0, 1.0, self.dim)
+        options = {
+            **self._options,
+            "popsize": 2 * self.popsize,
+            "seed": (self._options["seed"] + self.restarts) % (2**31 - 2) + 1,
+        }
+        self.es = cma.CMAEvolutionStrategy(mean.tolist(), self._sigma0, options)
 
     def _propose(self) -> Sequence[float]:
         if not self._queue:
@@ -109,6 +131,8 @@ class CMAOptimizer(Optimizer):
             self.es.tell([x for x, _, _ in self._results], losses, check_points=injected or None)
             self._generation += 1
             self._results = []
+            if self.es.stop():
+                self._restart()
             # Samples of the old distribution are not handed out any more; the new generation is
             # drawn at once (pycma wants an ask between two tells, and late results may fill it).
             self._queue = [np.asarray(x, dtype=float) for x in self.es.ask()]
