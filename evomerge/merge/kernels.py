@@ -275,11 +275,13 @@ def _bracket_kernel(
     inside.copy_((value > bounds[0]) & (value < bounds[1]))
 
 
-def _band_l1_kernel(tensor: Tensor, base: Tensor, bounds: Tensor, compute: torch.dtype) -> Tensor:
-    """The sum of |tensor - base| over bounds[0] <= |.| <= bounds[1], in float64 (one pass).
+def _band_kernel(tensor: Tensor, base: Tensor, bounds: Tensor, compute: torch.dtype) -> Tensor:
+    """[count, sum] of |tensor - base| over bounds[0] <= |.| <= bounds[1], in float64 (one pass).
     Returned, not copied into an out tensor: Inductor dropped a reduction's copy into a 0-d input."""
     value = (tensor.to(compute) - base.to(compute)).abs()
-    return torch.where((value >= bounds[0]) & (value <= bounds[1]), value, 0).to(torch.float64).sum()
+    inside = (value >= bounds[0]) & (value <= bounds[1])
+    total = torch.where(inside, value, 0).to(torch.float64).sum()
+    return torch.stack([inside.to(torch.float64).sum(), total])
 
 
 _task_vector = _Kernel(_task_vector_kernel)
@@ -289,7 +291,7 @@ _nearswap = _Kernel(_nearswap_kernel)
 _sce = _Kernel(_sce_kernel)
 _masked = _Kernel(_masked_kernel)
 _bracket = _Kernel(_bracket_kernel)
-_band_l1 = _Kernel(_band_l1_kernel)
+_band = _Kernel(_band_kernel)
 
 
 def between(tensor: Tensor, base: Tensor, low: float, high: float, compute: torch.dtype) -> Tensor:
@@ -307,10 +309,11 @@ def between(tensor: Tensor, base: Tensor, low: float, high: float, compute: torc
     return magnitude[inside]
 
 
-def band_l1(tensor: Tensor, base: Tensor, low: float, high: float, compute: torch.dtype) -> float:
-    """Sum of |tensor - base| over low <= |.| <= high, in float64."""
+def band(tensor: Tensor, base: Tensor, low: float, high: float, compute: torch.dtype) -> tuple[int, float]:
+    """(How many, sum) of |tensor - base| over low <= |.| <= high, the sum in float64."""
     bounds = torch.tensor([low, high], dtype=compute, device=tensor.device)
-    return float(_band_l1(tensor, base, bounds, compute))
+    count, total = _band(tensor, base, bounds, compute).tolist()
+    return int(count), total
 
 
 def chunk_entries(row_width: int, device: torch.device) -> int:

@@ -200,17 +200,17 @@ class DeltaStats:
     def tie_position(self, cut: Cut) -> int:
         """The position in the flat tensor of the `cut.tie`-th entry (0-based) of magnitude `cut.value`."""
         seen = 0
-        for start, magnitude in zip(range(0, self.numel, self.CHUNK), self.magnitudes(), strict=True):
-            equal = magnitude == cut.value
-            count = int(equal.sum())
-            if seen + count > cut.tie:
+        for start, (tensor, base) in zip(range(0, self.numel, self.CHUNK), self.chunks(), strict=True):
+            count, _ = kernels.band(tensor, base, cut.value, cut.value, self.compute)  # one fused pass
+            if seen + count > cut.tie:  # the chunk that holds it: find it there
+                equal = (tensor.to(self.compute) - base.to(self.compute)).abs() == cut.value
                 return start + int(equal.nonzero()[cut.tie - seen])
             seen += count
         raise AssertionError(f"no entry {cut.tie} of magnitude {cut.value}: the index is stale")
 
     def l1_between(self, low: float, high: float) -> tuple[float, float]:
         """(L1 norm of the entries with low <= |delta| <= high, L1 norm of all entries), in float64."""
-        kept = sum(kernels.band_l1(t, b, low, high, self.compute) for t, b in self.chunks())
+        kept = sum(kernels.band(t, b, low, high, self.compute)[1] for t, b in self.chunks())
         return kept, self.index.total_l1
 
 
