@@ -11,6 +11,13 @@ parameters of every completed trial) is empty in a run, because the parent and b
 no genes, and NSGA-II then silently degenerates to random sampling (no crossover at all). The
 parent and baseline trials are created without the sampler (`RunStore.start_trial`), so they never
 join a generation either.
+
+Duplicates: NSGA-II's child of a parent crossed with itself (or not crossed) is that parent unless
+a gene mutates (each with probability 1/n), and the fitness of a genome on the same anchors is the
+same number. A child whose genes equal a completed trial's is not handed out: its trial is PRUNED
+at once, marked `duplicate_of`, and NSGA-II, whose populations hold completed trials only, is asked
+again. A resume that asks it again prunes it again, so the genomes asked stay those of an
+uninterrupted run.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from evomerge.optimizers.base import OPTIMIZERS, Candidate, Optimizer
 from evomerge.store import create_running_trial, gene_name, trial_by_number
 
 SAMPLERS = ("nsga2", "tpe")
+MAX_DUPLICATES_IN_A_ROW = 100  # then the duplicate is evaluated: the sampler proposes nothing new
 
 
 class _FixedGenes:
@@ -96,11 +104,25 @@ class OptunaOptimizer(Optimizer):
         study = self._ensure_study()
         if self._starts:  # a start point: a fixed-parameter trial, in the current generation
             study.enqueue_trial({gene_name(i): g for i, g in enumerate(self._starts.pop(0))})
-        trial = study.ask(self.distributions)
-        genome = tuple(float(trial.params[gene_name(i)]) for i in range(self.dim))
+        for _ in range(MAX_DUPLICATES_IN_A_ROW):
+            trial = study.ask(self.distributions)
+            genome = tuple(float(trial.params[gene_name(i)]) for i in range(self.dim))
+            original = self._completed_with(study, trial.params)
+            if original is None:
+                break
+            trial.set_user_attr("duplicate_of", original.number)
+            study.tell(trial, state=TrialState.PRUNED)
         candidate = Candidate(trial.number, genome)
         self._pending[candidate.id] = candidate
         return candidate
+
+    @staticmethod
+    def _completed_with(study: optuna.Study, params: dict[str, float]) -> optuna.trial.FrozenTrial | None:
+        """The first completed trial with exactly these genes, if any."""
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if trial.params == params:
+                return trial
+        return None
 
     def renew(self, candidate: Candidate) -> Candidate:
         """A new RUNNING trial with the interrupted trial's genes and generation, made without the

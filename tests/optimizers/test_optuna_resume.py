@@ -38,4 +38,4 @@ def test_trials_created_after_the_checkpoint_are_asked_again(tmp_path) -> None:
     assert restored.pending() == []
     again = [restored.ask() for _ in range(2)]
     assert [c.genome for c in again] == [c.genome for c in lost]
-    assert [c.id for c in again] == [12, 13]  # new trials
+    assert min(c.id for c in again) > max(c.id for c in lost)  # new trials (duplicates pruned between)
