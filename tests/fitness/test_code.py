@@ -25,7 +25,7 @@ N_ITEMS = 4
 
 @pytest.fixture(scope="module")
 def items() -> list[Item]:
-    return load_bank(FITNESS / "humaneval.jsonl")[:N_ITEMS]
+    return [item for item in load_bank(FITNESS / "humaneval.jsonl") if item.split == "eval"][:N_ITEMS]
 
 
 @pytest.fixture
