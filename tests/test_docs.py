@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "EXPERT_B": str(expert_b),
         "EVOMERGE_REPO": str(REPO),
         "EVOMERGE_CACHE": str(cache),
+        # the documented `evomerge` is this interpreter's, also where its venv is not activated
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
 
 

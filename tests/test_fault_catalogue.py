@@ -672,11 +672,17 @@ def local_ray() -> Iterator[None]:
         os.environ["EVOMERGE_COMPILE"] = previous
 
 
+SQLITE_SIDECARS = ("-wal", "-shm", "-journal")  # SQLite's own lock and log files, not outputs
+
+
 def snapshot(folders: list[Path]) -> dict[str, str]:
-    """Every path under `folders` with its content digest (directories as 'dir')."""
+    """Every path under `folders` with its content digest (directories as 'dir'); SQLite's
+    sidecar files are left out: a refused driver that only read the database may touch them."""
     seen: dict[str, str] = {}
     for folder in folders:
         for path in sorted(folder.rglob("*")) if folder.exists() else []:
+            if path.name.endswith(SQLITE_SIDECARS):
+                continue
             digest = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
             seen[str(path)] = digest
     return seen

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evomerge.errors import ConfigError
-from evomerge.fitness.items import Item
+from evomerge.fitness.items import Item, jsonl_records
 from evomerge.fitness.sandbox import Sandbox
 
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # Chen et al. 2021, section 2.3
@@ -63,20 +63,14 @@ def load_completions(path: Path, items: Iterable[Item]) -> dict[str, str]:
         raise ConfigError(f"completions file {str(path)!r} does not exist; give a JSONL of id + completion")
     known = {item.id for item in items}
     completions: dict[str, str] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{where}: not valid JSON ({error.msg}); one JSON object per line") from None
+    for where, record in jsonl_records(path):
         if (
             not isinstance(record, dict)
             or not isinstance(record.get("id"), str)
             or not isinstance(record.get("completion"), str)
         ):
-            raise ConfigError(f'{where}: expected {{"id": ITEM_ID, "completion": TEXT}}, got {line[:80]!r}')
+            shown = json.dumps(record)[:80]
+            raise ConfigError(f'{where}: expected {{"id": ITEM_ID, "completion": TEXT}}, got {shown!r}')
         if record["id"] not in known:
             raise ConfigError(f"{where}: id {record['id']!r} is not an item of the bank")
         completions[record["id"]] = record["completion"]

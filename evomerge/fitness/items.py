@@ -32,7 +32,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,24 +204,27 @@ def check_unique(items: Iterable[Item], where: str) -> None:
         seen.add(item.id)
 
 
-def load_bank(path: str | Path) -> list[Item]:
-    """Read and validate a JSONL bank (duplicate ids, answer range, empty choices, ...)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"item bank {str(path)!r} does not exist; give the path of a .jsonl bank")
-    items = []
+def jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
+    """(file:line, parsed JSON) for every non-blank line; a line that is not JSON is one ConfigError."""
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             where = f"{path}:{number}"
             try:
-                raw = json.loads(line)
+                record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ConfigError(
-                    f"{where}: not valid JSON ({error.msg}); one JSON object per line"
-                ) from None
-            items.append(Item.from_dict(raw, where))
+                message = f"{where}: not valid JSON ({error.msg}); one JSON object per line"
+                raise ConfigError(message) from None
+            yield where, record
+
+
+def load_bank(path: str | Path) -> list[Item]:
+    """Read and validate a JSONL bank (duplicate ids, answer range, empty choices, ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"item bank {str(path)!r} does not exist; give the path of a .jsonl bank")
+    items = [Item.from_dict(raw, where) for where, raw in jsonl_records(path)]
     if not items:
         raise ConfigError(f"item bank {str(path)!r} holds no items")
     check_unique(items, str(path))
