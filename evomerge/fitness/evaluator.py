@@ -27,7 +27,7 @@ import torch
 from evomerge.errors import ConfigError
 from evomerge.fitness.anchors import AnchorSet, select_for_suite
 from evomerge.fitness.calibration import Calibration
-from evomerge.fitness.code import cut_at_stop, run_completions
+from evomerge.fitness.code import STOP_SEQUENCES, cut_at_stop, run_completions
 from evomerge.fitness.estimators import ESTIMATORS, NEEDS_IRT, NEEDS_PARENTS, EstimationContext, interval
 from evomerge.fitness.items import Item
 from evomerge.fitness.sandbox import Sandbox
@@ -157,8 +157,9 @@ class FitnessEvaluator:
         normalization = {item.id: self.suite.bank_spec_of(item.id).normalization for item in items}
         modes = {item.id: self.suite.bank_spec_of(item.id).mode for item in items}
         generate = {item_id for item_id, mode in modes.items() if mode != "choice"}
-        result = self.scorer.score(model, items, normalization, generate)
         code = [item for item in items if modes[item.id] == "code"]
+        stops = {item.id: STOP_SEQUENCES for item in code}  # decoding ends where the function does
+        result = self.scorer.score(model, items, normalization, generate, stops)
         if code:  # pass@1 by running the greedy completion, not the scorer's exact match
             assert self.sandbox is not None  # made for every suite with a code bank
             completions = {item.id: cut_at_stop(result.generations[item.id]) for item in code}

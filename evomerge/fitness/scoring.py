@@ -14,7 +14,10 @@ cache, expanded to one row per choice. Items are length-sorted into padding-awar
 
 Generative items: greedy decoding, cut at the first of the item's `until` stop strings (a newline
 when it has none), the answer taken by its `answer_regex` where it has one, then exact match after
-normalization (case, surrounding whitespace and trailing punctuation ignored).
+normalization (case, surrounding whitespace and trailing punctuation ignored). Decoding of a batch
+ends once every row's continuation holds one of its stop strings (or `max_new_tokens`), so the
+tokens after the cut are never generated; `score(stops=...)` gives items other stops (code items
+end at HumanEval's).
 
 Non-finite scores mean a broken candidate: `CandidateError`.
 """
@@ -23,11 +26,12 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from evomerge.errors import CandidateError
 from evomerge.fitness.items import Item
@@ -52,11 +56,35 @@ def normalize_answer(text: str) -> str:
     return re.sub(r"\s+", " ", first_line).strip().rstrip(".!?,;:").strip().lower()
 
 
+def item_stops(item: Item) -> tuple[str, ...]:
+    """The stop strings a generative item's continuation is cut at."""
+    return tuple(item.until or DEFAULT_STOPS)
+
+
+class _StopStrings(StoppingCriteria):
+    """Per row: done once its continuation (decoded as it will be scored) holds one of its stop
+    strings. Matching the decoded continuation, not token ids, stops exactly where the text is cut
+    (transformers' `stop_strings` also matches a stop that starts inside the prompt)."""
+
+    def __init__(self, tokenizer: Any, start: int, stops: list[tuple[str, ...]]) -> None:
+        self.tokenizer = tokenizer
+        self.start = start
+        self.stops = stops
+        self.done = [False] * len(stops)
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        rows = [r for r, done in enumerate(self.done) if not done]
+        texts = self.tokenizer.batch_decode(input_ids[rows, self.start :], skip_special_tokens=True)
+        for r, text in zip(rows, texts, strict=True):
+            self.done[r] = any(stop in text for stop in self.stops[r])
+        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
+
+
 def generated_answer(text: str, item: Item) -> str | None:
     """The answer in a continuation: cut at the first stop string, then the regex's selected match
     (lm-eval's `regex` filter: a match with groups gives its first non-empty group); None when the
     regex does not match."""
-    for stop in item.until or DEFAULT_STOPS:
+    for stop in item_stops(item):
         text = text.split(stop, 1)[0]
     if item.answer_regex is None:
         return text
@@ -173,9 +201,12 @@ class Scorer:
         items: Sequence[Item],
         normalization: str | dict[str, str] = "mean",
         generate: set[str] | None = None,
+        stops: Mapping[str, Sequence[str]] | None = None,
     ) -> ScoreResult:
-        """Score `items`; ids in `generate` (or items without choices) are scored generatively."""
+        """Score `items`; ids in `generate` (or items without choices) are scored generatively,
+        decoding until one of the item's stop strings: `stops[id]` where given, else its `until`."""
         generate = generate or set()
+        stops = stops or {}
         norm_of = (lambda _: normalization) if isinstance(normalization, str) else normalization.__getitem__
         choice_items = [i for i in items if i.is_choice and i.id not in generate]
         gen_items = [i for i in items if not (i.is_choice and i.id not in generate)]
@@ -187,7 +218,9 @@ class Scorer:
             result.n_tokens += n_tokens
             self._collect(batch, sums, counts, norm_of, result)
         for start in range(0, len(gen_items), self.batch_size):
-            self._generate_batch(model, gen_items[start : start + self.batch_size], result)
+            batch = gen_items[start : start + self.batch_size]
+            batch_stops = [tuple(stops.get(i.id, ())) or item_stops(i) for i in batch]
+            self._generate_batch(model, batch, batch_stops, result)
         return result
 
     def padded_tokens(self, batch: Sequence[Item]) -> int:
@@ -337,14 +370,18 @@ class Scorer:
         sizes = [len(e.choices) for e in encoded]
         return list(sums.split(sizes)), list(counts.split(sizes)), n_tokens
 
-    def _generate_batch(self, model: Any, batch: list[Item], result: ScoreResult) -> None:
+    def _generate_batch(
+        self, model: Any, batch: list[Item], stops: list[tuple[str, ...]], result: ScoreResult
+    ) -> None:
         device = self._device(model)
         prompts = [self._generation_prompt(i) for i in batch]
         prompt_ids, prompt_mask = self._left_pad(prompts, device)
+        stop_at = _StopStrings(self.tokenizer, prompt_ids.shape[1], stops)
         output = model.generate(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
             max_new_tokens=self.max_new_tokens,
+            stopping_criteria=StoppingCriteriaList([stop_at]),
             do_sample=False,
             pad_token_id=self.pad_id,
             output_scores=True,

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from evomerge.cli import app
 from evomerge.errors import ConfigError
-from evomerge.fitness.code import cut_at_stop, program
+from evomerge.fitness.code import STOP_SEQUENCES, cut_at_stop, program
 from evomerge.fitness.evaluator import FitnessEvaluator
 from evomerge.fitness.items import Item, load_bank, write_bank
 from evomerge.fitness.scoring import ScoreResult
@@ -59,8 +59,9 @@ def test_the_evaluator_scores_code_by_running_it(
         item.id: wrong.get(n, f"{item.target}\ndef next_problem(:\n") for n, item in enumerate(items)
     }
 
-    def fake_score(model, batch, normalization, generate):  # noqa: ANN001, ANN202
+    def fake_score(model, batch, normalization, generate, stops):  # noqa: ANN001, ANN202
         assert set(generate) == {item.id for item in batch}  # code items are generated, not ranked
+        assert stops == dict.fromkeys(generate, STOP_SEQUENCES)  # decoding ends where the function does
         return ScoreResult(correct=dict.fromkeys(generations, 1), generations=dict(generations))
 
     monkeypatch.setattr(evaluator.scorer, "score", fake_score)

@@ -168,3 +168,35 @@ def test_generated_answer_cuts_at_stops_and_applies_the_regex() -> None:
     assert generated_answer("so 3 then 41 Q: 7", last) == "41"  # the last match before the stop
     assert generated_answer("none here", last) == "none"  # a tuple match: its non-empty group
     assert generated_answer("no digits", last) is None
+
+
+def test_decoding_ends_when_every_row_holds_a_stop(model: torch.nn.Module) -> None:
+    """Greedy decoding stops once each continuation of the batch holds one of its stop strings;
+    the text cut at the stop is the one decoding to max_new_tokens gives."""
+    tokenizer = make_tokenizer()
+    prompts = {"a": "Say:", "b": "2+2="}
+    width = 24
+    never = {key: ("<never said>",) for key in prompts}  # no continuation holds it: decode to the limit
+    items = [Item.from_dict({"id": k, "task": "t", "prompt": p, "target": "x"}) for k, p in prompts.items()]
+    full = Scorer(tokenizer, max_new_tokens=width, batch_size=2).score(model, items, stops=never)
+    prompt_tokens = sum(len(tokenizer(p)["input_ids"]) for p in prompts.values())
+    assert full.n_tokens == prompt_tokens + 2 * width
+    # Each row's stop: a printable character early in its own full continuation (the seeded tiny
+    # model says mostly bytes that decode to replacement characters).
+    stops = {
+        key: (next(c for c in full.generations[key][2:] if c.isascii() and c.isprintable()),)
+        for key in prompts
+    }
+    early = Scorer(tokenizer, max_new_tokens=width, batch_size=2).score(model, items, stops=stops)
+    steps = (early.n_tokens - prompt_tokens) // 2
+    assert steps < width - 10  # both rows stopped a few tokens in
+    for key, (stop,) in stops.items():
+        cut = full.generations[key].split(stop, 1)[0]
+        assert early.generations[key].split(stop, 1)[0] == cut
+        assert stop in early.generations[key]
+    # One row that never stops keeps the whole batch decoding to max_new_tokens.
+    mixed = Scorer(tokenizer, max_new_tokens=width, batch_size=2).score(
+        model, items, stops={"a": stops["a"], "b": never["b"]}
+    )
+    assert mixed.n_tokens == full.n_tokens
+    assert mixed.generations["b"] == full.generations["b"]
