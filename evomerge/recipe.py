@@ -2,7 +2,10 @@
 
 Supported keys: `models` (each `model` + `parameters`), or `slices` (each with `sources`:
 `model`, `layer_range`, `parameters`), `base_model`, `merge_method`, global `parameters`,
-`dtype`, `tokenizer_source` and `seed` (for the random methods; mergekit ignores it).
+`dtype` (compute), `out_dtype` (written), `tokenizer_source` ('base', 'union' or a model),
+`tokenizer` (its `source` only), `chat_template` and `seed` (for the random methods; mergekit
+ignores it). Parameters mergekit accepts without effect (`IGNORED_PARAMS`) pass validation
+and change nothing.
 A parameter value is a scalar, a per-layer list (interpolated linearly across the layers,
 mergekit's "gradient") or a list of `{filter, value}` entries (first entry whose filter is a
 substring of the tensor name wins; an entry without filter is the fallback).
@@ -122,14 +125,47 @@ def layer_position(layer: int | None, n_layers: int) -> float:
     return layer / (n_layers - 1)
 
 
+Dtype = Literal["float32", "float16", "bfloat16"]
+# Parameters mergekit 0.1.5 accepts for a method and that change no tensor here: int8_mask only
+# sets the dtype of mergekit's internal sign mask; slerp reads no weight; task_arithmetic no density.
+_GTA = ("task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties")
+IGNORED_PARAMS: dict[str, frozenset[str]] = {
+    "int8_mask": frozenset((*_GTA, "della", "della_linear")),
+    "weight": frozenset(("slerp",)),
+    "density": frozenset(("task_arithmetic",)),
+}
+
+
+class TokenizerBlock(_Frozen):
+    """mergekit's `tokenizer:` block; only `source` is supported (`tokens` and
+    `pad_to_multiple_of` build new embedding rows, which evomerge does not)."""
+
+    source: str = "union"
+    tokens: dict[str, Any] | None = None
+    pad_to_multiple_of: int | None = None
+
+    @model_validator(mode="after")
+    def _only_source(self) -> TokenizerBlock:
+        for key in ("tokens", "pad_to_multiple_of"):
+            if getattr(self, key) is not None:
+                raise ValueError(
+                    f"tokenizer.{key} (new or resized embedding rows) is not supported; "
+                    f"remove it and merge models that share a vocabulary"
+                )
+        return self
+
+
 class MergeRecipe(_Frozen):
     merge_method: str
     models: list[ModelEntry] | None = None
     slices: list[Slice] | None = None
     base_model: str | None = None
     parameters: Params = Field(default_factory=dict)
-    dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    dtype: Dtype | None = None
+    out_dtype: Dtype | None = None
     tokenizer_source: str | None = None
+    tokenizer: TokenizerBlock | None = None
+    chat_template: str | None = None
     seed: int | None = None
 
     @model_validator(mode="after")
@@ -140,8 +176,23 @@ class MergeRecipe(_Frozen):
             raise ValueError("'models' is empty; list at least one model")
         if self.slices is not None and not self.slices:
             raise ValueError("'slices' is empty; list at least one slice")
+        if self.tokenizer is not None and self.tokenizer_source is not None:
+            raise ValueError("give 'tokenizer_source' or a 'tokenizer' block, not both")
+        template = self.chat_template
+        if template is not None and template != "auto" and "{" not in template:
+            raise ValueError(
+                f"chat_template {template!r} names one of mergekit's bundled templates, which evomerge "
+                f"does not ship; give the Jinja template text itself, or 'auto'"
+            )
         _validate_parameters(self)
         return self
+
+    @property
+    def tokenizer_from(self) -> str:
+        """Where the tokenizer comes from: 'base', 'union' or a model (mergekit's default: base)."""
+        if self.tokenizer is not None:
+            return self.tokenizer.source
+        return self.tokenizer_source or "base"
 
     # --- construction and serialization -------------------------------------------------
 
@@ -243,6 +294,8 @@ def _validate_parameters(recipe: MergeRecipe) -> None:
     def check(params: Params, where: str, allowed_scope: str | None) -> None:
         for key, value in params.items():
             spec = specs.get(key)
+            if spec is None and method.name in IGNORED_PARAMS.get(key, ()):
+                continue
             if spec is None:
                 known = ", ".join(specs) or "(none)"
                 raise ValueError(f"{where}.{key}: unknown parameter of {method.name!r}; known: {known}")

@@ -113,6 +113,13 @@ def test_precedence_slice_source_over_global() -> None:
         ({"base_model": None}, "needs 'base_model'"),
         ({"dtype": "float8"}, "dtype"),
         ({"slices": []}, "exactly one of 'models' or 'slices'"),
+        ({"out_dtype": "float8"}, "out_dtype"),
+        ({"chat_template": "chatml"}, "bundled templates.*Jinja template text"),
+        ({"tokenizer": {"source": "base", "tokens": {"<x>": {}}}}, "tokenizer.tokens.*not supported"),
+        (
+            {"tokenizer": {"source": "base"}, "tokenizer_source": "base"},
+            "'tokenizer_source' or a 'tokenizer' block, not both",
+        ),
     ],
 )
 def test_bad_recipes_name_the_key(change: dict, message: str) -> None:

@@ -13,6 +13,7 @@ import json
 import shutil
 import struct
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -320,22 +321,84 @@ def atomic_directory(out_dir: Path, force: bool) -> Iterator[Path]:
 
 
 def output_dtype(recipe: MergeRecipe, stored: torch.dtype) -> torch.dtype:
-    if not stored.is_floating_point or recipe.dtype is None:
+    """The written dtype: out_dtype, else the compute dtype, else the checkpoint's (as mergekit)."""
+    wanted = recipe.out_dtype or recipe.dtype
+    if not stored.is_floating_point or wanted is None:
         return stored
-    return getattr(torch, recipe.dtype)
+    return getattr(torch, wanted)
+
+
+def _vocabulary(directory: Path) -> dict[str, int]:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(directory).get_vocab()
+    except (OSError, ValueError) as error:
+        raise ConfigError(
+            f"cannot load the tokenizer of {str(directory)!r} ({error}); give it tokenizer files or use "
+            f"tokenizer_source 'base'"
+        ) from None
 
 
 def tokenizer_dir(recipe: MergeRecipe) -> Path:
-    """Where the merged model's tokenizer comes from: tokenizer_source ('base' or a path), else the base."""
-    source = recipe.tokenizer_source
-    if source is None or source == "base":
-        return resolve_model(recipe.model_paths()[0])
-    directory = resolve_model(source)  # a path, or a hub id in the local cache
-    if not directory.is_dir():
-        raise ConfigError(
-            f"tokenizer_source {source!r} is not a directory; use 'base', a model directory or a hub id"
-        )
-    return directory
+    """Where the merged model's tokenizer comes from: the base; 'union' or another model only where
+    its vocabulary equals the base's (mergekit re-maps embedding rows otherwise; we do not)."""
+    source = recipe.tokenizer_from
+    base = resolve_model(recipe.model_paths()[0])
+    if source == "base":
+        return base
+    if source == "union":
+        donors = [resolve_model(path) for path in recipe.model_paths()[1:]]
+    else:
+        directory = resolve_model(source)  # a path, or a hub id in the local cache
+        if not directory.is_dir():
+            raise ConfigError(
+                f"tokenizer_source {source!r} is not a directory; use 'base', 'union', a model directory "
+                f"or a hub id"
+            )
+        donors = [directory]
+    vocabulary = _vocabulary(base)
+    for donor in donors:
+        if _vocabulary(donor) != vocabulary:
+            raise ConfigError(
+                f"tokenizer_source {source!r}: {str(donor)!r} has a vocabulary other than the base's, "
+                f"which needs new embedding rows; use tokenizer_source 'base' or models of one vocabulary"
+            )
+    return base if source == "union" else donors[0]
+
+
+def _chat_template(recipe: MergeRecipe) -> str | None:
+    """The recipe's template: its text, or for 'auto' the input models' most common one."""
+    if recipe.chat_template != "auto":
+        return recipe.chat_template
+    from transformers import AutoTokenizer
+
+    templates = []
+    for path in recipe.model_paths():
+        try:
+            template = AutoTokenizer.from_pretrained(resolve_model(path)).chat_template
+        except (OSError, ValueError):
+            continue  # a model without a tokenizer has no vote, as in mergekit
+        if isinstance(template, dict):
+            template = template.get("default")
+        if template:
+            templates.append(template.strip())
+    return Counter(templates).most_common(1)[0][0] if templates else None
+
+
+def _write_tokenizer(recipe: MergeRecipe, source: Path, directory: Path) -> None:
+    """Copy the tokenizer files; with a chat template, save the tokenizer again carrying it."""
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, directory / name)
+    template = _chat_template(recipe) if recipe.chat_template else None
+    if template is None:
+        return
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(directory)
 
 
 def merge_to_directory(
@@ -388,9 +451,7 @@ def merge_to_directory(
         for name in ("generation_config.json",):
             if (reference.path / name).is_file():
                 shutil.copy2(reference.path / name, staging / name)
-        for name in TOKENIZER_FILES:
-            if (tokenizer_source / name).is_file():
-                shutil.copy2(tokenizer_source / name, staging / name)
+        _write_tokenizer(recipe, tokenizer_source, staging)
         (staging / "mergekit_config.yml").write_text(recipe.to_yaml())
     return out_dir
 

@@ -206,3 +206,18 @@ def test_cli_merge_and_errors(tiny_family, tmp_path: Path) -> None:
         app, ["merge", str(recipe_file), str(tmp_path / "out"), "--force", "--no-progress"]
     )
     assert forced.exit_code == 0, forced.output
+
+
+@pytest.mark.parametrize("source", ["union", "parent"])
+def test_tokenizer_of_another_vocabulary_is_refused(source: str, tiny_family, tmp_path: Path) -> None:
+    """Same vocab_size, other tokens: mergekit would re-map embedding rows; we refuse in one line."""
+    base, parents = tiny_family
+    other = tmp_path / "other"
+    shutil.copytree(parents[0], other)
+    tokenizer = AutoTokenizer.from_pretrained(other)
+    vocab = tokenizer.backend_tokenizer.to_str().replace('"<|pad|>"', '"<|padding|>"')
+    (other / "tokenizer.json").write_text(vocab)
+    recipe = _ta(base, other, tokenizer_source="union" if source == "union" else str(other))
+    with pytest.raises(ConfigError, match="vocabulary other than the base's"):
+        merge_to_directory(recipe, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

@@ -40,6 +40,52 @@ DETERMINISTIC = [
 ]
 TIED = list(tied_recipes(Path("b"), [Path("p0"), Path("p1")]))
 LOW_PRECISION = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+TEMPLATE = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
+
+
+def option_recipes(base: Path, parents: list[Path]) -> dict[str, dict]:
+    """The recipe options mergekit accepts, each on a small merge (names: `option_*`)."""
+    b, p0, p1 = str(base), str(parents[0]), str(parents[1])
+    linear = {
+        "merge_method": "linear",
+        "models": [{"model": b, "parameters": {"weight": 0.3}}, {"model": p0, "parameters": {"weight": 0.7}}],
+    }
+    task = {
+        "merge_method": "task_arithmetic",
+        "base_model": b,
+        "models": [
+            {"model": p0, "parameters": {"weight": 0.6, "density": 0.5}},
+            {"model": p1, "parameters": {"weight": 0.4}},
+        ],
+        "parameters": {"int8_mask": True},
+    }
+    slerp = {
+        "merge_method": "slerp",
+        "base_model": b,
+        "parameters": {"t": 0.3},
+        "models": [{"model": b, "parameters": {"weight": 1.0}}, {"model": p0, "parameters": {"weight": 0.5}}],
+    }
+    ties = {
+        "merge_method": "ties",
+        "base_model": b,
+        "parameters": {"int8_mask": True, "density": 0.5},
+        "models": [
+            {"model": p0, "parameters": {"weight": 0.5}},
+            {"model": p1, "parameters": {"weight": 0.5}},
+        ],
+    }
+    return {
+        "option_out_dtype": linear | {"dtype": "float32", "out_dtype": "bfloat16"},
+        "option_ignored_task_arithmetic": task,
+        "option_ignored_slerp": slerp,
+        "option_int8_mask_ties": ties,
+        "option_chat_template": linear | {"chat_template": TEMPLATE},
+        "option_tokenizer_union": linear | {"tokenizer_source": "union"},
+        "option_tokenizer_model": linear | {"tokenizer_source": p0},
+        "option_tokenizer_block": linear | {"tokenizer": {"source": p0}},
+    }
+
+
 DRIVER = """
 import json, sys
 import yaml
@@ -71,6 +117,7 @@ def merged_by_both(tiny_family, tmp_path_factory: pytest.TempPathFactory) -> dic
         pytest.skip(message)
     root = tmp_path_factory.mktemp("conformance")
     cases = [("float32", name, recipes(*tiny_family)[name]) for name in DETERMINISTIC]
+    cases += [("float32", name, data) for name, data in option_recipes(*tiny_family).items()]
     for family, dtype in LOW_PRECISION.items():
         base, parents = make_family(root / family, dtype=dtype)
         cases += [(family, name, data) for name, data in tied_recipes(base, parents).items()]
@@ -197,3 +244,33 @@ def test_tied_selections_as_mergekit(family: str, case: str, merged_by_both) -> 
         assert worst <= bound, f"{where}: differs by {worst:.3g} outside the ties (bound {bound:.3g})"
     if selective:
         assert counted > 0, f"{family} {case}: no threshold fell on tied values; the case tests nothing"
+
+
+@pytest.mark.parametrize("case", list(option_recipes(Path("b"), [Path("p0"), Path("p1")])))
+def test_options_as_mergekit(case: str, merged_by_both) -> None:
+    """Each option gives mergekit's tensors (bit-identical where mergekit computes in float32 and
+    casts, as with out_dtype), written dtype, config dtype and tokenizer (vocabulary, special tokens,
+    chat template); the accepted-and-ignored parameters (int8_mask, slerp's weight, task_arithmetic's
+    density) change nothing."""
+    from transformers import AutoTokenizer
+
+    ours_dir, theirs_dir, recipe = merged_by_both[("float32", case)]
+    ours, theirs = load_tensors(ours_dir), load_tensors(theirs_dir)
+    assert set(ours) == set(theirs)
+    for name, expected in theirs.items():
+        assert ours[name].dtype == expected.dtype, name
+        if recipe.out_dtype:
+            assert ours[name].dtype == getattr(torch, recipe.out_dtype)
+            assert torch.equal(ours[name], expected), f"{case}: {name}"
+        else:
+            _assert_close(ours[name], expected, f"{case}: {name}")
+    configs = [json.loads((d / "config.json").read_text()) for d in (ours_dir, theirs_dir)]
+    assert configs[0].get("torch_dtype", configs[0].get("dtype")) == configs[1].get(
+        "torch_dtype", configs[1].get("dtype")
+    )
+    tokenizers = [AutoTokenizer.from_pretrained(d) for d in (ours_dir, theirs_dir)]
+    assert tokenizers[0].get_vocab() == tokenizers[1].get_vocab()
+    assert tokenizers[0].special_tokens_map == tokenizers[1].special_tokens_map
+    assert tokenizers[0].chat_template == tokenizers[1].chat_template
+    if recipe.chat_template:
+        assert tokenizers[0].chat_template == TEMPLATE
