@@ -77,6 +77,10 @@ class KernelCall:
     seeds: list[int | None] = field(default_factory=list)  # per operand, for the RANDOM/RANKED draws
     cuts: list[tuple[int, int]] = field(default_factory=list)  # per operand, a BAND's tie cuts
     compute_dtype: torch.dtype | None = None
+    # weighted sums: the dtype the operands are rounded to before the arithmetic (None: compute);
+    # mergekit's linear reads its inputs in the recipe's dtype and sums them in float32
+    input_dtype: torch.dtype | None = None
+    divisor: float = 1.0  # weighted sums: the sum is divided by it (mergekit's linear normalizes so)
     form: str = SUM
     # SCALED: [operands, R, W] coefficients, R = 1 or the rows, W = 1 or the row width (one number
     # per row, per column or for the whole tensor: small, whatever the tensor's size)
@@ -184,8 +188,11 @@ def _total(terms: list[Tensor]) -> Tensor:
     return sum(terms[1:], terms[0])
 
 
-def _weighted_sum_kernel(out: Tensor, tensors: list[Tensor], rows: Tensor, compute: torch.dtype) -> None:
-    out.copy_(_total([t.to(compute) * rows[i, WEIGHT] for i, t in enumerate(tensors)]))
+def _weighted_sum_kernel(
+    out: Tensor, tensors: list[Tensor], rows: Tensor, divisor: Tensor, load: torch.dtype, compute: torch.dtype
+) -> None:
+    total = _total([t.to(load).to(compute) * rows[i, WEIGHT] for i, t in enumerate(tensors)])
+    out.copy_(total / divisor)  # 1 unless a method normalizes after the sum (exact either way)
 
 
 def _scaled_kernel(
@@ -353,13 +360,15 @@ def run(out: Tensor, call: KernelCall) -> Tensor:
         [draw_key(seed) if seed is not None else 0 for seed in seeds], device=reference.device
     )
     cuts = torch.tensor(call.cuts or [NO_CUTS] * len(operands), dtype=torch.int64, device=reference.device)
+    divisor = torch.tensor(call.divisor, dtype=compute, device=reference.device)
     if call.form != SUM:
         _run_form(flat_out, base, operands, call, rows, width, step, compute)
         return out if target is out else out.copy_(target)
     for start in range(0, max(flat_out.numel(), 1), step):
         part = slice(start, start + step)
         if base is None:
-            _weighted_sum(flat_out[part], [t[part] for t in operands], rows, compute)
+            load = call.input_dtype or compute
+            _weighted_sum(flat_out[part], [t[part] for t in operands], rows, divisor, load, compute)
             continue
         ranks: list[Tensor | None] = []
         for operand, kind, seed in zip(operands, call.kinds, seeds, strict=True):

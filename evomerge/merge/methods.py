@@ -419,16 +419,20 @@ def _task_arithmetic(
 def _linear(inputs: TensorInputs) -> kernels.KernelCall:
     """Weighted average of the models' weights (Wortsman et al. 2022, model soups)."""
     weights = [float(p["weight"]) for p in inputs.model_params]
-    scale = 1.0
+    call = _weighted(inputs, inputs.tensors, weights)
+    # mergekit 0.1.5: the inputs in the recipe's dtype, summed in float32 (float64 for float64),
+    # then divided by the weights' sum in that dtype
+    loaded = inputs.compute_dtype or inputs.tensors[0].dtype
+    call.input_dtype = loaded
+    call.compute_dtype = torch.float64 if loaded == torch.float64 else torch.float32
     if inputs.global_params["normalize"]:
-        total = sum(weights)
-        if total == 0:
+        call.divisor = float(torch.tensor(weights, dtype=call.compute_dtype).sum())
+        if call.divisor == 0:
             raise CandidateError(
                 f"linear merge of {inputs.name!r}: the weights sum to 0, cannot normalize; "
                 f"change the weights or set normalize: false"
             )
-        scale = 1.0 / total
-    return _weighted(inputs, inputs.tensors, [w * scale for w in weights])
+    return call
 
 
 def _weighted(inputs: TensorInputs, tensors: list[Tensor], coefficients: list[float]) -> kernels.KernelCall:
