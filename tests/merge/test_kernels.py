@@ -63,7 +63,8 @@ def test_a_failing_compiler_falls_back_to_eager_with_a_warning(monkeypatch) -> N
     out = torch.empty(3)
     with pytest.warns(RuntimeWarning, match="torch.compile is unavailable here .*no C\\+\\+ compiler"):
         rows = torch.tensor([kernels.parameter_row(2.0), kernels.parameter_row(0.5)])
-        kernel(out, [torch.ones(3), torch.arange(3.0)], rows, torch.float32)
+        divisor = torch.tensor(1.0)
+        kernel(out, [torch.ones(3), torch.arange(3.0)], rows, divisor, torch.float32, torch.float32)
     torch.testing.assert_close(out, torch.tensor([2.0, 2.5, 3.0]))
     assert kernels._Kernel.broken  # later calls go straight to eager
 
