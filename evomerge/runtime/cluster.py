@@ -26,15 +26,20 @@ def init_ray(experiment: Experiment, address: str | None) -> bool:
     return True
 
 
+def worker_gpus(workers: Any, resources: dict[str, float]) -> float:
+    """GPUs per worker: `workers.gpus_per_worker`, else one where the cluster has any."""
+    if workers.gpus_per_worker is not None:
+        return workers.gpus_per_worker
+    return 1.0 if resources.get("GPU", 0) > 0 else 0.0
+
+
 def actor_factory(experiment: Experiment, space: SearchSpace) -> Callable[[int], Any]:
     import ray
 
     from evomerge.runtime.worker import Worker
 
     workers = experiment.spec.workers
-    gpus = workers.gpus_per_worker
-    if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    gpus = worker_gpus(workers, ray.cluster_resources())
     threads = str(max(1, int(workers.cpus_per_worker)))
     remote = ray.remote(Worker).options(
         num_cpus=workers.cpus_per_worker,
@@ -70,9 +75,7 @@ def fit_workers(experiment: Experiment, requested: int, messages: list[str]) -> 
     workers = experiment.spec.workers
     resources = ray.cluster_resources()
     fits = int(resources.get("CPU", 0) // workers.cpus_per_worker)
-    gpus = workers.gpus_per_worker
-    if gpus is None:
-        gpus = 1.0 if resources.get("GPU", 0) > 0 else 0.0
+    gpus = worker_gpus(workers, resources)
     if gpus > 0:
         fits = min(fits, int(resources.get("GPU", 0) // gpus))
     has = f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs"
