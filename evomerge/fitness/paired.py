@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from scipy.stats import binomtest
 
@@ -35,14 +35,7 @@ class PairedComparison:
     p_value: float
 
     def to_dict(self) -> dict[str, float | int]:
-        return {
-            "n": self.n,
-            "only_first": self.only_first,
-            "only_second": self.only_second,
-            "diff": self.diff,
-            "se": self.se,
-            "p_value": self.p_value,
-        }
+        return asdict(self)
 
 
 def compare(first: Sequence[int], second: Sequence[int]) -> PairedComparison:
