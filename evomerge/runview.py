@@ -202,8 +202,7 @@ class RunView:
         """The front's knee in accuracy units, with optional task weights (see `pareto.knee_point`)."""
         if not self.completed:
             raise ConfigError(f"--knee: study {self.name!r} has no completed trial yet")
-        vector = None if weights is None else [weights.get(t, 0.0) for t in self.objectives]
-        return self.completed[pareto.knee_point(self.minimized(), vector)]
+        return self.completed[pareto.knee_point(self.minimized(), self._weight_vector(weights))]
 
     def best_lower_bound(self, weights: Mapping[str, float] | None = None) -> TrialRecord:
         """The completed trial whose pessimistic end of each task's interval (the lower bound of an
@@ -219,17 +218,21 @@ class RunView:
         pessimistic = [
             [r.intervals[t][end] for t, end in zip(self.objectives, ends, strict=True)] for r in records
         ]
-        vector = np.array([1.0 if weights is None else weights.get(t, 0.0) for t in self.objectives])
-        score = pareto.to_minimize(np.array(pessimistic), self.directions) @ vector
+        score = pareto.to_minimize(np.array(pessimistic), self.directions) @ self._weight_vector(weights)
         return records[int(np.argmin(score))]
 
     def weighted(self, weights: Mapping[str, float]) -> TrialRecord:
         """The completed trial with the best weighted sum of its (direction-normalized) objectives."""
         if not self.completed:
             raise ConfigError(f"--weights: study {self.name!r} has no completed trial yet")
-        vector = np.array([weights.get(t, 0.0) for t in self.objectives])
-        score = self.minimized() @ vector
+        score = self.minimized() @ self._weight_vector(weights)
         return self.completed[int(np.argmin(score))]
+
+    def _weight_vector(self, weights: Mapping[str, float] | None) -> np.ndarray:
+        """Task weights in objective order: all 1 when none are given, 0 for a task not named."""
+        if weights is None:
+            return np.ones(len(self.objectives))
+        return np.array([weights.get(t, 0.0) for t in self.objectives])
 
     def parse_weights(self, text: str) -> dict[str, float]:
         """`task=w,task=w` -> {task: w}; unknown tasks, bad numbers or no positive weight are errors."""
