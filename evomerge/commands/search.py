@@ -154,16 +154,12 @@ def search(
                 **JSON_UNIT,
             }
         )
-        if interrupted:
-            raise typer.Exit(130)
-        if failed_run:
-            raise typer.Exit(1)
-        return
-    print_summary(console, summary, resume_cmd if stopped_early else None)
+    else:
+        print_summary(console, summary, resume_cmd if stopped_early else None)
     if interrupted:
         raise typer.Exit(130)
     if failed_run:
-        if summary.complete == 0:
+        if fmt is Format.table and summary.complete == 0:
             console.print("no search trial completed: the search measured nothing", highlight=False)
         raise typer.Exit(1)
 
