@@ -181,6 +181,9 @@ class LiveMerger:
                 if reference.has(name):
                     param.copy_(self._fetch(self._reference, name))
         self._tokenizer_dir = Path(self._reference)
+        # tokenizer_dir per (source, models): a 'union' or model source loads tokenizers to compare
+        # vocabularies, which a search's every candidate would otherwise repeat
+        self._tokenizer_dirs: dict[tuple[str, tuple[str, ...]], Path] = {}
 
     def _fetch(self, key: str, name: str) -> torch.Tensor:
         """One input tensor on the merge device, in its storage dtype."""
@@ -269,7 +272,10 @@ class LiveMerger:
                 inputs = plan.inputs(job, tensor, stats)
                 inputs.out = target  # the kernel writes straight into the parameter, in its dtype
                 plan.method.merge(inputs)
-        self._tokenizer_dir = tokenizer_dir(recipe)
+        key = (recipe.tokenizer_from, tuple(recipe.model_paths()))
+        if key not in self._tokenizer_dirs:
+            self._tokenizer_dirs[key] = tokenizer_dir(recipe)
+        self._tokenizer_dir = self._tokenizer_dirs[key]
         return self.model
 
     def state_dict(self) -> dict[str, Any]:
