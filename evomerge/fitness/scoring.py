@@ -164,6 +164,8 @@ class Scorer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if self.pad_id is None:
             self.pad_id = 0  # padded positions are masked out, so any id works
+        # An empty prompt still needs one position to predict from: this token.
+        self.start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else self.pad_id
         self._cache: dict[str, _Encoded] = {}
 
     def encode(self, item: Item) -> _Encoded:
@@ -176,10 +178,7 @@ class Scorer:
             moved = item.prompt[len(context) :] + (item.target_delimiter or "")
             prompt = self.tokenizer(context, add_special_tokens=True)["input_ids"] if context else []
             choices = [self._continuation(context, prompt, moved + c) for c in item.choices or ()]
-            if not prompt:  # an empty prompt still needs one position to predict from
-                prompt = [
-                    self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.pad_id
-                ]
+            prompt = prompt or [self.start_id]
             chars = torch.tensor([float(len(c)) for c in item.choices or ()])
             encoded = self._cache[item.id] = _Encoded(prompt, choices, chars)
         return encoded
@@ -402,7 +401,4 @@ class Scorer:
 
     def _generation_prompt(self, item: Item) -> list[int]:
         """The prompt exactly as written (generation continues after its trailing whitespace too)."""
-        prompt = self.tokenizer(item.prompt, add_special_tokens=True)["input_ids"]
-        if not prompt:
-            prompt = [self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.pad_id]
-        return prompt
+        return self.tokenizer(item.prompt, add_special_tokens=True)["input_ids"] or [self.start_id]
