@@ -291,8 +291,9 @@ def audit(
     fmt: Format = TABLE_OR_JSON_OPT,
 ) -> None:
     """Re-score chosen trials on a full split (test by default); store measured beside estimated."""
-    from evomerge.audit import audit_trials, compare_to_reference
+    from evomerge.audit import audit_trials, compare_to_reference, full_split_evaluator, resolve_split
     from evomerge.progress import progress_bar
+    from evomerge.recipe import MergeRecipe
     from evomerge.runview import RunView
 
     store, view = _open(run, storage, study)
@@ -304,8 +305,6 @@ def audit(
     if not chosen:
         raise ConfigError("audit: no trial selected; pass --front and/or --trials N,M,...")
     records = [chosen[n] for n in sorted(chosen)]
-    from evomerge.audit import full_split_evaluator, resolve_split
-    from evomerge.recipe import MergeRecipe
 
     evaluator = full_split_evaluator(
         _suite_for(store, suite), MergeRecipe.from_yaml(records[0].recipe), view.objectives, device
