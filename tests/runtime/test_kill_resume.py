@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -124,26 +125,23 @@ def test_ctrl_c_at_start_up_and_mid_run_then_resume_exactly(tmp_path, tiny_famil
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
         )  # fmt: skip
 
-    first = start()  # start-up: the run exists, Ray and the workers are still starting
-    deadline = time.time() + 120
-    while not (run_dir / "run.json").exists():
-        assert first.poll() is None and time.time() < deadline
-        time.sleep(0.05)
-    took = ctrl_c_group(first)
-    err = first.stderr.read()
-    assert first.returncode == 130 and resume in " ".join(err.split()), err[-2000:]
-    assert took < 15, f"start-up Ctrl-C took {took:.1f} s"
+    def interrupt_when(driver: subprocess.Popen, ready: Callable[[], bool], wait: float, phase: str) -> None:
+        """Ctrl-C once `ready()` holds: exit 130 within 15 s, saying how to resume."""
+        deadline = time.time() + wait
+        while not ready():
+            assert driver.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        took = ctrl_c_group(driver)
+        err = driver.stderr.read()
+        assert driver.returncode == 130 and resume in " ".join(err.split()), err[-2000:]
+        assert took < 15, f"{phase} Ctrl-C took {took:.1f} s"
+
+    # start-up: the run exists, Ray and the workers are still starting
+    interrupt_when(start(), (run_dir / "run.json").exists, 120, "start-up")
     assert completed_search_trials(run_dir / "study.db") == 0
 
-    second = start("--resume")  # mid-run
-    deadline = time.time() + 300
-    while completed_search_trials(run_dir / "study.db") < 2:
-        assert second.poll() is None and time.time() < deadline
-        time.sleep(0.1)
-    took = ctrl_c_group(second)
-    err = second.stderr.read()
-    assert second.returncode == 130 and resume in " ".join(err.split()), err[-2000:]
-    assert took < 15, f"mid-run Ctrl-C took {took:.1f} s"
+    study = run_dir / "study.db"
+    interrupt_when(start("--resume"), lambda: completed_search_trials(study) >= 2, 300, "mid-run")
     assert not [t for t in open_run(run_dir).trials() if t.state == TrialState.RUNNING]
 
     last = subprocess.run(
