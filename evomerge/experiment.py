@@ -5,8 +5,11 @@ space: ../search_spaces/quickstart_demo.yaml   # paths are relative to this file
 suite: ../fitness/quickstart.yaml
 calibration: null                              # a calibration directory, for IRT estimators
 optimizer: {name: cma, settings: {popsize: 8}}    # optional start: [baseline, recipes/x.yaml]
-budget: {trials: 24, minutes: 10}               # stop at whichever comes first; both count the
-                                               # whole run, over --resume sessions
+budget: {trials: 24, minutes: 10}               # stop at whichever comes first (also `items`:
+                                               # items scored); all count the whole run, over
+                                               # --resume sessions
+promotion: {rungs: [40, all], eta: 3, share: 0.5}  # optional: re-score promising trials on more
+                                               # selection-pool items (evomerge/runtime/promotion.py)
 workers: {count: 2, cpus_per_worker: 1, batch_size: 16}
 ray: {num_cpus: 2}                             # the embedded local Ray
 storage: null                                  # default: SQLite in the run directory
@@ -41,14 +44,17 @@ class OptimizerSpec(_Strict):
 class Budget(_Strict):
     trials: int | None = Field(default=None, ge=1)
     minutes: float | None = Field(default=None, gt=0)
+    # Items scored by the whole run: search trials, parents, baseline and promotion rungs alike, so
+    # optimizers (and promotion settings) are compared at equal compute.
+    items: int | None = Field(default=None, ge=1)
     # Stop (exit 1, with the last reason) after this many search trials failed in a row: a broken
     # setup should not burn the whole budget. None: never.
     max_consecutive_failures: int | None = Field(default=10, ge=1)
 
     @model_validator(mode="after")
     def _some_limit(self) -> Budget:
-        if self.trials is None and self.minutes is None:
-            raise ValueError("set 'trials' and/or 'minutes'; a search needs a stopping point")
+        if self.trials is None and self.minutes is None and self.items is None:
+            raise ValueError("set 'trials', 'minutes' and/or 'items'; a search needs a stopping point")
         return self
 
 
@@ -74,6 +80,29 @@ class Workers(_Strict):
     resources: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
 
 
+class Promotion(_Strict):
+    """Multi-fidelity racing (see evomerge/runtime/promotion.py): a completed trial is re-scored on
+    more items of the selection pool (the eval items that are no anchors) in rungs."""
+
+    # Items per task of each rung, growing (capped at the task's pool); "all": the whole pool.
+    rungs: list[Annotated[int, Field(ge=1)] | Literal["all"]] = Field(min_length=1)
+    # Promote the best 1/eta of the trials that reached a rung (ASHA).
+    eta: float = Field(default=3.0, gt=1)
+    # Promotions get at most this fraction of the items scored (the rest go to new search trials).
+    share: float = Field(default=0.5, gt=0, lt=1)
+    # One-sided level of the paired test a trial must pass to replace the incumbent at the top rung.
+    alpha: float = Field(default=0.05, gt=0, lt=0.5)
+    # Task weights of the incumbent's weighted mean accuracy (all 1 by default).
+    weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _growing(self) -> Promotion:
+        sizes = [10**9 if r == "all" else r for r in self.rungs]
+        if any(b <= a for a, b in zip(sizes, sizes[1:], strict=False)):
+            raise ValueError(f"rungs {self.rungs} must grow (e.g. [40, 150, all])")
+        return self
+
+
 class RaySpec(_Strict):
     num_cpus: int | None = Field(default=None, ge=1)
 
@@ -86,6 +115,7 @@ class ExperimentSpec(_Strict):
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     budget: Budget
     workers: Workers = Field(default_factory=Workers)
+    promotion: Promotion | None = None
     ray: RaySpec = Field(default_factory=RaySpec)
     storage: str | None = None
     seed: int = 0

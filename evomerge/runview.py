@@ -21,11 +21,21 @@ from evomerge.errors import ConfigError
 # Optuna refuses to change a finished trial's attributes, so the measured accuracies of an audit
 # (written after the trial completed) live in the study's user attributes, one key per trial.
 AUDIT_KEY_PREFIX = "audit."
+# Promotion (evomerge/runtime/promotion.py) writes there too, for the same reason: its plan, each
+# promoted trial's rungs, and the incumbent.
+RUNGS_KEY_PREFIX = "rungs."
+PROMOTION_ATTR = "promotion"
+INCUMBENT_ATTR = "incumbent"
 
 
 def audit_key(number: int) -> str:
     """Study user attribute that holds trial `number`'s audit {task: measured accuracy}."""
     return f"{AUDIT_KEY_PREFIX}{number}"
+
+
+def rung_key(number: int) -> str:
+    """Study user attribute that holds trial `number`'s promotion rungs {"1": {estimates, ...}}."""
+    return f"{RUNGS_KEY_PREFIX}{number}"
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,10 @@ class TrialRecord:
     # the point of the search space, or None for a recipe that is none (the parents; a baseline
     # of another method than the space's; runs before 2026-11-24 stored [] for those)
     genome: tuple[float, ...] | None = None
+    # the highest promotion rung the trial reached (0: the search anchors only); `values`,
+    # `estimates` and `intervals` are that rung's, `search_estimates` the anchors'
+    rung: int = 0
+    search_estimates: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self, objectives: Sequence[str]) -> dict[str, Any]:
         """JSON-ready form; tasks in objective order."""
@@ -63,6 +77,8 @@ class TrialRecord:
             "audit": {t: self.audit.get(t) for t in objectives} if self.audit else None,
             "estimator": self.estimator,
             "n_items": self.n_items,
+            "rung": self.rung,
+            "search_estimates": {t: self.search_estimates.get(t) for t in objectives},
             "timings": self.timings,
             "fail_reason": self.fail_reason,
             "completed": self.completed.isoformat() if self.completed else None,
@@ -71,14 +87,26 @@ class TrialRecord:
 
 
 def record_from_trial(
-    trial: Any, objectives: Sequence[str], audit: Mapping[str, float] | None = None
+    trial: Any,
+    objectives: Sequence[str],
+    audit: Mapping[str, float] | None = None,
+    rungs: Mapping[str, Any] | None = None,
 ) -> TrialRecord:
-    """Copy an `optuna.trial.FrozenTrial` into a TrialRecord; `audit` overrides the trial's own."""
+    """Copy an `optuna.trial.FrozenTrial` into a TrialRecord; `audit` overrides the trial's own;
+    `rungs` (the study's `rungs.N`): its promotions, whose highest rung gives the values."""
     attrs = trial.user_attrs
     values = tuple(float(v) for v in trial.values) if trial.values is not None else None
     estimates = {str(k): float(v) for k, v in (attrs.get("estimates") or {}).items()}
     if not estimates and values is not None:
         estimates = dict(zip(objectives, values, strict=True))
+    intervals = {str(k): (float(v[0]), float(v[1])) for k, v in (attrs.get("intervals") or {}).items()}
+    search_estimates, rung = dict(estimates), 0
+    if rungs and values is not None:
+        rung = max(int(k) for k in rungs)
+        top = rungs[str(rung)]
+        estimates = {str(k): float(v) for k, v in top["estimates"].items()}
+        intervals = {str(k): (float(v[0]), float(v[1])) for k, v in top["intervals"].items()}
+        values = tuple(estimates[t] for t in objectives)
     audit = audit or attrs.get("audit")
     return TrialRecord(
         number=trial.number,
@@ -87,7 +115,7 @@ def record_from_trial(
         label=str(attrs.get("label", "")),
         values=values,
         estimates=estimates,
-        intervals={str(k): (float(v[0]), float(v[1])) for k, v in (attrs.get("intervals") or {}).items()},
+        intervals=intervals,
         audit={str(k): float(v) for k, v in audit.items()} if audit else None,
         recipe=attrs.get("recipe"),
         fail_reason=attrs.get("fail_reason"),
@@ -97,6 +125,8 @@ def record_from_trial(
         estimator=attrs.get("estimator"),
         n_items=attrs.get("n_items"),
         genome=tuple(float(g) for g in attrs["genome"]) if attrs.get("genome") else None,
+        rung=rung,
+        search_estimates=search_estimates,
     )
 
 
@@ -108,9 +138,15 @@ class RunView:
     """
 
     def __init__(
-        self, name: str, objectives: Sequence[str], directions: Sequence[str], trials: Sequence[TrialRecord]
+        self,
+        name: str,
+        objectives: Sequence[str],
+        directions: Sequence[str],
+        trials: Sequence[TrialRecord],
+        incumbent: int | None = None,
     ) -> None:
         self.name = name
+        self.incumbent = incumbent  # promotion's pick at the top rung (None: no promotion)
         self.objectives = list(objectives)
         self.directions = list(directions)
         self.trials = list(trials)
@@ -143,8 +179,14 @@ class RunView:
         trials: Sequence[Any],
         study_attrs: Mapping[str, Any],
     ) -> RunView:
-        records = [record_from_trial(t, objectives, study_attrs.get(audit_key(t.number))) for t in trials]
-        return cls(name, objectives, directions, records)
+        records = [
+            record_from_trial(
+                t, objectives, study_attrs.get(audit_key(t.number)), study_attrs.get(rung_key(t.number))
+            )
+            for t in trials
+        ]
+        incumbent = (study_attrs.get(INCUMBENT_ATTR) or {}).get("trial")
+        return cls(name, objectives, directions, records, incumbent)
 
     # ----- arrays and fronts ---------------------------------------------------------------
     def minimized(self, records: Sequence[TrialRecord] | None = None) -> np.ndarray:
@@ -198,17 +240,26 @@ class RunView:
             )
         return record
 
+    def pick_pool(self) -> list[TrialRecord]:
+        """The trials a pick chooses among: those at the highest promotion rung any trial reached
+        (their values come from items no selection had read), or every completed trial in a run
+        without promotion."""
+        top = max((r.rung for r in self.completed), default=0)
+        return [r for r in self.completed if r.rung == top]
+
     def knee(self, weights: Mapping[str, float] | None = None) -> TrialRecord:
-        """The front's knee in accuracy units, with optional task weights (see `pareto.knee_point`)."""
-        if not self.completed:
+        """The knee, in accuracy units with optional task weights (see `pareto.knee_point`), of the
+        front of the pick pool."""
+        pool = self.pick_pool()
+        if not pool:
             raise ConfigError(f"--knee: study {self.name!r} has no completed trial yet")
-        return self.completed[pareto.knee_point(self.minimized(), self._weight_vector(weights))]
+        return pool[pareto.knee_point(self.minimized(pool), self._weight_vector(weights))]
 
     def best_lower_bound(self, weights: Mapping[str, float] | None = None) -> TrialRecord:
-        """The completed trial whose pessimistic end of each task's interval (the lower bound of an
-        accuracy) has the best weighted sum (equal weights by default): a pick that a lucky
-        estimate on few items does not win."""
-        records = [r for r in self.completed if all(t in r.intervals for t in self.objectives)]
+        """The trial of the pick pool whose pessimistic end of each task's interval (the lower
+        bound of an accuracy) has the best weighted sum (equal weights by default): a pick that a
+        lucky estimate on few items does not win."""
+        records = [r for r in self.pick_pool() if all(t in r.intervals for t in self.objectives)]
         if not records:
             raise ConfigError(
                 f"--lcb: no completed trial of study {self.name!r} has an interval on every task; "
@@ -222,11 +273,22 @@ class RunView:
         return records[int(np.argmin(score))]
 
     def weighted(self, weights: Mapping[str, float]) -> TrialRecord:
-        """The completed trial with the best weighted sum of its (direction-normalized) objectives."""
-        if not self.completed:
+        """The trial of the pick pool with the best weighted sum of its (direction-normalized)
+        objectives."""
+        pool = self.pick_pool()
+        if not pool:
             raise ConfigError(f"--weights: study {self.name!r} has no completed trial yet")
-        score = self.minimized() @ self._weight_vector(weights)
-        return self.completed[int(np.argmin(score))]
+        score = self.minimized(pool) @ self._weight_vector(weights)
+        return pool[int(np.argmin(score))]
+
+    def incumbent_record(self) -> TrialRecord:
+        """Promotion's pick: the trial that won the paired tests at the top rung."""
+        if self.incumbent is None:
+            raise ConfigError(
+                f"--incumbent: study {self.name!r} has no incumbent (its search ran without "
+                "promotion, or no trial reached the top rung yet); pick with --knee or --lcb"
+            )
+        return self.trial(self.incumbent)
 
     def _weight_vector(self, weights: Mapping[str, float] | None) -> np.ndarray:
         """Task weights in objective order: all 1 when none are given, 0 for a task not named."""

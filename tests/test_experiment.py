@@ -39,7 +39,7 @@ def test_defaults_and_overrides() -> None:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (GOOD.replace("budget: {trials: 5}", "budget: {}"), "budget: .*set 'trials' and/or 'minutes'"),
+        (GOOD.replace("budget: {trials: 5}", "budget: {}"), "budget: .*set 'trials', 'minutes' and/or"),
         (GOOD.replace("name: cma", "name: adam"), "unknown optimizer 'adam'; available: cma, nevergrad"),
         (
             GOOD.replace("quickstart.yaml\noptimizer", "missing.yaml\noptimizer"),

@@ -351,19 +351,26 @@ def audit(
 
 
 # ----- export ---------------------------------------------------------------------------------
-def _choose(view: Any, trial: int | None, knee: bool, lcb: bool, weights: str | None) -> Any:
-    """One trial: by number, the knee or the best lower bound (either with optional --weights), or
-    the best weighted sum (--weights alone)."""
-    given = [name for name, on in (("--trial", trial is not None), ("--knee", knee), ("--lcb", lcb)) if on]
-    if len(given) > 1 or (not given and weights is None) or (trial is not None and weights is not None):
+def _choose(
+    view: Any, trial: int | None, knee: bool, lcb: bool, weights: str | None, incumbent: bool = False
+) -> Any:
+    """One trial: by number, promotion's incumbent, the knee or the best lower bound (either with
+    optional --weights), or the best weighted sum (--weights alone). Knee, lcb and weights choose
+    among the trials at the highest promotion rung (`RunView.pick_pool`)."""
+    flags = (("--trial", trial is not None), ("--incumbent", incumbent), ("--knee", knee), ("--lcb", lcb))
+    given = [name for name, on in flags if on]
+    exclusive = (trial is not None or incumbent) and weights is not None
+    if len(given) > 1 or (not given and weights is None) or exclusive:
         raise ConfigError(
-            "export: choose exactly one of --trial N, --knee, --lcb, --weights task=w,... "
+            "export: choose exactly one of --trial N, --incumbent, --knee, --lcb, --weights task=w,... "
             "(--knee and --lcb take --weights as task weights) "
             f"(got {', '.join(given + (['--weights'] if weights else [])) or 'none'})"
         )
     parsed = view.parse_weights(weights) if weights is not None else None
     if trial is not None:
         return view.trial(trial)
+    if incumbent:
+        return view.incumbent_record()
     if knee:
         return view.knee(parsed)
     if lcb:
@@ -400,6 +407,11 @@ def export(
     storage: str | None = STORAGE_OPT,
     study: str | None = STUDY_OPT,
     trial: int | None = typer.Option(None, "--trial", help="Export this completed trial."),
+    incumbent: bool = typer.Option(
+        False,
+        "--incumbent",
+        help="Export promotion's incumbent: the trial that won the paired tests at the top rung.",
+    ),
     knee: bool = typer.Option(
         False, "--knee", help="Export the knee of the Pareto front (nearest the ideal in accuracy points)."
     ),
@@ -433,7 +445,7 @@ def export(
     from evomerge.recipe import MergeRecipe
 
     store, view = _open(run, storage, study)
-    record = _choose(view, trial, knee, lcb, weights)
+    record = _choose(view, trial, knee, lcb, weights, incumbent)
     recipe = MergeRecipe.from_yaml(record.recipe)
     # Every target is checked before anything is written: a refused export leaves no file behind.
     if out.exists() and not force:

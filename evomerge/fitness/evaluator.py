@@ -29,6 +29,7 @@ from evomerge.fitness.anchors import AnchorSet, select_for_suite
 from evomerge.fitness.calibration import Calibration
 from evomerge.fitness.code import STOP_SEQUENCES, cut_at_stop, run_completions
 from evomerge.fitness.estimators import ESTIMATORS, NEEDS_IRT, NEEDS_PARENTS, EstimationContext, interval
+from evomerge.fitness.fidelity import choose_estimator
 from evomerge.fitness.items import Item
 from evomerge.fitness.sandbox import Sandbox
 from evomerge.fitness.scoring import Scorer, ScoreResult
@@ -71,20 +72,27 @@ class FitnessEvaluator:
     ) -> None:
         self.suite = suite if isinstance(suite, FitnessSuite) else FitnessSuite.load(suite)
         self.device = device
-        self.estimator = estimator or self.suite.estimator
-        self._estimate = ESTIMATORS.get(self.estimator)
         if isinstance(calibration, str | Path):
             calibration = Calibration.load(calibration)
         self.calibration = calibration
+        requested = estimator or self.suite.estimator
         if calibration is not None:
             calibration.check_suite(self.suite)
-        elif self.estimator in NEEDS_IRT:
+        elif requested in NEEDS_IRT or requested == "auto":
             raise ConfigError(
-                f"estimator {self.estimator!r} of suite {self.suite.name!r} needs a calibration: run "
+                f"estimator {requested!r} of suite {self.suite.name!r} needs a calibration: run "
                 f"`evomerge calibrate {self.suite.source} --subjects BASE PARENTS... --out CALIB` and "
                 "pass it, or choose estimator 'mean'"
             )
         self.seed = self.suite.seed if seed is None else seed
+        # `auto`: chosen on the calibration by leave-subjects-out error (fidelity.choose_estimator)
+        self.estimator_choice = (
+            choose_estimator(calibration, anchor_counts(self.suite), self.seed)
+            if requested == "auto" and calibration is not None
+            else None
+        )
+        self.estimator = self.estimator_choice.estimator if self.estimator_choice else requested
+        self._estimate = ESTIMATORS.get(self.estimator)
         self.anchors = self._anchors(anchors, self.seed)
         self.anchor_ids: dict[str, list[str]] = {
             task: list(self.anchors.ids[task]) for task in self.suite.tasks
@@ -118,9 +126,7 @@ class FitnessEvaluator:
         if isinstance(anchors, str | Path):
             anchors = AnchorSet.load(anchors, self.calibration)
         if anchors is None:
-            groups = {i.id: i.group or "" for i in self.suite.items.values()}
-            n = {task: self.suite.n_anchors(task) for task in self.suite.tasks}
-            anchors = select_for_suite(self.suite.eval_ids, n, groups, self.calibration, seed)
+            anchors = default_anchors(self.suite, self.calibration, seed, self.estimator)
         for task in self.suite.tasks:
             unknown = [i for i in anchors.ids.get(task, []) if i not in self.suite.items]
             if task not in anchors.ids or unknown:
@@ -182,6 +188,13 @@ class FitnessEvaluator:
             seconds=time.perf_counter() - start,
         )
 
+    def score_items(self, model: Any, ids: Sequence[str]) -> dict[str, int]:
+        """0/1 answers of the model on the given items of the suite (promotion rungs)."""
+        unknown = [i for i in ids if i not in self.suite.items]
+        if unknown:
+            raise ConfigError(f"suite {self.suite.name!r} has no items {unknown[:3]}")
+        return self._score(model, [self.suite.items[i] for i in ids]).correct
+
     def score_eval_split(self, model: Any) -> dict[str, int]:
         """0/1 answers of the model on every eval item of the suite (the selection pool)."""
         return self.score_split(model, "eval")
@@ -201,6 +214,24 @@ class FitnessEvaluator:
             )
         items = [self.suite.items[i] for task_ids in ids.values() for i in task_ids]
         return self._score(model, items).correct
+
+
+def anchor_counts(suite: FitnessSuite) -> dict[str, int]:
+    return {task: suite.n_anchors(task) for task in suite.tasks}
+
+
+def default_anchors(
+    suite: FitnessSuite, calibration: Calibration | None, seed: int, estimator: str | None = None
+) -> AnchorSet:
+    """The anchors a search scores every candidate on: k-means on the calibration's IRT
+    parameters when there is one, else a seeded stratified sample of the eval items. `estimator`:
+    the one in use; where the suite's `auto` chose the mean, the anchors are the random sample
+    its check measured. (None: resolve the suite's own.)"""
+    if suite.estimator == "auto" and calibration is not None:
+        chosen = estimator or choose_estimator(calibration, anchor_counts(suite), seed).estimator
+        calibration = None if chosen == "mean" else calibration
+    groups = {i.id: i.group or "" for i in suite.items.values()}
+    return select_for_suite(suite.eval_ids, anchor_counts(suite), groups, calibration, seed)
 
 
 def accuracy(ids: dict[str, list[str]], answers: dict[str, int]) -> dict[str, float]:

@@ -40,7 +40,7 @@ def full_accuracy(calibration: Calibration, responses: np.ndarray) -> dict[str, 
 def predict(
     calibration: Calibration,
     heldout: np.ndarray,
-    n: int,
+    n: int | dict[str, int],
     estimators: Sequence[str],
     *,
     parents: Sequence[str] = (),
@@ -118,7 +118,7 @@ def evaluate_estimators(
 
 def cross_validate(
     full: Calibration,
-    n_values: Sequence[int],
+    n_values: Sequence[int | dict[str, int]],
     estimators: Sequence[str],
     *,
     leave_out: int = 1,
@@ -131,7 +131,8 @@ def cross_validate(
     fold's subjects, estimate them from anchors chosen on the refit, and pool every fold's held-out
     predictions before computing MAE and Kendall tau. An n as large as a task is left out
     (no saving). `parents` (for mp-IRT) and `keep` stay in every training fold and are never held
-    out. Returns the rows and the number of held-out subjects."""
+    out. An n is a count for every task or {task: count}. Returns the rows and the number of
+    held-out subjects."""
     names = full.subject_names()
     unknown = [p for p in [*parents, *keep] if p not in names]
     if unknown:
@@ -140,7 +141,8 @@ def cross_validate(
     order = np.random.default_rng(seed).permutation(pool)
     folds = [order[k : k + leave_out] for k in range(0, len(order), leave_out)]
     items_full = sum(map(len, full.tasks.values()))
-    n_values = [n for n in n_values if all(n < len(ids) for ids in full.tasks.values())]
+    per_task = lambda n, task: n[task] if isinstance(n, dict) else n  # noqa: E731
+    n_values = [n for n in n_values if all(per_task(n, t) < len(ids) for t, ids in full.tasks.items())]
     pooled: dict[tuple[str, int], tuple[str, int, dict[str, list[np.ndarray]]]] = {}
     truths: dict[str, list[np.ndarray]] = {task: [] for task in full.tasks}
     for fold in folds:
@@ -151,23 +153,75 @@ def cross_validate(
             full.tasks,
             [full.subjects[j] for j in train],
             dims=dims,
+            groups=full.groups,
             seed=seed,
         )
         heldout = full.responses[fold]
         for task, values in full_accuracy(calibration, heldout).items():
             truths[task].append(values)
-        for n in n_values:
+        for k, n in enumerate(n_values):
             for name, (method, scored, predicted) in predict(
                 calibration, heldout, n, estimators, parents=parents, seed=seed
             ).items():
-                entry = pooled.setdefault((name, n), (method, scored, {t: [] for t in full.tasks}))
+                entry = pooled.setdefault((name, k), (method, scored, {t: [] for t in full.tasks}))
                 for task, values in predicted.items():
                     entry[2][task].append(values)
     truth = {task: np.concatenate(v) for task, v in truths.items()}
     rows = [
         summarize(
-            name, method, n, {t: np.concatenate(v) for t, v in preds.items()}, truth, scored, items_full
+            name,
+            method,
+            min(n_values[k].values()) if isinstance(n_values[k], dict) else n_values[k],
+            {t: np.concatenate(v) for t, v in preds.items()},
+            truth,
+            scored,
+            items_full,
         )
-        for (name, n), (method, scored, preds) in pooled.items()
+        for (name, k), (method, scored, preds) in pooled.items()
     ]
     return rows, len(order)
+
+
+AUTO_CANDIDATES = ("mean", "pirt", "gpirt")  # what `estimator: auto` chooses among
+
+
+@dataclass(frozen=True)
+class EstimatorChoice:
+    estimator: str
+    rows: list[FidelityRow]  # every candidate's leave-subjects-out error
+    heldout: int  # subjects held out, over all folds
+
+
+def choose_estimator(
+    calibration: Calibration, n: dict[str, int], seed: int = 0, folds: int = 6
+) -> EstimatorChoice:
+    """`estimator: auto`: the candidate with the lowest leave-subjects-out MAE at the suite's
+    anchors per task (the calibration's subjects in `folds` folds; the IRT model refit without
+    each fold at the calibration's dimension). The subsample mean is a candidate, so the choice
+    never loses to it on this check. Cached under EVOMERGE_CACHE by calibration, anchors and seed:
+    the driver's preflight computes it once and the workers read it."""
+    import hashlib
+    import json
+    import os
+    from pathlib import Path
+
+    key = hashlib.sha256(json.dumps([calibration.sha256(), n, seed, folds]).encode()).hexdigest()[:24]
+    cache = Path(os.environ.get("EVOMERGE_CACHE", Path.home() / ".cache" / "evomerge")) / "estimators"
+    path = cache / f"{key}.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        return EstimatorChoice(data["estimator"], [FidelityRow(**r) for r in data["rows"]], data["heldout"])
+    leave_out = max(1, round(len(calibration.subjects) / folds))
+    dims = (calibration.thetas.shape[1],)
+    rows, heldout = cross_validate(
+        calibration, [n], AUTO_CANDIDATES, leave_out=leave_out, dims=dims, seed=seed
+    )
+    best = min(rows, key=lambda row: (row.mae, AUTO_CANDIDATES.index(row.estimator)))
+    choice = EstimatorChoice(best.estimator, rows, heldout)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(
+        json.dumps({"estimator": best.estimator, "rows": [r.__dict__ for r in rows], "heldout": heldout})
+    )
+    tmp.replace(path)
+    return choice

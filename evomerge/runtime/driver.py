@@ -39,6 +39,7 @@ from evomerge.runtime.lease import DriverLease
 from evomerge.runtime.loop import SearchLoop, SearchProgress
 from evomerge.runtime.opening import open_search, reconcile
 from evomerge.runtime.preflight import check_fitness, check_worker_memory, local_worker_device
+from evomerge.runtime.promotion import open_promotion
 from evomerge.runtime.recorder import FAILURE_LOG, INTERRUPTED, Recorder
 from evomerge.space import SearchSpace
 
@@ -58,6 +59,7 @@ class SearchSummary:
     retries: int = 0
     messages: list[str] = field(default_factory=list)
     search_seconds: float = 0.0  # the run's search time over all its sessions
+    items: int = 0  # items scored by the whole run
 
 
 class SearchDriver:
@@ -91,7 +93,8 @@ class SearchDriver:
         if make_actor is None and not (ray_address or os.environ.get("RAY_ADDRESS")):
             device = local_worker_device(experiment.spec.workers.gpus_per_worker)
             self.memory = check_worker_memory(experiment, self.space, device)
-        self.tasks = check_fitness(experiment, self.space).tasks  # what every worker would fail on
+        self.suite = check_fitness(experiment, self.space)  # what every worker would fail on
+        self.tasks = self.suite.tasks
         self._make_actor = make_actor
         # Cut short, the opening leaves no run, or one that resumes (see opening.py).
         with stop.interruptible() if stop else contextlib.nullcontext():
@@ -142,16 +145,29 @@ class SearchDriver:
             if self._make_actor is None and ray.is_initialized():
                 n_workers = self._fit_workers(n_workers)
             first_jobs, done, failed = reconcile(self.recorder, self.space)
+            promoter, items_per_trial, items_done = open_promotion(self.experiment, self.suite, self.store)
             timeout = self.experiment.spec.workers.evaluation_timeout_s
             scheduler = Scheduler(make_actor, n_workers, timeout, self.recorder.lost_worker)
             try:
-                loop = SearchLoop(self.recorder, scheduler, self.budget, lease, stop, self.on_progress)
+                loop = SearchLoop(
+                    self.recorder,
+                    scheduler,
+                    self.budget,
+                    lease,
+                    stop,
+                    self.on_progress,
+                    promoter,
+                    items_per_trial,
+                    items_done,
+                )
                 outcome = loop.run(first_jobs, done, failed)
             finally:
                 scheduler.shutdown()
         finally:
             if started_ray:
                 ray.shutdown()
+        if promoter is not None:
+            self.messages.append(promoter.summary())
         if outcome.stopped == "time":
             self.messages.append(
                 f"the time budget of {self.budget.minutes:g} min (over all sessions of this run) is spent; "
@@ -169,6 +185,7 @@ class SearchDriver:
             outcome.retries,
             self.messages,
             outcome.search_seconds,
+            outcome.items,
         )
 
     def _fit_workers(self, requested: int) -> int:

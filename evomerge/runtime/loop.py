@@ -2,8 +2,9 @@
 until the trial budget, the time budget, the failure limit, a stop request, or a fault.
 
 Work is handed out before results are recorded, so a freed worker starts its next job at once. Jobs
-are trials of any kind (`TrialKind`); only search trials count against the budget and come from the
-optimizer. (Promotion rungs would be one more source of jobs in `_hand_out`.)
+are trials of any kind (`TrialKind`) and promotions (`RungKey`, from the `Promoter`: first in line
+while they hold under their share of the items scored); only search trials count against
+`budget.trials` and come from the optimizer; `budget.items` counts the items every job scores.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import Any
 from evomerge.errors import StorageError, WorkerStartError
 from evomerge.runtime.interrupt import StopRequest
 from evomerge.runtime.lease import DriverLease
+from evomerge.runtime.promotion import Promoter
 from evomerge.runtime.recorder import FAILURE_LOG, INTERRUPTED, Recorder
-from evomerge.runtime.work import Job, TrialKind, WorkerResult
+from evomerge.runtime.work import Job, RungKey, TrialKind, WorkerResult
 from evomerge.store import RunStore
 
 DEADLINE_GRACE_S = 30.0  # evaluations still running this long after the time budget are stopped
@@ -32,6 +34,7 @@ class SearchProgress:
     running: int
     elapsed: float
     phase: str = "search"
+    items: int = 0  # items scored by the run so far (finished jobs)
 
 
 @dataclass
@@ -42,6 +45,7 @@ class LoopOutcome:
     utilization: float
     retries: int
     search_seconds: float  # the run's search time over all its sessions
+    items: int = 0  # items scored by the whole run (search trials, parents, baseline, promotions)
 
 
 class SearchClock:
@@ -75,12 +79,17 @@ class SearchLoop:
         lease: DriverLease,
         stop: StopRequest,
         on_progress: Callable[[SearchProgress], None] | None = None,
+        promoter: Promoter | None = None,
+        items_per_trial: int = 0,
+        items_done: int = 0,
     ) -> None:
         self.recorder, self.scheduler, self.budget = recorder, scheduler, budget
         self.lease, self.stop, self.on_progress = lease, stop, on_progress
+        self.promoter, self.items_per_trial = promoter, items_per_trial
+        self.items_done = items_done  # items scored by finished jobs, the whole run (earlier sessions too)
         self.stopped = "budget"
         self.done = self.failed = self.in_flight_search = self.failures_in_a_row = 0
-        self.finished: list[tuple[int, WorkerResult]] = []  # ended jobs not yet recorded
+        self.finished: list[tuple[int | RungKey, WorkerResult]] = []  # ended jobs not yet recorded
 
     def run(self, first_jobs: list[Job], done: int, failed: int) -> LoopOutcome:
         """Run `first_jobs`, then the optimizer's candidates; `done`/`failed`: earlier sessions'."""
@@ -108,8 +117,8 @@ class SearchLoop:
                 self.finished = scheduler.wait(timeout=1.0)
         except KeyboardInterrupt:
             self.stopped = INTERRUPTED
-            for number, result in self.finished:  # evaluations that did finish are kept
-                self._count(*recorder.record(number, result))
+            for key, result in self.finished:  # evaluations that did finish are kept
+                self._record(key, result)
             self._cancel_all("the search was stopped (Ctrl-C)")
         except StorageError:
             self.stopped = "storage"
@@ -127,7 +136,13 @@ class SearchLoop:
             1e-9, scheduler.n_workers * (time.perf_counter() - self.start)
         )
         return LoopOutcome(
-            self.done, self.failed, self.stopped, utilization, scheduler.retries, clock.total()
+            self.done,
+            self.failed,
+            self.stopped,
+            utilization,
+            scheduler.retries,
+            clock.total(),
+            self.items_done,
         )
 
     def _past_deadline(self) -> None:
@@ -137,14 +152,26 @@ class SearchLoop:
             return
         self.stopped = "time" if self.stopped == "budget" else self.stopped
         if time.perf_counter() > self.deadline + DEADLINE_GRACE_S:
-            for number in self.scheduler.cancel_running():
-                job = self.recorder.interrupt(number, "the time budget ran out during it")
+            for key in self.scheduler.cancel_running():
+                job = self._interrupt(key, "the time budget ran out during it")
                 self.in_flight_search -= job is not None and job.kind == TrialKind.SEARCH
+
+    def items_total(self) -> int:
+        """Items scored by finished jobs plus those the running jobs will score."""
+        running = self.in_flight_search * self.items_per_trial
+        return self.items_done + running + (self.promoter.items_running if self.promoter else 0)
+
+    def _items_left(self) -> int | None:
+        return None if self.budget.items is None else self.budget.items - self.items_total()
 
     def _hand_out(self) -> None:
         room = self.scheduler.idle_workers if self.stopped == "budget" else 0
+        room -= self._hand_out_promotions(room)
         if self.budget.trials is not None:
             room = min(room, self.budget.trials - self.done - self.in_flight_search)
+        left = self._items_left()
+        if left is not None:
+            room = min(room, left // max(self.items_per_trial, 1))
         new = [self.recorder.optimizer.ask() for _ in range(max(0, room))]
         if new:
             self.recorder.checkpoint()  # before their trials exist: see the resume contract
@@ -153,14 +180,57 @@ class SearchLoop:
             self.in_flight_search += 1
             self.scheduler.submit(job.trial, job.recipe_yaml)
 
+    def _hand_out_promotions(self, room: int) -> int:
+        """Promotions for up to `room` free workers, while under their share and the item budget;
+        how many were handed out."""
+        given = 0
+        while self.promoter is not None and given < room and self.promoter.under_share(self.items_total()):
+            left = self._items_left()
+            if left is not None and left <= 0:
+                break
+            job = self.promoter.next_job()
+            if job is None:
+                break
+            key, rescore = job
+            if left is not None and len(rescore.items) > left:
+                self.promoter.running.pop(key)  # the rung would overrun the item budget
+                break
+            self.scheduler.submit(key, rescore)
+            given += 1
+        return given
+
+    def _record(self, key: int | RungKey, result: WorkerResult) -> Job | None:
+        """Record one ended job (a trial's evaluation, or a promotion); the trial's job."""
+        if result.ok:
+            self.items_done += result.n_items
+        if isinstance(key, RungKey):
+            assert self.promoter is not None
+            note = self.promoter.record(key, result)
+            if note is not None and not result.ok:
+                self.recorder.messages.append(note)
+            return None
+        job, ok = self.recorder.record(key, result)
+        self.in_flight_search -= job.kind == TrialKind.SEARCH
+        if ok and self.promoter is not None:
+            self.promoter.completed(job.trial, job.recipe_yaml, result)
+        self._count(job, ok)
+        return job
+
+    def _interrupt(self, key: int | RungKey, why: str) -> Job | None:
+        """A job cut short: a trial is FAIL "interrupted"; a promotion is simply handed out again."""
+        if isinstance(key, RungKey):
+            if self.promoter is not None:
+                self.promoter.running.pop(key, None)
+            return None
+        return self.recorder.interrupt(key, why)
+
     def _collect(self) -> None:
         """Record the ended jobs; stop on `budget.max_consecutive_failures` failed trials in a row."""
         limit = self.budget.max_consecutive_failures
         while self.finished:
-            number, result = self.finished.pop(0)
-            job, ok = self.recorder.record(number, result)
-            self.in_flight_search -= job.kind == TrialKind.SEARCH
-            self._count(job, ok)
+            key, result = self.finished.pop(0)
+            if self._record(key, result) is None:
+                continue
             if limit is not None and self.failures_in_a_row >= limit and self.stopped == "budget":
                 self.stopped = "failures"
                 self.recorder.messages.append(
@@ -169,8 +239,8 @@ class SearchLoop:
                     "budget.max_consecutive_failures sets the limit)"
                 )
         if self.stopped == "failures":
-            for number in self.scheduler.cancel_all():
-                self.recorder.interrupt(number, "the search stopped on repeated failures")
+            for key in self.scheduler.cancel_all():
+                self._interrupt(key, "the search stopped on repeated failures")
 
     def _count(self, job: Job, ok: bool) -> None:
         if job.kind == TrialKind.SEARCH:
@@ -178,8 +248,8 @@ class SearchLoop:
             self.failures_in_a_row = 0 if ok else self.failures_in_a_row + 1
 
     def _cancel_all(self, why: str) -> None:
-        for number in self.scheduler.cancel_all():
-            self.recorder.interrupt(number, why)
+        for key in self.scheduler.cancel_all():
+            self._interrupt(key, why)
         self.recorder.checkpoint()
 
     def _report(self) -> None:
@@ -193,5 +263,6 @@ class SearchLoop:
                     dict(self.recorder.best),
                     self.scheduler.outstanding,
                     elapsed,
+                    items=self.items_done,
                 )
             )

@@ -2,8 +2,9 @@
 
 A job is one evaluation of one recipe, for one study trial. Its kind says what the trial is for and
 what happens to its result: a search trial's result is told to the optimizer; a parent's or the
-baseline's is only recorded. (Multi-fidelity promotion adds a kind here: a rung re-scoring a
-completed search trial on more items, scheduled as a job like any other.)
+baseline's is only recorded. A promotion (`RungJob`) re-scores a completed trial on more items of
+the selection pool: it is scheduled like any other job, keyed by its `RungKey`, and its answers are
+recorded with the trial's rungs (never told to the optimizer).
 """
 
 from __future__ import annotations
@@ -33,6 +34,22 @@ class Job:
 
 
 @dataclass(frozen=True)
+class RungKey:
+    """The scheduler's key of a promotion: trial `trial` to rung `rung`."""
+
+    trial: int
+    rung: int
+
+
+@dataclass(frozen=True)
+class Rescore:
+    """What a worker is sent for a promotion: the trial's recipe and the items to score."""
+
+    recipe_yaml: str
+    items: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class WorkerResult:
     """One evaluation's outcome, as a worker (or the scheduler, for a worker that died or timed
     out) returns it: the per-task estimates when `ok`, the reason when not."""
@@ -41,7 +58,7 @@ class WorkerResult:
     worker: str = ""
     estimates: dict[str, float] = field(default_factory=dict)
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
-    answers: dict[str, int] = field(default_factory=dict)  # anchor item id -> 0/1
+    answers: dict[str, int] = field(default_factory=dict)  # anchor (or rescored) item id -> 0/1
     timings: dict[str, float] = field(default_factory=dict)  # merge, score, total (seconds)
     n_items: int = 0  # items scored
     estimator: str = ""

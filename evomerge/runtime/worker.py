@@ -14,7 +14,7 @@ import socket
 import time
 import traceback
 
-from evomerge.runtime.work import WorkerResult
+from evomerge.runtime.work import Rescore, WorkerResult
 
 
 class Worker:
@@ -60,14 +60,26 @@ class Worker:
     def ping(self) -> str:
         return self.worker_id
 
-    def evaluate(self, recipe_yaml: str) -> WorkerResult:
-        """The candidate's estimates, intervals, answers and timings, or its failure's reason."""
+    def evaluate(self, work: str | Rescore) -> WorkerResult:
+        """A candidate's estimates, intervals, answers and timings (`work`: its recipe YAML), or a
+        promotion's answers on its items (`work`: a Rescore); or the failure's reason."""
         from evomerge.recipe import MergeRecipe
 
+        rescore = work if isinstance(work, Rescore) else None
         start = time.perf_counter()
         try:
-            self.merger.apply(MergeRecipe.from_yaml(recipe_yaml))
+            self.merger.apply(MergeRecipe.from_yaml(rescore.recipe_yaml if rescore else str(work)))
             merged = time.perf_counter()
+            if rescore is not None:
+                answers = self.evaluator.score_items(self.merger.model, rescore.items)
+                end = time.perf_counter()
+                return WorkerResult(
+                    ok=True,
+                    worker=self.worker_id,
+                    answers={str(item): int(v) for item, v in answers.items()},
+                    timings={"merge": merged - start, "score": end - merged, "total": end - start},
+                    n_items=len(rescore.items),
+                )
             result = self.evaluator.evaluate(self.merger.model)
             bad = {t: v for t, v in result.estimates.items() if not math.isfinite(v)}
             if bad:

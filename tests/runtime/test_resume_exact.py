@@ -74,8 +74,8 @@ class InlineScheduler:
         self, make_actor: Any, n_workers: int, evaluation_timeout: float | None = None, on_lost: Any = None
     ) -> None:
         self.n_workers = n_workers
-        self._queue: list[tuple[Any, str]] = []
-        self._running: list[tuple[Any, str]] = []
+        self._queue: list[tuple[Any, Any]] = []
+        self._running: list[tuple[Any, Any]] = []
         self.busy_seconds = 0.0
         self.retries = 0
 
@@ -87,7 +87,7 @@ class InlineScheduler:
     def outstanding(self) -> int:
         return len(self._running) + len(self._queue)
 
-    def submit(self, key: Any, payload: str) -> None:
+    def submit(self, key: Any, payload: Any) -> None:
         self._queue.append((key, payload))
         while self._queue and len(self._running) < self.n_workers:
             self._running.append(self._queue.pop(0))
@@ -98,7 +98,10 @@ class InlineScheduler:
         key, payload = self._running.pop(0)
         if self._queue:
             self._running.append(self._queue.pop(0))
-        return [(key, score(payload))]
+        return [(key, self.evaluate(payload))]
+
+    def evaluate(self, payload: Any) -> WorkerResult:
+        return score(payload)
 
     def cancel_all(self) -> list[Any]:
         keys = [k for k, _ in self._running + self._queue]
