@@ -76,3 +76,25 @@ def test_optuna_nsga2_runs_on_the_study_itself(local_ray, tmp_path, tiny_family)
     for t in search_trials(store):
         genes = [t.params[f"g{i:04d}"] for i in range(len(t.params))]
         assert genes == t.user_attrs["genome"] and t.user_attrs["candidate"] == t.number
+
+
+def test_promotion_on_local_ray_rescores_on_real_workers(local_ray, tmp_path, tiny_family) -> None:
+    path = write_experiment(tmp_path / "exp", tiny_family, trials=8)
+    spec = yaml.safe_load(path.read_text())
+    spec["promotion"] = {"rungs": [8, 24], "eta": 2, "share": 0.6}
+    path.write_text(yaml.safe_dump(spec))
+    summary = SearchDriver(Experiment.load(path), tmp_path / "run").run()
+    assert summary.stopped == "budget" and summary.complete == 8
+    assert any(m.startswith("promotion: ") for m in summary.messages)
+    store = open_run(tmp_path / "run")
+    attrs = store.study_attrs()
+    promoted = {k: v for k, v in attrs.items() if k.startswith("rungs.")}
+    assert promoted, summary.messages
+    for rungs in promoted.values():
+        for rung, data in rungs.items():
+            assert {t: len(bits) for t, bits in data["answers"].items()} == {
+                "arithmetic": [8, 24][int(rung) - 1],
+                "dates": [8, 24][int(rung) - 1],
+            }
+    scored = sum(t.user_attrs["n_items"] for t in store.trials() if t.state == TrialState.COMPLETE)
+    assert summary.items > scored  # the promotions' items count too

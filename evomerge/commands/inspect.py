@@ -202,12 +202,19 @@ def front(
 def _front_table(view: Any, records: list[Any], knee: int | None) -> Table:
     """Per task `estimate [low-high]`, one token per value so a narrow terminal never splits one;
     an audited trial's measurement on a second line of its cell."""
+    promoted = any(r.rung for r in view.completed)
+    notes = ["* the knee of the front"] if knee is not None else []
+    if promoted:
+        notes.append("rung: the promotion rung of the values (0: the anchors)")
+    if view.incumbent is not None:
+        notes.append(f"the incumbent: trial {view.incumbent}")
     table = Table(
         "trial",
         "kind",
         "label",
+        *(["rung"] if promoted else []),
         title=escape(f"Pareto front of {view.name}: estimate [interval]"),
-        caption="* the knee of the front" if knee is not None else None,
+        caption="; ".join(notes) or None,
     )
     for task in view.objectives:
         table.add_column(f"{task} %", no_wrap=True)
@@ -220,7 +227,8 @@ def _front_table(view: Any, records: list[Any], knee: int | None) -> Table:
                 cell += f"\nmeasured {pct(r.audit[task])}"
             cells.append(cell)
         mark = "*" if r.number == knee else ""
-        table.add_row(f"{r.number}{mark}", r.kind, escape(r.label), *map(escape, cells))
+        rung = [str(r.rung)] if promoted else []
+        table.add_row(f"{r.number}{mark}", r.kind, escape(r.label), *rung, *map(escape, cells))
     return table
 
 
@@ -228,11 +236,11 @@ def _front_csv(objectives: list[str], records: list[Any]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(
-        ["number", "kind", "label"]
+        ["number", "kind", "label", "rung"]
         + [f"{t}_{col}{CSV_SUFFIX}" for t in objectives for col in ("estimate", "low", "high", "measured")]
     )
     for r in records:
-        row: list[Any] = [r.number, r.kind, r.label]
+        row: list[Any] = [r.number, r.kind, r.label, r.rung]
         for task in objectives:
             low, high = r.intervals.get(task, ("", ""))
             row += [r.estimates.get(task, ""), low, high, (r.audit or {}).get(task, "")]

@@ -9,7 +9,7 @@ A suite is a YAML file (bank paths are relative to it):
     tasks:                       # the objectives, in this order
       arithmetic: {banks: [arithmetic], anchors: 50}
       dates: {banks: [dates], anchors: 25}
-    estimator: gpirt             # see estimators.ESTIMATORS
+    estimator: gpirt             # see estimators.ESTIMATORS; auto: chosen on the calibration
     seed: 0
 
 `normalization` is how a choice's log-likelihood is reduced: `mean` (per token, needed where

@@ -72,7 +72,7 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("EVOMERGE_THREADS", "2")))
     base, experts = args.root / "base", [args.root / name for name in args.experts]
     merger = LiveMerger(base, experts, model_dtype=getattr(torch, args.dtype))
-    evaluator, tag = make_evaluator(base, args.per_task, args.batch_size)
+    evaluator, tag = make_evaluator(base, args.per_task, args.batch_size, split=args.split)
     tag = tagged(tag, args.dtype)
     (RESULTS_DIR / "recipes").mkdir(parents=True, exist_ok=True)
     if args.recipe:

@@ -33,14 +33,18 @@ SUITE = REPO / "fitness" / "skills.yaml"
 RESULTS_DIR = HERE / "results"
 
 
-def make_evaluator(tokenizer_dir: Path, per_task: int | None, batch_size: int, suite: Path = SUITE):
-    """An evaluator over the full eval split (per_task None) or a seeded, group-stratified subset of it.
+def make_evaluator(
+    tokenizer_dir: Path, per_task: int | None, batch_size: int, suite: Path = SUITE, split: str = "eval"
+):
+    """An evaluator over the full eval split (per_task None), the full test split (split "test"), or
+    a seeded, group-stratified subset of the eval split.
 
     The subset is the same items for every model (a paired comparison); estimator "mean" needs no
     calibration. Returns the evaluator and the tag that names the result files.
     """
     if per_task is None:
-        return FitnessEvaluator(suite, tokenizer_dir, estimator="mean", batch_size=batch_size), "full"
+        tag = "full" if split == "eval" else split
+        return FitnessEvaluator(suite, tokenizer_dir, estimator="mean", batch_size=batch_size), tag
     loaded = FitnessSuite.load(suite)
     groups = {item.id: item.group or "" for item in loaded.items.values()}
     subset = stratified_random(loaded.eval_ids, per_task, groups, seed=0)
@@ -51,6 +55,12 @@ def make_evaluator(tokenizer_dir: Path, per_task: int | None, batch_size: int, s
 
 
 def add_dtype_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--split",
+        default="eval",
+        choices=["eval", "test"],
+        help="score the full eval split (results tagged full) or the full test split (tagged test)",
+    )
     parser.add_argument(
         "--dtype",
         default="float32",
@@ -72,6 +82,8 @@ def measure(model, evaluator: FitnessEvaluator, tag: str) -> tuple[dict[str, flo
     """
     if tag.split("-")[0] == "full":  # "full" or a dtype-tagged "full-bfloat16"
         answers, ids = evaluator.score_eval_split(model), evaluator.suite.eval_ids
+    elif tag.split("-")[0] == "test":  # the held-out split: only the final measurement reads it
+        answers, ids = evaluator.score_split(model, "test"), evaluator.suite.test_ids
     else:
         answers, ids = evaluator.evaluate(model).answers, evaluator.anchor_ids
     return {task: sum(answers[i] for i in ids[task]) / len(ids[task]) for task in ids}, answers
@@ -115,7 +127,9 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("EVOMERGE_THREADS", "2")))
     from transformers import AutoModelForCausalLM
 
-    evaluator, tag = make_evaluator(args.root / "base", args.per_task, args.batch_size, args.suite)
+    evaluator, tag = make_evaluator(
+        args.root / "base", args.per_task, args.batch_size, args.suite, args.split
+    )
     tag = tagged(tag, args.dtype)
     for name in args.models:
         dtype = getattr(torch, args.dtype)

@@ -250,3 +250,22 @@ def test_rungs_that_add_nothing_are_refused() -> None:
     ids = {"t": [f"t/{i}" for i in range(30)]}
     with pytest.raises(ConfigError, match="adds no item"):
         plan_rungs(ids, {"t": ids["t"][:10]}, [20, 40], seed=0)
+
+
+def test_front_shows_the_rungs_and_export_writes_the_incumbent(tmp_path, tiny_family) -> None:
+    from typer.testing import CliRunner
+
+    from evomerge.cli import app
+
+    path = experiment(tmp_path, tiny_family, {"trials": 16})
+    run(path, tmp_path / "run")
+    runner = CliRunner()
+    table = runner.invoke(app, ["front", str(tmp_path / "run")], env={"COLUMNS": "160"})
+    assert table.exit_code == 0 and "rung" in table.output and "the incumbent: trial" in table.output
+    csv_out = runner.invoke(app, ["front", str(tmp_path / "run"), "--format", "csv"])
+    assert csv_out.output.splitlines()[0].startswith("number,kind,label,rung,")
+    out = tmp_path / "incumbent.yaml"
+    exported = runner.invoke(app, ["export", str(tmp_path / "run"), "--incumbent", "--out", str(out), "-q"])
+    assert exported.exit_code == 0, exported.output
+    view = RunView.from_store(open_run(tmp_path / "run"))
+    assert out.read_text() == view.trial(view.incumbent).recipe

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from evomerge.errors import CandidateError
-from evomerge.runtime.work import WorkerResult
+from evomerge.runtime.work import Rescore, WorkerResult
 from evomerge.runtime.worker import Worker
 from evomerge.space import SearchSpace
 
@@ -37,6 +37,21 @@ def test_evaluate_returns_estimates_answers_and_timings(worker_and_space) -> Non
     assert result.worker.startswith("w0@") and result.reason == ""
     # same recipe, same anchors: the same answers (paired design, deterministic)
     assert worker.evaluate(space.decode(np.full(space.dim, 0.5)).to_yaml()).answers == result.answers
+
+
+def test_a_promotion_scores_exactly_its_items_with_the_trials_own_answers(worker_and_space) -> None:
+    worker, space = worker_and_space
+    recipe = space.decode(np.full(space.dim, 0.5)).to_yaml()
+    searched = worker.evaluate(recipe)
+    anchors = list(searched.answers)
+    pool = [i for ids in worker.evaluator.suite.eval_ids.values() for i in ids if i not in searched.answers]
+    items = tuple(pool[:5] + anchors[:3])
+    result = worker.evaluate(Rescore(recipe, items))
+    assert result.ok and result.n_items == len(items) and set(result.answers) == set(items)
+    assert not result.estimates  # a rung's estimate is computed by the promoter
+    assert {i: result.answers[i] for i in anchors[:3]} == {i: searched.answers[i] for i in anchors[:3]}
+    bad = worker.evaluate(Rescore(recipe, ("no/such/item",)))
+    assert bad.ok is False and "no/such/item" in bad.reason
 
 
 def test_failures_come_back_as_fail_with_reason(worker_and_space, monkeypatch) -> None:

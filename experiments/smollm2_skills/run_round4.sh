@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Round 4 end to end, one step after another (2 cores): the test-split scores of the base, experts
+# and untuned baselines; the nine searches (CMA-ES, NSGA-II, random x seeds 0-2, 9000 items each,
+# promotion on); each search's incumbent exported and scored on the test split; the summary.
+# The calibration (results/calibration_round4.json) comes first:
+#   evomerge calibrate fitness/skills.yaml --subjects BASE arithmetic reasoning logic \
+#     --space experiments/smollm2_skills/space_ties3_groups.yaml --merges 20 --dtype bfloat16 ...
+# Run from the repository root: bash experiments/smollm2_skills/run_round4.sh [STEP...]
+# STEP: reference, searches, picks, summary (default: all four).
+set -uo pipefail
+HERE=experiments/smollm2_skills
+export EVOMERGE_THREADS=2
+steps=${*:-reference searches picks summary}
+stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
+for step in $steps; do
+  case $step in
+    reference)
+      stamp "reference models on the test split"
+      nice -n 5 python $HERE/evaluate.py --split test --dtype bfloat16 --models base arithmetic reasoning logic
+      nice -n 5 python $HERE/baselines.py --split test --dtype bfloat16 --experts arithmetic reasoning logic --suffix 3
+      ;;
+    searches)
+      for seed in 0 1 2; do
+        for opt in cma nsga2 random; do
+          name=round4_${opt}_s$seed
+          [ -f runs/$name/run.json ] && resume=--resume || resume=
+          start=$(date +%s)
+          OMP_NUM_THREADS=1 nice -n 5 evomerge search $HERE/search_${opt}_round4.yaml --seed $seed \
+            --run-dir runs/$name $resume > $HERE/logs/search_$name.out 2>&1
+          stamp "search $name: rc=$? wall $(( $(date +%s) - start )) s" | tee -a $HERE/logs/search_$name.out
+        done
+      done
+      ;;
+    picks)
+      recipes=()
+      for seed in 0 1 2; do
+        for opt in cma nsga2 random; do
+          name=round4_${opt}_s$seed
+          [ -d runs/$name ] || continue
+          evomerge export runs/$name --incumbent --out runs/$name/incumbent.yaml --force -q &&
+            recipes+=(--recipe $name=runs/$name/incumbent.yaml)
+        done
+      done
+      stamp "picks: ${recipes[*]}"
+      nice -n 5 python $HERE/baselines.py --split test --dtype bfloat16 --experts arithmetic reasoning logic "${recipes[@]}"
+      ;;
+    summary)
+      python $HERE/round4.py --print
+      ;;
+  esac
+done
+stamp done
