@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Round 4 end to end, one step after another (2 cores): the test-split scores of the base, experts
-# and untuned baselines; the nine searches (CMA-ES, NSGA-II, random x seeds 0-2, 9000 items each,
+# and untuned baselines; the nine searches (CMA-ES, NSGA-II, random x seeds 0-2, 8000 items each,
 # promotion on); each search's incumbent exported and scored on the test split; the summary.
 # The calibration (results/calibration_round4.json) comes first:
 #   evomerge calibrate fitness/skills.yaml --subjects BASE arithmetic reasoning logic \

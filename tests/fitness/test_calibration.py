@@ -74,6 +74,28 @@ def test_evaluator_contract_with_calibration(
     assert full["dates"] == pytest.approx(np.mean([answers[i] for i in evaluator.suite.eval_ids["dates"]]))
 
 
+def test_estimator_auto_is_resolved_on_the_calibration(
+    calibrated: tuple[Path, Path], tiny_family: tuple[Path, list[Path]], tmp_path, monkeypatch
+) -> None:
+    from evomerge.fitness.evaluator import default_anchors
+
+    monkeypatch.setenv("EVOMERGE_CACHE", str(tmp_path))
+    suite_path, calib_path = calibrated
+    suite = FitnessSuite.load(suite_path)
+    auto = FitnessSuite.from_dict({**suite.spec.model_dump(), "estimator": "auto"}, root=suite.root)
+    evaluator = FitnessEvaluator(auto, tiny_family[0], calibration=calib_path, batch_size=3)
+    choice = evaluator.estimator_choice
+    assert choice is not None and evaluator.estimator == choice.estimator
+    assert choice.estimator == min(choice.rows, key=lambda r: r.mae).estimator
+    model = AutoModelForCausalLM.from_pretrained(tiny_family[1][0]).eval()
+    assert evaluator.evaluate(model).estimator == choice.estimator
+    # the driver's promoter finds the same anchors without building an evaluator
+    calibration = Calibration.load(calib_path)
+    assert default_anchors(auto, calibration, auto.seed).ids == evaluator.anchors.ids
+    with pytest.raises(ConfigError, match="'auto' .* needs a calibration"):
+        FitnessEvaluator(auto, tiny_family[0])
+
+
 def test_stale_calibration_is_detected(
     calibrated: tuple[Path, Path], tiny_family: tuple[Path, list[Path]]
 ) -> None:
