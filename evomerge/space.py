@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evomerge.demo import DemoFamily
 from evomerge.errors import ConfigError
+from evomerge.merge.architecture import architecture_of
 from evomerge.merge.hub import is_hub_id, resolve_model
 from evomerge.yamltext import parse_yaml
 
@@ -143,12 +144,12 @@ class SearchSpace:
     def _read_num_layers(self) -> int:
         config = resolve_model(self.base or self.parents[0]) / "config.json"  # a missing id: one line
         try:
-            return int(json.loads(config.read_text())["num_hidden_layers"])
-        except (OSError, KeyError, ValueError) as error:
+            data = json.loads(config.read_text())
+        except (OSError, ValueError) as error:
             raise ConfigError(
-                f"{self.source}: cannot read num_hidden_layers from {config} ({error}); "
-                "check the model paths or set 'num_layers'"
+                f"{self.source}: cannot read {config} ({error}); check the model paths or set 'num_layers'"
             ) from None
+        return architecture_of(data, config).num_layers(data, str(config))
 
     def _make_genes(self) -> list[Gene]:
         specs = {p.name: p for p in self.method.params}

@@ -23,6 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from evomerge.errors import ConfigError, ModelLoadError
+from evomerge.merge.architecture import architecture_of
 from evomerge.merge.hub import resolve_model
 from evomerge.merge.methods import DeltaStats
 from evomerge.merge.plan import MergePlan, build_plan
@@ -80,6 +81,7 @@ class ModelReader:
                 "restore the model's config.json"
             )
         self.config: dict[str, Any] = config
+        self.architecture = architecture_of(config, config_file)  # an unknown model_type: one line
         self._files: dict[str, Any] = {}
         self._where: dict[str, str] = {}
         self._pickled: dict[str, torch.Tensor] | None = None
@@ -134,7 +136,7 @@ class ModelReader:
 
     @property
     def num_layers(self) -> int:
-        return int(self.config.get("num_hidden_layers", 0))
+        return self.architecture.num_layers(self.config, str(self.path / "config.json"))
 
     def has(self, name: str) -> bool:
         return name in self._where
@@ -192,7 +194,8 @@ def check_compatible(readers: dict[str, ModelReader]) -> None:
 def plan_for(recipe: MergeRecipe, readers: dict[str, ModelReader]) -> MergePlan:
     """The merge plan, after checking every input tensor exists with the reference shape."""
     reference = readers[recipe.model_paths()[0]]
-    plan = build_plan(recipe, reference.tensor_names, {p: r.num_layers for p, r in readers.items()})
+    counts = {p: r.num_layers for p, r in readers.items()}
+    plan = build_plan(recipe, reference.tensor_names, counts, reference.architecture)
     for job in plan.jobs:
         wanted = [job.base] if job.base else []
         wanted += list(job.sources)
@@ -463,8 +466,7 @@ def _write_config(
     directory: Path,
     layout: list[Entry],
 ) -> None:
-    config = dict(reference.config)
-    config["num_hidden_layers"] = num_layers
+    config = reference.architecture.with_num_layers(reference.config, num_layers)
     floating = [dtype for _, _, dtype in layout if dtype.is_floating_point]
     if floating:
         key = "dtype" if "dtype" in config else "torch_dtype"

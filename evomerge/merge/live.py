@@ -237,7 +237,7 @@ class LiveMerger:
         """Write the recipe's merged tensors into `self.model` in place and return the model."""
         aliases = self._resolve(recipe)
         plan = plan_for(recipe, {path: self._readers[key] for path, key in aliases.items()})
-        expected = self.model.config.num_hidden_layers
+        expected = self._readers[self._reference].num_layers  # the live model's
         if plan.num_layers != expected:
             raise ConfigError(
                 f"the recipe's slices give {plan.num_layers} layers but the live model has {expected}; "

@@ -3,12 +3,12 @@
 Both materializers (on disk, `io.py`; in memory, `live.py`) run the same jobs through the same
 method functions, which is why they give the same tensors. Layer tensors are renumbered by the
 slices; embeddings come from the first slice's sources, the final norm and head from the last
-slice's, with their parameters read at layer position t = 0 (as mergekit 0.1.5 does).
+slice's, with their parameters read at layer position t = 0 (as mergekit 0.1.5 does). Which
+tensors are layers and which are embeddings is the architecture's (`architecture.py`).
 """
 
 from __future__ import annotations
 
-import re
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -16,10 +16,9 @@ from typing import Any
 import torch
 
 from evomerge.errors import ConfigError
+from evomerge.merge.architecture import Architecture
 from evomerge.merge.methods import METHODS, DeltaStats, MergeMethod, TensorInputs
 from evomerge.recipe import MergeRecipe, SliceSource
-
-LAYER_NAME = re.compile(r"^(?P<head>.*\.layers\.)(?P<index>\d+)(?P<tail>\..*)$")
 
 
 @dataclass(frozen=True)
@@ -81,14 +80,17 @@ class MergePlan:
         )
 
 
-def _split_layer(name: str) -> tuple[str, int, str] | None:
-    match = LAYER_NAME.match(name)
-    return (match["head"], int(match["index"]), match["tail"]) if match else None
-
-
-def build_plan(recipe: MergeRecipe, tensor_names: list[str], layer_counts: dict[str, int]) -> MergePlan:
-    """`tensor_names`: the reference model's tensors; `layer_counts`: num_hidden_layers per model."""
+def build_plan(
+    recipe: MergeRecipe, tensor_names: list[str], layer_counts: dict[str, int], architecture: Architecture
+) -> MergePlan:
+    """`tensor_names`: the reference model's tensors; `layer_counts`: the layers of each model."""
     method = METHODS.get(recipe.merge_method)
+    if recipe.slices is not None and architecture.modules:
+        raise ConfigError(
+            f"{architecture.name} models have several modules (a vision tower and a language model), and "
+            "slices over them are not supported (mergekit 0.1.5 needs its modules: syntax there); merge "
+            "them with models: instead of slices"
+        )
     n_ref = layer_counts[recipe.model_paths()[0]]
     if recipe.slices is not None:
         slices = [piece.sources for piece in recipe.slices]
@@ -108,7 +110,7 @@ def build_plan(recipe: MergeRecipe, tensor_names: list[str], layer_counts: dict[
     layer_templates: dict[tuple[str, str], None] = {}
     outer: list[str] = []
     for name in tensor_names:
-        parts = _split_layer(name)
+        parts = architecture.split(name)
         if parts is None:
             outer.append(name)
         else:
@@ -116,10 +118,11 @@ def build_plan(recipe: MergeRecipe, tensor_names: list[str], layer_counts: dict[
     ref_layer0 = sorted({t for (h, t) in layer_templates})  # stable order of a layer's tensors
 
     jobs: list[TensorJob] = []
-    pre = [n for n in outer if "embed" in n]
-    post = [n for n in outer if "embed" not in n]
+    pre = [n for n in outer if architecture.is_pre(n)]
+    post = [n for n in outer if not architecture.is_pre(n)]
+    positions = architecture.module_positions(outer)
     for name in pre:
-        jobs.append(_job(recipe, method, name, name, slices[0], None, None))
+        jobs.append(_job(recipe, method, name, name, slices[0], None, None, positions.get(name)))
     out_layer = 0
     heads = sorted({h for (h, _) in layer_templates})
     for sources in slices:
@@ -146,14 +149,16 @@ def _job(
     sources: list[SliceSource],
     offset: int | None,
     length: int | None,
+    position: tuple[int, int] | None = None,
 ) -> TensorJob:
+    """`position`: (layer, layers) of a tensor of another module's layers (merged as itself)."""
+
     def input_name(source: SliceSource) -> str:
         if isinstance(source_name, str):
             return source_name
         return f"{source_name[0]}{source.layer_range[0] + (offset or 0)}{source_name[1]}"
 
-    layer = offset
-    n_layers = length or 1  # unused for non-layer tensors (they sit at t = 0)
+    layer, n_layers = position or (offset, length or 1)  # n_layers: unused at t = 0 (offset None)
     base: tuple[str, str] | None = None
     merged = list(sources)
     if method.takes_base(recipe.base_model):

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Round 4 end to end, one step after another (2 cores): the test-split scores of the base, experts
-# and untuned baselines; the nine searches (CMA-ES, NSGA-II, random x seeds 0-2, 8000 items each,
+# and untuned baselines; the nine searches (CMA-ES, NSGA-II, random x seeds 0-2, 6000 items each,
 # promotion on); each search's incumbent exported and scored on the test split; the summary.
 # The calibration (results/calibration_round4.json) comes first:
 #   evomerge calibrate fitness/skills.yaml --subjects BASE arithmetic reasoning logic \
-#     --space experiments/smollm2_skills/space_ties3_groups.yaml --merges 20 --dtype bfloat16 ...
+#     --space experiments/smollm2_skills/space_ties3_groups.yaml --merges 16 --dtype bfloat16 ...
 # Run from the repository root: bash experiments/smollm2_skills/run_round4.sh [STEP...]
 # STEP: reference, searches, picks, summary (default: all four).
 set -uo pipefail
