@@ -119,6 +119,12 @@ class SearchSpace:
         self.parent_names = {p: Path(p).name for p in self.parents}
         self.gene_names = [g.name(self.parent_names) for g in self.genes]
 
+    @property
+    def _base_is_end_point(self) -> bool:
+        """Methods of a fixed model count that need a base merge it with the parents as one of
+        their models (mergekit lists it under `models`); nuslerp's optional base is no end point."""
+        return self.base is not None and self.method.n_models is not None and self.method.needs_base
+
     # ----- construction ----------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path) -> SearchSpace:
@@ -234,8 +240,8 @@ class SearchSpace:
             elif spec.name in self.spec.fixed:
                 global_params[spec.name] = self.spec.fixed[spec.name]
         models = [{"model": p, "parameters": model_params[p]} for p in self.parents]
-        if self.base is not None and self.method.n_models is not None:
-            models.insert(0, {"model": self.base})  # slerp-like: the base is the other end point
+        if self._base_is_end_point:  # slerp, nearswap, arcee_fusion: the base is the other model
+            models.insert(0, {"model": self.base})
         recipe: dict[str, Any] = {
             "merge_method": self.method.name,
             "models": models,
@@ -346,7 +352,8 @@ class SearchSpace:
         """Uniform task arithmetic (every parent weighted 1/n); for two-point methods, t = 0.5."""
         if self.method.n_models is not None:
             recipe = self.decode_dict([0.5] * self.dim)
-            recipe["parameters"] = {**recipe.get("parameters", {}), "t": 0.5}
+            if any(spec.name == "t" for spec in self.method.params):
+                recipe["parameters"] = {**recipe.get("parameters", {}), "t": 0.5}
             return f"uniform_{self.method.name}", recipe
         weight = round(1.0 / len(self.parents), 6)
         if self.base is None:  # no shared base: the uniform average of the parents

@@ -87,6 +87,34 @@ def test_slerp_space(tiny_family) -> None:
     assert s.baseline_recipe()[1]["parameters"]["t"] == 0.5
 
 
+FIXED_COUNT = {  # method -> (parents, searched parameters)
+    "nuslerp": (2, {"weight": {}}),
+    "nearswap": (1, {"t": {}}),
+    "passthrough": (1, {"scale": {}}),
+    "slerp": (1, {"t": {}}),
+}
+
+
+@pytest.mark.parametrize("method", list(FIXED_COUNT))
+def test_fixed_count_methods_search_and_merge(method: str, tiny_family) -> None:
+    """Spaces over the fixed-count methods: the base is one of the models where the method needs
+    it (slerp, nearswap), an optional base stays a base (nuslerp), and every decoded
+    point, the uniform point and the baseline merge."""
+    base, parents = tiny_family
+    n, search = FIXED_COUNT[method]
+    s = SearchSpace.from_dict(
+        {"base": str(base), "parents": [str(p) for p in parents[:n]], "method": method, "search": search}
+    )
+    live = LiveMerger(base, parents)
+    rng = np.random.default_rng(0)
+    for genome in (rng.random(s.dim), s.uniform_genome()):
+        recipe = s.decode(genome)
+        listed = [m.model for m in recipe.models]
+        assert (str(base) in listed) == (method in ("slerp", "nearswap"))
+        live.apply(recipe)
+    live.apply(MergeRecipe.from_dict(s.baseline_recipe()[1]))
+
+
 def test_baseline_is_encoded_only_when_it_is_a_point_of_the_space(tiny_family) -> None:
     """`try_encode` gives the genome of a recipe whose genes decode back to the same parameters
     everywhere, and None otherwise (the driver then stores the baseline's genome as null)."""
