@@ -6,7 +6,9 @@ anchors, nested, the same for every trial: a paired design). A trial at rung k g
 
 - it is among the best 1/eta of the trials that reached rung k (asynchronous successive halving,
   ASHA: Li et al. 2020, "A System for Massively Parallel Hyperparameter Tuning", MLSys), ranked by
-  non-dominated front of their rung-k estimates, then by their weighted mean; and
+  the weighted mean of their rung-k estimates: the incumbent's objective. (Ranking by
+  non-dominated front first would promote every parent: an expert is on the front by its own task
+  alone, and three experts took half the promotion budget); and
 - its interval is not clearly ruled out of the front: no trial's lower bounds (at that trial's
   highest rung) reach its upper bounds on every task.
 
@@ -38,7 +40,6 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
-from evomerge import pareto
 from evomerge.errors import ConfigError
 from evomerge.fitness.estimators import interval
 from evomerge.fitness.paired import compare_answers
@@ -138,18 +139,10 @@ class Promoter:
         return float(np.array([estimates[t] for t in self.tasks]) @ self.weights / self.weights.sum())
 
     def _ranked(self, rung: int) -> list[Standing]:
-        """The trials that reached `rung`, best first: by non-dominated front of their rung
-        estimates, then by weighted mean (ties by trial number)."""
+        """The trials that reached `rung`, best first by the weighted mean of their rung estimates
+        (ties by trial number)."""
         reached = [s for s in self.standings.values() if s.rung >= rung]
-        if not reached:
-            return []
-        values = -np.array([[s.levels[rung][t] for t in self.tasks] for s in reached])
-        fronts = pareto.non_dominated_ranks(values)
-        order = sorted(
-            range(len(reached)),
-            key=lambda i: (fronts[i], -self._mean(reached[i].levels[rung]), reached[i].trial),
-        )
-        return [reached[i] for i in order]
+        return sorted(reached, key=lambda s: (-self._mean(s.levels[rung]), s.trial))
 
     def _ruled_out(self, standing: Standing) -> bool:
         """Some other trial's lower bounds reach this one's upper bounds on every task (and pass
