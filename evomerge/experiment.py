@@ -68,7 +68,8 @@ class Workers(_Strict):
     token_budget: int | None = Field(default=None, ge=16)
     # The live model's dtype for scoring (merges are computed in the recipe's dtype, float32 in the
     # search spaces). auto: bfloat16 on a GPU, else the checkpoint's own dtype. bfloat16 scores ~2-3x
-    # faster on CPUs with AVX512-BF16/AMX and on GPUs, at a small cost in log-likelihood precision.
+    # faster on CPUs with AVX512-BF16/AMX and on GPUs, at a small cost in log-likelihood precision;
+    # ~5x slower on CPUs without those units (the search says so: preflight.dtype_warning).
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # Where each worker holds the base and parents (evomerge/merge/memory.py): auto picks the
     # cheapest that fits the free memory of the worker's device: device, then host, then disk.

@@ -38,7 +38,7 @@ from evomerge.runtime.interrupt import StopRequest
 from evomerge.runtime.lease import DriverLease
 from evomerge.runtime.loop import SearchLoop, SearchProgress
 from evomerge.runtime.opening import open_search, reconcile
-from evomerge.runtime.preflight import check_fitness, check_worker_memory, local_worker_device
+from evomerge.runtime.preflight import check_fitness, check_worker_memory, dtype_warning, local_worker_device
 from evomerge.runtime.promotion import open_promotion
 from evomerge.runtime.recorder import FAILURE_LOG, INTERRUPTED, Recorder
 from evomerge.space import SearchSpace
@@ -110,6 +110,9 @@ class SearchDriver:
         self.experiment, self.optimizer, self.store = opened.experiment, opened.optimizer, opened.store
         self.budget = self.experiment.spec.budget
         self.messages = opened.messages  # said to the user with the summary
+        slow = dtype_warning(self.experiment.spec.workers.dtype, self.memory.device if self.memory else "")
+        if slow:
+            self.messages.append(slow)
         self.recorder = Recorder(
             self.store, self.optimizer, opened.checkpoint, self.space, self.tasks, self.run_dir, self.messages
         )
