@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 from searchfixture import SUITE, write_experiment
-from test_resume_exact import InlineScheduler, score, stop_after
+from test_resume_exact import InlineScheduler, numbers, score, stop_after
 
 import evomerge.runtime.scheduler
 from evomerge.errors import ConfigError
@@ -32,7 +32,11 @@ RUNGS = [10, 30]  # items per task
 
 
 def coin(recipe_yaml: str, item: str) -> float:
-    digest = hashlib.sha256(f"{recipe_yaml}|{item}".encode()).digest()
+    """A fixed coin per (recipe, item): from the recipe's numbers, not its model paths (which
+    change with the test's temporary directory)."""
+    recipe = yaml.safe_load(recipe_yaml)
+    key = numbers([m.get("parameters", {}) for m in recipe["models"]]) + numbers(recipe.get("parameters"))
+    digest = hashlib.sha256(f"{key}|{item}".encode()).digest()
     return int.from_bytes(digest[:8], "little") / 2**64
 
 
