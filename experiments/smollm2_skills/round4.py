@@ -9,6 +9,8 @@ per-task paired differences; its standard error from the per-task paired ones, f
 plus the baselines' and experts' test scores and which of the issue's goals held.
 
     python experiments/smollm2_skills/round4.py [--runs runs] [--print]
+    python experiments/smollm2_skills/round4.py --run cma,0,round4_small_cma --tag test \
+        --out round4_small_summary.json
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from evomerge.store import open_run  # noqa: E402
 
 OPTIMIZERS = ["cma", "nsga2", "random"]
 SEEDS = [0, 1, 2]
-TAG = "test-bfloat16"
 BASELINES = {"ties": "ties3", "task_arithmetic": "task_arithmetic3"}
 EXPERTS = ["base", "arithmetic", "reasoning", "logic"]
 
@@ -58,61 +59,71 @@ def paired_mean(first: dict[str, int], second: dict[str, int], test_ids: dict[st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=REPO / "runs")
+    parser.add_argument(
+        "--run",
+        action="append",
+        default=[],
+        help="OPTIMIZER,SEED,NAME: a run (runs/NAME) and its pick's result name (default: the nine)",
+    )
+    parser.add_argument("--tag", default="test-bfloat16", help="result tag of the test-split scores")
+    parser.add_argument("--out", default="round4_summary.json")
     parser.add_argument("--print", action="store_true", help="print a table too")
     args = parser.parse_args()
+    tag = args.tag
+    runs = [(o, int(s), n) for o, s, n in (r.split(",") for r in args.run)] or [
+        (opt, seed, pick_name(opt, seed)) for seed in SEEDS for opt in OPTIMIZERS
+    ]
     suite = FitnessSuite.load(HERE / "suite_round4.yaml")
     test_ids = suite.test_ids
-    accuracy = json.loads((HERE / "results" / f"accuracy_{TAG}.json").read_text())
+    accuracy = json.loads((HERE / "results" / f"accuracy_{tag}.json").read_text())
 
     def answers(name: str) -> dict[str, int]:
-        return json.loads((HERE / "results" / "responses" / TAG / f"{name}.json").read_text())
+        return json.loads((HERE / "results" / "responses" / tag / f"{name}.json").read_text())
 
     def test_of(name: str) -> dict[str, float]:
         return {t: accuracy[name]["accuracy"][t] for t in suite.tasks}
 
     picks = []
-    for seed in SEEDS:
-        for optimizer in OPTIMIZERS:
-            name = pick_name(optimizer, seed)
-            run_dir = args.runs / name
-            if not (run_dir / "run.json").is_file() or name not in accuracy:
-                continue
-            store = open_run(run_dir)
-            view = RunView.from_store(store)
-            record = view.incumbent_record()
-            test = test_of(name)
-            mean_test = sum(test.values()) / len(test)
-            mean_estimate = sum(record.estimates[t] for t in suite.tasks) / len(suite.tasks)
-            trials = [r for r in view.trials if r.kind == "search"]
-            rungs = {str(k): sum(r.rung >= k for r in view.completed) for k in (1, 2)}
-            picks.append(
-                {
-                    "optimizer": optimizer,
-                    "seed": seed,
-                    "run": str(run_dir.relative_to(REPO)) if run_dir.is_relative_to(REPO) else str(run_dir),
-                    "pick_trial": record.number,
-                    "pick_kind": record.kind,
-                    "recipe": (HERE / "results" / "recipes" / f"{name}.yaml").read_text(),
-                    "rung": record.rung,
-                    "estimate": {t: round(record.estimates[t], 4) for t in suite.tasks},
-                    "search_estimate": {t: round(record.search_estimates[t], 4) for t in suite.tasks},
-                    "test": test,
-                    "test_mean": round(mean_test, 4),
-                    "estimate_error": {
-                        "mean": round(mean_estimate - mean_test, 4),
-                        "tasks": {t: round(record.estimates[t] - test[t], 4) for t in suite.tasks},
-                    },
-                    "vs_ties": paired_mean(answers(name), answers(BASELINES["ties"]), test_ids),
-                    "vs_task_arithmetic": paired_mean(
-                        answers(name), answers(BASELINES["task_arithmetic"]), test_ids
-                    ),
-                    "search_trials": len(trials),
-                    "trials_at_rung": rungs,
-                    "estimator": next((r.estimator for r in view.completed if r.estimator), None),
-                    "promotion": store.read_study_attr(PROMOTION_ATTR)
-                    and {k: v for k, v in store.read_study_attr(PROMOTION_ATTR).items() if k != "rungs"},
-                }
-            )
+    for optimizer, seed, name in runs:
+        run_dir = args.runs / name
+        if not (run_dir / "run.json").is_file() or name not in accuracy:
+            continue
+        store = open_run(run_dir)
+        view = RunView.from_store(store)
+        record = view.incumbent_record()
+        test = test_of(name)
+        mean_test = sum(test.values()) / len(test)
+        mean_estimate = sum(record.estimates[t] for t in suite.tasks) / len(suite.tasks)
+        trials = [r for r in view.trials if r.kind == "search"]
+        rungs = {str(k): sum(r.rung >= k for r in view.completed) for k in (1, 2)}
+        picks.append(
+            {
+                "optimizer": optimizer,
+                "seed": seed,
+                "run": str(run_dir.relative_to(REPO)) if run_dir.is_relative_to(REPO) else str(run_dir),
+                "pick_trial": record.number,
+                "pick_kind": record.kind,
+                "recipe": (HERE / "results" / "recipes" / f"{name}.yaml").read_text(),
+                "rung": record.rung,
+                "estimate": {t: round(record.estimates[t], 4) for t in suite.tasks},
+                "search_estimate": {t: round(record.search_estimates[t], 4) for t in suite.tasks},
+                "test": test,
+                "test_mean": round(mean_test, 4),
+                "estimate_error": {
+                    "mean": round(mean_estimate - mean_test, 4),
+                    "tasks": {t: round(record.estimates[t] - test[t], 4) for t in suite.tasks},
+                },
+                "vs_ties": paired_mean(answers(name), answers(BASELINES["ties"]), test_ids),
+                "vs_task_arithmetic": paired_mean(
+                    answers(name), answers(BASELINES["task_arithmetic"]), test_ids
+                ),
+                "search_trials": len(trials),
+                "trials_at_rung": rungs,
+                "estimator": next((r.estimator for r in view.completed if r.estimator), None),
+                "promotion": store.read_study_attr(PROMOTION_ATTR)
+                and {k: v for k, v in store.read_study_attr(PROMOTION_ATTR).items() if k != "rungs"},
+            }
+        )
     reference = {
         label: {"test": test_of(name), "test_mean": accuracy[name]["mean"]}
         for label, name in {**BASELINES, **{e: e for e in EXPERTS}}.items()
@@ -141,7 +152,7 @@ def main() -> None:
         "mean_test_by_optimizer": means,
         "goals": goals,
     }
-    out = HERE / "results" / "round4_summary.json"
+    out = HERE / "results" / args.out
     out.write_text(json.dumps(summary, indent=2) + "\n")
     if args.print:
         for p in picks:
