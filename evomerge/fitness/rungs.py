@@ -1,9 +1,12 @@
 """The selection pool and its promotion rungs: which items a promoted trial is scored on.
 
 The selection pool of a task is its eval items that are no search anchors (the test split is
-never part of it). Each task's pool is put in one seeded order; rung k takes the first n_k items
-of that order (capped at the pool), so rungs are nested, every promoted trial is scored on the
-same items (a paired design), and a promotion from rung k to k+1 scores only the items it adds.
+never part of it). Each task's pool is put in one seeded order, stratified by the items' groups
+(subtasks): every item is placed at its fractional position in its group's own seeded shuffle, so
+any prefix holds each group in proportion to its size (a random order let one SmolLM2 run's first
+20 arithmetic items over-represent the easy subtasks). Rung k takes the first n_k items of that
+order (capped at the pool), so rungs are nested, every promoted trial is scored on the same items
+(a paired design), and a promotion from rung k to k+1 scores only the items it adds.
 """
 
 from __future__ import annotations
@@ -39,10 +42,19 @@ class RungPlan:
         return [dict(rung) for rung in self.rungs]
 
 
-def _order(task: str, ids: Sequence[str], seed: int) -> list[str]:
+def _order(task: str, ids: Sequence[str], groups: Mapping[str, str], seed: int) -> list[str]:
+    """The pool in a seeded order stratified by group (systematic: by fractional position)."""
     digest = hashlib.sha256(f"rungs:{seed}:{task}".encode()).digest()
     rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-    return [ids[i] for i in rng.permutation(len(ids))]
+    members: dict[str, list[str]] = {}
+    for item in ids:
+        members.setdefault(groups.get(item, ""), []).append(item)
+    keyed = []
+    for group in sorted(members):
+        shuffled = [members[group][i] for i in rng.permutation(len(members[group]))]
+        offset = rng.random()  # where in its first slot each group starts
+        keyed += [((k + offset) / len(shuffled), rng.random(), item) for k, item in enumerate(shuffled)]
+    return [item for _, _, item in sorted(keyed)]
 
 
 def plan_rungs(
@@ -50,9 +62,11 @@ def plan_rungs(
     anchors: Mapping[str, Sequence[str]],
     sizes: Sequence[int | str],
     seed: int,
+    groups: Mapping[str, str] | None = None,
 ) -> RungPlan:
     """The rungs for items-per-task `sizes` ("all": the whole pool) over the pools of `eval_ids`
-    minus `anchors`; a rung that the pool's cap makes no larger than the one below is an error."""
+    minus `anchors`, stratified by `groups` (item id -> group); a rung that the pool's cap makes no
+    larger than the one below is an error."""
     pools = {task: [i for i in ids if i not in set(anchors.get(task, ()))] for task, ids in eval_ids.items()}
     empty = [task for task, pool in pools.items() if not pool]
     if empty:
@@ -60,7 +74,7 @@ def plan_rungs(
             f"promotion: task(s) {empty} have no eval items beyond their anchors; lower the anchors "
             "or add eval items to the banks"
         )
-    orders = {task: _order(task, pool, seed) for task, pool in pools.items()}
+    orders = {task: _order(task, pool, groups or {}, seed) for task, pool in pools.items()}
     rungs: list[Rung] = []
     for size in sizes:
         n = {

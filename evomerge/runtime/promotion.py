@@ -273,7 +273,8 @@ def open_promotion(experiment: Any, suite: Any, store: Any) -> tuple[Promoter | 
     spec = experiment.spec.promotion
     if spec is None:
         return None, items_per_trial, items_done
-    plan = plan_rungs(suite.eval_ids, anchors.ids, spec.rungs, experiment.spec.seed)
+    groups = {item.id: item.group or "" for item in suite.items.values()}
+    plan = plan_rungs(suite.eval_ids, anchors.ids, spec.rungs, experiment.spec.seed, groups)
     promoter = Promoter(
         store,
         suite.tasks,

@@ -250,6 +250,15 @@ def test_a_trial_clearly_behind_is_not_promoted() -> None:
     assert [s.trial for s in promoter.candidates()] == [0, 2]
 
 
+def test_rungs_hold_each_group_in_proportion() -> None:
+    ids = [f"t/{g}/{i:03d}" for g, n in (("easy", 150), ("hard", 50)) for i in range(n)]
+    groups = {i: i.split("/")[1] for i in ids}
+    plan = plan_rungs({"t": ids}, {"t": []}, [20, 60, "all"], seed=3, groups=groups)
+    for rung, size in zip(plan.rungs, (20, 60, 200), strict=True):
+        hard = sum(groups[i] == "hard" for i in rung["t"])
+        assert len(rung["t"]) == size and abs(hard - size / 4) <= 1  # 25% of the pool is hard
+
+
 def test_rungs_that_add_nothing_are_refused() -> None:
     ids = {"t": [f"t/{i}" for i in range(30)]}
     with pytest.raises(ConfigError, match="adds no item"):
