@@ -37,6 +37,25 @@ def test_plan_reports_the_checkpoints_bytes_per_placement(tmp_path, tiny_family)
     assert table.exit_code == 0 and "placement: device" in table.output
 
 
+def test_plan_reports_the_items_a_trial_and_each_rung_score(tmp_path, tiny_family) -> None:
+    import yaml
+
+    path = write_experiment(tmp_path / "exp", tiny_family, trials=2)
+    spec = yaml.safe_load(path.read_text())
+    spec["budget"] = {"items": 900}
+    spec["promotion"] = {"rungs": [10, 30], "share": 0.3}
+    path.write_text(yaml.safe_dump(spec))
+    result = CliRunner().invoke(app, ["plan", str(path), "--format", "json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    fitness = json.loads(result.output)["fitness"]
+    assert fitness["items_per_trial"] == 16  # the quickstart suite: 8 anchors for each of 2 tasks
+    assert fitness["rung_items"] == [20, 60] and fitness["promotion_share"] == 0.3
+    assert fitness["budget_items"] == 900
+    table = CliRunner().invoke(app, ["plan", str(path), "--device", "cpu"])
+    words = " ".join(table.output.split())
+    assert "16 items per trial" in words and "rungs of 20, 60 items" in words
+
+
 def test_plan_names_the_fix_when_nothing_fits(tmp_path, tiny_family) -> None:
     path = write_experiment(tmp_path / "exp", tiny_family, trials=2)
     result = CliRunner().invoke(app, ["plan", str(path), "--device", "cpu", "--free-gib", "0.000001"])

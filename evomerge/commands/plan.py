@@ -21,9 +21,11 @@ PCIE_BYTES_PER_S = 25e9  # PCIe 4.0 x16, sustained
 def plan_payload(experiment_path: Path, device: str | None, free_gib: float | None) -> dict[str, Any]:
     """The plan as data: genes, models, tensors, bytes per placement and the chosen placement."""
     from evomerge.experiment import Experiment
+    from evomerge.fitness.suite import FitnessSuite
     from evomerge.merge.memory import PLACEMENTS, choose_placement, free_bytes, plan_memory, storage_dtype
     from evomerge.merge.memory import reader_bytes as weigh
     from evomerge.runtime.preflight import live_dtype, local_worker_device, model_readers, workers_per_device
+    from evomerge.runtime.promotion import fitness_plan
     from evomerge.space import SearchSpace
 
     experiment = Experiment.load(experiment_path)
@@ -50,6 +52,8 @@ def plan_payload(experiment_path: Path, device: str | None, free_gib: float | No
             }
         )
     chosen = choose_placement(readers, workers.placement, device, dtype, free, sharing)
+    items_per_trial, rungs = fitness_plan(experiment, FitnessSuite.load(experiment.suite_path))
+    budget, promotion = experiment.spec.budget, experiment.spec.promotion
     return {
         "experiment": experiment.name,
         "method": space.spec.method,
@@ -66,6 +70,13 @@ def plan_payload(experiment_path: Path, device: str | None, free_gib: float | No
         "placements": placements,
         "chosen": chosen.placement,
         "refusal": chosen.refusal(free, sharing),
+        "fitness": {
+            "items_per_trial": items_per_trial,  # the anchors every candidate is scored on
+            "rung_items": rungs.sizes() if rungs else [],  # items per promoted trial, rung by rung
+            "promotion_share": promotion.share if promotion else 0.0,
+            "budget_items": budget.items,
+            "budget_trials": budget.trials,
+        },
     }
 
 
@@ -112,6 +123,14 @@ def plan(
         )
     console.print(table)
     console.print(f"placement: {data['chosen']}")
+    fitness = data["fitness"]
+    line = f"fitness: {fitness['items_per_trial']} items per trial (the anchors)"
+    if fitness["rung_items"]:
+        sizes = ", ".join(map(str, fitness["rung_items"]))
+        line += f"; promotion rungs of {sizes} items, at most {fitness['promotion_share']:.0%} of the items"
+    if fitness["budget_items"]:
+        line += f"; budget {fitness['budget_items']} items"
+    console.print(line, soft_wrap=True)
     if data["refusal"]:
         console.print(data["refusal"], soft_wrap=True)
 
