@@ -193,7 +193,7 @@ class SearchLoop:
                 break
             key, rescore = job
             if left is not None and len(rescore.items) > left:
-                self.promoter.running.pop(key)  # the rung would overrun the item budget
+                self.promoter.cancel(key)  # the rung would overrun the item budget
                 break
             self.scheduler.submit(key, rescore)
             given += 1
@@ -220,7 +220,7 @@ class SearchLoop:
         """A job cut short: a trial is FAIL "interrupted"; a promotion is simply handed out again."""
         if isinstance(key, RungKey):
             if self.promoter is not None:
-                self.promoter.running.pop(key, None)
+                self.promoter.cancel(key)
             return None
         return self.recorder.interrupt(key, why)
 

@@ -172,16 +172,21 @@ class Promoter:
 
     def under_share(self, items_total: int) -> bool:
         """Promotions (finished and running) hold under `share` of the items scored so far."""
-        promoted = self.items_promoted + sum(self.running.values())
-        return promoted < self.share * max(items_total, 1)
+        return self.items_promoted + self.items_running < self.share * max(items_total, 1)
 
     def next_job(self) -> tuple[RungKey, Rescore] | None:
-        for standing in self.candidates():
-            key = RungKey(standing.trial, standing.rung + 1)
-            items = tuple(self.plan.new_ids(key.rung))
-            self.running[key] = len(items)
-            return key, Rescore(standing.recipe_yaml, items)
-        return None
+        """The first candidate's promotion, counted as running until `record` or `cancel`."""
+        candidates = self.candidates()
+        if not candidates:
+            return None
+        key = RungKey(candidates[0].trial, candidates[0].rung + 1)
+        items = tuple(self.plan.new_ids(key.rung))
+        self.running[key] = len(items)
+        return key, Rescore(candidates[0].recipe_yaml, items)
+
+    def cancel(self, key: RungKey) -> None:
+        """A promotion not run, or cut short: handed out again when its trial is next in line."""
+        self.running.pop(key, None)
 
     @property
     def items_running(self) -> int:
@@ -201,14 +206,24 @@ class Promoter:
         estimates = rung_accuracy(rung, standing.answers)
         intervals = {t: interval(estimates[t], len(rung[t])) for t in self.tasks}
         standing.levels[key.rung], standing.intervals[key.rung] = estimates, intervals
-        stored = self.store.read_study_attr(rung_key(key.trial)) or {}
-        stored[str(key.rung)] = {
-            "estimates": estimates,
-            "intervals": {t: list(v) for t, v in intervals.items()},
-            "answers": {t: "".join(str(standing.answers[i]) for i in ids) for t, ids in rung.items()},
-        }
-        self.store.write_study_attr(rung_key(key.trial), stored)
+        self.store.write_study_attr(rung_key(key.trial), self._stored_rungs(standing))
         return self._challenge(standing) if key.rung == self.top else None
+
+    def _stored_rungs(self, standing: Standing) -> dict[str, Any]:
+        """The study attribute `rungs.N` of a trial: every rung it reached, from what it holds."""
+        return {
+            str(k): {
+                "estimates": standing.levels[k],
+                "intervals": {t: list(v) for t, v in standing.intervals[k].items()},
+                "answers": {t: self._bits(standing, ids) for t, ids in self.plan.rungs[k - 1].items()},
+            }
+            for k in sorted(standing.levels)
+            if k > 0
+        }
+
+    @staticmethod
+    def _bits(standing: Standing, ids: list[str]) -> str:
+        return "".join(str(standing.answers[i]) for i in ids)
 
     def _challenge(self, challenger: Standing) -> str | None:
         """The paired test at the top rung: the challenger replaces the incumbent only if better."""
