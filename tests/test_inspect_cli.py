@@ -140,7 +140,7 @@ def test_cli_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
 
 
 WRITER = """
-import sys, time, optuna
+import os, sys, time, optuna
 sys.path.insert(0, {tests!r})
 from runfixture import recipe_yaml
 import numpy as np
@@ -148,6 +148,10 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 study = optuna.load_study(study_name={study!r}, storage={storage!r})
 rng = np.random.default_rng(0)
 for i in range(40):
+    if i == 20:  # hold mid-search until the reader has seen a partial count (no race on a fast machine)
+        deadline = time.monotonic() + 60
+        while not os.path.exists({go!r}) and time.monotonic() < deadline:
+            time.sleep(0.01)
     trial = study.ask()  # RUNNING while it is "evaluated", as a search does
     time.sleep(0.02)
     values = [float(v) for v in rng.uniform(0.2, 0.9, 2)]
@@ -161,7 +165,10 @@ def test_status_while_a_search_writes(tmp_path: Path) -> None:
     root = tmp_path
     make_run(root / "run", root / "base", [root / "p0"], TASKS, n_search=2, n_failed=0, n_running=0, seed=2)
     info = json.loads((root / "run" / "run.json").read_text())
-    script = WRITER.format(tests=str(Path(__file__).parent), study=info["study"], storage=info["storage"])
+    go = root / "reader-saw-a-partial-count"
+    script = WRITER.format(
+        tests=str(Path(__file__).parent), study=info["study"], storage=info["storage"], go=str(go)
+    )
     before = json.loads(invoke("status", root / "run", "--format", "json").stdout)["trials"]["complete"]
     writer = subprocess.Popen([sys.executable, "-c", script])
     seen = []
@@ -170,6 +177,8 @@ def test_status_while_a_search_writes(tmp_path: Path) -> None:
             result = invoke("status", root / "run", "--format", "json")
             assert result.exit_code == 0, result.output
             seen.append(json.loads(result.stdout)["trials"]["complete"])
+            if before < seen[-1] < before + 40:
+                go.touch()
     finally:
         writer.wait(timeout=120)
     assert writer.returncode == 0
