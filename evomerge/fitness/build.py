@@ -14,6 +14,7 @@ from evomerge.fitness.importers import (
     MMLU_MEMBER,
     assign_split,
     bigbench_items,
+    extra_test_sample,
     hold_out_test,
     humaneval_items,
     mmlu_items,
@@ -35,6 +36,8 @@ class BigBenchBank:
     task: str
     groups: tuple[str, ...]  # task.json paths under benchmark_tasks/, relative to `task`
     per_group: int
+    # more items per group for the test split alone (a 2.5-point standard error needs ~400 test items)
+    test_extra_per_group: int = 0
 
 
 BIGBENCH_BANKS = (
@@ -43,12 +46,14 @@ BIGBENCH_BANKS = (
         "arithmetic",
         ("2_digit_addition", "2_digit_subtraction", "2_digit_multiplication", "3_digit_addition"),
         per_group=250,
+        test_extra_per_group=50,
     ),
     BigBenchBank(
         "bigbench_logical_deduction.jsonl",
         "logical_deduction",
         ("three_objects", "five_objects", "seven_objects"),
         per_group=200,
+        test_extra_per_group=100,
     ),
     BigBenchBank("bigbench_date_understanding.jsonl", "date_understanding", ("",), per_group=10_000),
 )
@@ -63,8 +68,10 @@ def build_bigbench(sdist: Path) -> dict[str, list[Item]]:
         for group in bank.groups:
             task_json = tasks[f"{bank.task}/{group}".rstrip("/")]
             items += bigbench_items(task_json, bank.task, group or bank.task, seed=SEED)
-        items = sample_per_group(items, bank.per_group, SEED)
-        banks[bank.file] = hold_out_test(assign_split(items, TRAIN_FRACTION, SEED), TEST_FRACTION, SEED)
+        sampled = sample_per_group(items, bank.per_group, SEED)
+        extra = extra_test_sample(items, sampled, bank.test_extra_per_group, SEED)
+        split = hold_out_test(assign_split(sampled, TRAIN_FRACTION, SEED), TEST_FRACTION, SEED)
+        banks[bank.file] = split + extra
     return banks
 
 

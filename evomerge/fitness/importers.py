@@ -190,6 +190,21 @@ def sample_per_group(items: Sequence[Item], per_group: int, seed: int) -> list[I
     return [item for position, item in enumerate(items) if position in keep]
 
 
+def extra_test_sample(
+    items: Sequence[Item], sampled: Sequence[Item], per_group: int, seed: int
+) -> list[Item]:
+    """A seeded sample of at most `per_group` more items per group, not in `sampled`, all `test`
+    (marked `meta.test_extra`).
+
+    It enlarges a bank's test split alone: the sampled items keep their roles (train, eval, test),
+    so experts, calibrations and anchors made from the bank before stay valid.
+    """
+    taken = {item.id for item in sampled}
+    rest = sample_per_group([item for item in items if item.id not in taken], per_group, seed)
+    marked = ({**item.to_dict(), "split": "test", "meta": {**item.meta, "test_extra": True}} for item in rest)
+    return [Item.from_dict(data, data["id"]) for data in marked]
+
+
 def assign_split(items: Sequence[Item], train_fraction: float, seed: int) -> list[Item]:
     """Set `split` with a seeded shuffle inside each group, so both splits cover every group."""
     if not 0.0 <= train_fraction < 1.0:

@@ -250,6 +250,14 @@ def write_bank(items: Iterable[Item], path: str | Path) -> Path:
     return path
 
 
+def items_sha256(items: Iterable[Item]) -> str:
+    """One digest over items' contents (their JSON form), independent of the file they sit in."""
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(json.dumps(item.to_dict(), sort_keys=True).encode())
+    return digest.hexdigest()
+
+
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with Path(path).open("rb") as handle:

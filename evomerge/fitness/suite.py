@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from evomerge.errors import ConfigError
 from evomerge.fitness.code import check_code_item
-from evomerge.fitness.items import Item, file_sha256, load_bank
+from evomerge.fitness.items import Item, items_sha256, load_bank
 from evomerge.fitness.sandbox import Limits
 from evomerge.yamltext import parse_yaml
 
@@ -197,5 +197,12 @@ class FitnessSuite:
         return all(self.test_ids.values())
 
     def bank_hashes(self) -> dict[str, str]:
-        """sha256 of every bank file, so a calibration made on other items is detected."""
-        return {bank: file_sha256(self.bank_path(bank)) for bank in self.spec.banks}
+        """sha256 of every bank's evaluation items, so a calibration made on other items is detected.
+
+        Only the items a calibration reads count: a bank whose test split grows (or whose train
+        items change) keeps its calibrations.
+        """
+        return {
+            bank: items_sha256(item for item in items if item.split in (None, "eval"))
+            for bank, items in self._banks.items()
+        }

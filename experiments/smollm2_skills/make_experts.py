@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE))
 from build_base import DEFAULT_ROOT, MARKER, build_base  # noqa: E402
 from finetune import TrainConfig, train  # noqa: E402
 
-from evomerge.fitness.items import file_sha256, load_bank  # noqa: E402
+from evomerge.fitness.items import items_sha256, load_bank  # noqa: E402
 
 REPO = HERE.parents[1]
 RESULTS = HERE / "results" / "experts.json"
@@ -38,7 +38,11 @@ def expert_key(name: str, spec: dict, config: TrainConfig, base: Path) -> str:
     base_marker = json.loads((base / MARKER).read_text())
     payload = {
         "name": name,
-        "banks": {bank: file_sha256(REPO / bank) for bank in spec["banks"]},
+        # the train items alone: a bank whose eval or test split grows keeps its experts
+        "banks": {
+            bank: items_sha256(item for item in load_bank(REPO / bank) if item.split == "train")
+            for bank in spec["banks"]
+        },
         # the default objective is left out so experts made before objectives existed stay current
         "train": {k: v for k, v in config.__dict__.items() if (k, v) != ("objective", "answer")},
         "base": base_marker["gguf_sha256"],

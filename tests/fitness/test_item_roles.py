@@ -4,6 +4,7 @@ never overlap, and calibration, anchors and the search's fitness never read a te
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from suites import FITNESS
 from transformers import AutoModelForCausalLM
 
 from evomerge.errors import ConfigError
-from evomerge.fitness.build import SEED, TEST_FRACTION
+from evomerge.fitness.build import BIGBENCH_BANKS, SEED, TEST_FRACTION
 from evomerge.fitness.evaluator import FitnessEvaluator
 from evomerge.fitness.importers import hold_out_test
 from evomerge.fitness.items import load_bank, write_bank
@@ -30,9 +31,16 @@ SHIPPED = [
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_banks_hold_out_a_reproducible_test_split(name: str) -> None:
-    items = load_bank(FITNESS / name)
+    everything = load_bank(FITNESS / name)
+    items = [i for i in everything if not i.meta.get("test_extra")]
     # The committed split is the documented rule, recomputed from the items alone.
     assert [i.split for i in hold_out_test(items, TEST_FRACTION, SEED)] == [i.split for i in items]
+    # The extra sample that enlarges a BIG-bench test split: test items only, at most its size per group.
+    extra = [i for i in everything if i.meta.get("test_extra")]
+    size = next((bank.test_extra_per_group for bank in BIGBENCH_BANKS if bank.file == name), 0)
+    assert all(i.split == "test" for i in extra)
+    assert all(n <= size for n in Counter(i.group for i in extra).values())
+    assert not {i.id for i in extra} & {i.id for i in items}
     evaluation = [i for i in items if i.split != "train"]
     test = [i for i in evaluation if i.split == "test"]
     assert 0.4 < len(test) / len(evaluation) < 0.6

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from evomerge.errors import ConfigError
-from evomerge.fitness.importers import assign_split, bigbench_items, mmlu_items, sample_per_group
+from evomerge.fitness.importers import (
+    assign_split,
+    bigbench_items,
+    extra_test_sample,
+    mmlu_items,
+    sample_per_group,
+)
 from evomerge.fitness.items import Item, load_bank, write_bank
 from evomerge.fitness.suite import FitnessSuite
 
@@ -136,10 +142,22 @@ def test_split_is_seeded_and_stratified() -> None:
     assert len(sample_per_group(items, 3, seed=1)) == 6
 
 
+def test_the_extra_test_sample_adds_test_items_only_and_leaves_the_sample_alone() -> None:
+    items = [Item.from_dict({**MC, "id": f"{g}{i}", "group": g}) for g in "xy" for i in range(10)]
+    sampled = sample_per_group(items, 4, seed=1)
+    extra = extra_test_sample(items, sampled, 3, seed=1)
+    assert extra == extra_test_sample(items, sampled, 3, seed=1)  # seeded
+    assert [sum(i.group == g for i in extra) for g in "xy"] == [3, 3]
+    assert all(i.split == "test" and i.meta["test_extra"] for i in extra)
+    assert not {i.id for i in extra} & {i.id for i in sampled}
+    # never more than a group holds beyond the sample
+    assert len(extra_test_sample(items, sampled, 100, seed=1)) == 12
+
+
 def test_committed_banks_are_valid_and_split() -> None:
     expected = {
-        "bigbench_arithmetic.jsonl": 1000,
-        "bigbench_logical_deduction.jsonl": 600,
+        "bigbench_arithmetic.jsonl": 1200,
+        "bigbench_logical_deduction.jsonl": 900,
         "bigbench_date_understanding.jsonl": 369,
         "mmlu_dev.jsonl": 281,
         "humaneval.jsonl": 164,
@@ -159,7 +177,7 @@ def test_committed_banks_are_valid_and_split() -> None:
 def test_committed_suites_load() -> None:
     skills = FitnessSuite.load(FITNESS / "skills.yaml")
     assert skills.tasks == ["arithmetic", "logic", "dates"]
-    assert len(skills.task_items("logic")) + len(skills.task_items("logic", "test")) == 300
+    assert len(skills.task_items("logic")) + len(skills.task_items("logic", "test")) == 600
     assert all(item.split == "eval" for item in skills.task_items("dates"))
     assert all(item.split == "test" for item in skills.task_items("dates", "test"))
     quick = FitnessSuite.load(FITNESS / "quickstart.yaml")
