@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
-# Round 4 end to end, one step after another (2 cores): the test-split scores of the base, experts
-# and untuned baselines; the nine searches (CMA-ES, NSGA-II, random x seeds 0-2, 6000 items each,
+# Round 4 end to end, one step after another (2 cores): the calibration (the base, the three experts
+# and 16 space-filling merges on the eval split); the test-split scores of the base, experts and
+# untuned baselines; the nine searches (CMA-ES, NSGA-II, random x seeds 0-2, 1500 items each,
 # promotion on); each search's incumbent exported and scored on the test split; the summary.
-# The calibration (results/calibration_round4.json) comes first:
-#   evomerge calibrate fitness/skills.yaml --subjects BASE arithmetic reasoning logic \
-#     --space experiments/smollm2_skills/space_ties3_groups.yaml --merges 16 --dtype bfloat16 ...
 # Run from the repository root: bash experiments/smollm2_skills/run_round4.sh [STEP...]
-# STEP: reference, searches, picks, summary (default: all four).
+# STEP: calibration, searches, reference, picks, summary (default: all five, in this order).
 set -uo pipefail
 HERE=experiments/smollm2_skills
 export EVOMERGE_THREADS=2
-steps=${*:-reference searches picks summary}
+ROOT=${EVOMERGE_SMOLLM2_ROOT:-$HOME/.cache/evomerge/smollm2_skills}
+steps=${*:-calibration searches reference picks summary}
 stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
 for step in $steps; do
   case $step in
+    calibration)
+      stamp "calibration"
+      mkdir -p runs/round4_calibration_answers
+      evomerge calibrate fitness/skills.yaml --subjects $ROOT/base $ROOT/arithmetic $ROOT/reasoning $ROOT/logic \
+        --space $HERE/space_ties3_groups.yaml --merges 16 --dtype bfloat16 --batch-size 16 \
+        --answers runs/round4_calibration_answers --out $HERE/results/calibration_round4.json \
+        > $HERE/logs/calibration_round4.out 2>&1
+      ;;
     reference)
       stamp "reference models on the test split"
       nice -n 5 python $HERE/evaluate.py --split test --dtype bfloat16 --models base arithmetic reasoning logic
