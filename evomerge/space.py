@@ -120,6 +120,19 @@ class SearchSpace:
         self.gene_names = [g.name(self.parent_names) for g in self.genes]
 
     @property
+    def _recipe_names_base(self) -> bool:
+        """Whether the candidates' recipes name the base: as the origin of task vectors, as an end
+        point, or as one more merged model (karcher). mergekit merges a base_model named in a linear
+        recipe as one more model, which would need its own weight; a linear space's base is only the
+        family's reference, so its recipes leave it out."""
+        if self.base is None:
+            return False
+        if self.method.takes_base(self.base) or self._base_is_end_point:
+            return True
+        per_model = [spec for spec in self.method.params if spec.scope == "model"]
+        return self.method.includes_base and all(spec.default is not None for spec in per_model)
+
+    @property
     def _base_is_end_point(self) -> bool:
         """Methods of a fixed model count that need a base merge it with the parents as one of
         their models (mergekit lists it under `models`); nuslerp's optional base is no end point."""
@@ -247,7 +260,7 @@ class SearchSpace:
             "models": models,
             "dtype": self.spec.dtype,
         }
-        if self.base is not None:
+        if self._recipe_names_base:
             recipe["base_model"] = self.base
         if global_params:
             recipe["parameters"] = global_params

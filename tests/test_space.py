@@ -115,6 +115,19 @@ def test_fixed_count_methods_search_and_merge(method: str, tiny_family) -> None:
     live.apply(MergeRecipe.from_dict(s.baseline_recipe()[1]))
 
 
+def test_a_linear_space_leaves_its_base_out_of_the_recipes(tiny_family) -> None:
+    """mergekit merges a linear recipe's base_model as one more model (which then needs a weight):
+    a linear space's recipes merge the parents only, and name the base nowhere."""
+    base, parents = tiny_family
+    family = {"base": str(base), "parents": [str(p) for p in parents]}
+    s = SearchSpace.from_dict({**family, "method": "linear", "search": {"weight": {}}})
+    recipe = s.decode(s.uniform_genome())
+    assert recipe.base_model is None and [m.model for m in recipe.models] == [str(p) for p in parents]
+    LiveMerger(base, parents).apply(recipe)
+    ties = SearchSpace.from_dict({**family, "method": "ties", "search": {"weight": {}}})
+    assert ties.decode(ties.uniform_genome()).base_model == str(base)
+
+
 def test_baseline_is_encoded_only_when_it_is_a_point_of_the_space(tiny_family) -> None:
     """`try_encode` gives the genome of a recipe whose genes decode back to the same parameters
     everywhere, and None otherwise (the driver then stores the baseline's genome as null)."""

@@ -792,7 +792,10 @@ def _arcee_fusion(inputs: TensorInputs) -> kernels.KernelCall:
 
 # --- the registry ---------------------------------------------------------------------------
 
-METHODS.add("linear", MergeMethod("linear", (WEIGHT, _normalize(True)), False, False, _linear))
+# mergekit merges a linear recipe's unlisted base_model as one more model (with the global weight)
+METHODS.add(
+    "linear", MergeMethod("linear", (WEIGHT, _normalize(True)), False, False, _linear, includes_base=True)
+)
 METHODS.add("slerp", MergeMethod("slerp", (T,), True, False, _slerp, n_models=1))
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Round 4 end to end, one step after another (2 cores): the calibration (the base, the three experts
 # and 16 space-filling merges on the eval split); the test-split scores of the base, experts and
-# untuned baselines; the nine searches (CMA-ES, NSGA-II, random x seeds 0-2, 1500 items each,
+# untuned baselines; the nine searches (CMA-ES, NSGA-II, random x seeds 0-2, 1000 items each,
 # promotion on); each search's incumbent exported and scored on the test split; the summary.
 # Run from the repository root: bash experiments/smollm2_skills/run_round4.sh [STEP...]
 # STEP: calibration, searches, reference, picks, summary (default: all five, in this order).

@@ -83,6 +83,13 @@ def option_recipes(base: Path, parents: list[Path]) -> dict[str, dict]:
         "option_tokenizer_union": linear | {"tokenizer_source": "union"},
         "option_tokenizer_model": linear | {"tokenizer_source": p0},
         "option_tokenizer_block": linear | {"tokenizer": {"source": p0}},
+        # mergekit adds an unlisted base_model to linear's inputs, with the global weight
+        "option_linear_base_model": {
+            "merge_method": "linear",
+            "base_model": b,
+            "parameters": {"weight": 0.2},
+            "models": [{"model": p0, "parameters": {"weight": 0.7}}, {"model": p1}],
+        },
     }
 
 
