@@ -5,6 +5,8 @@
 # promotion on); each search's incumbent exported and scored on the test split; the summary.
 # Run from the repository root: bash experiments/smollm2_skills/run_round4.sh [STEP...]
 # STEP: calibration, searches, reference, picks, summary (default: all five, in this order).
+# ROUND4_DEADLINE (epoch seconds): searches not started by then are skipped (the picks step takes
+# the runs there are).
 set -uo pipefail
 HERE=experiments/smollm2_skills
 export EVOMERGE_THREADS=2
@@ -30,6 +32,9 @@ for step in $steps; do
       for seed in 0 1 2; do
         for opt in cma nsga2 random; do
           name=round4_${opt}_s$seed
+          if [ -n "${ROUND4_DEADLINE:-}" ] && [ "$(date +%s)" -ge "$ROUND4_DEADLINE" ]; then
+            stamp "search $name: not started (past ROUND4_DEADLINE)"; continue
+          fi
           [ -f runs/$name/run.json ] && resume=--resume || resume=
           start=$(date +%s)
           OMP_NUM_THREADS=1 nice -n 5 evomerge search $HERE/search_${opt}_round4.yaml --seed $seed \
