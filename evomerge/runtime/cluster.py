@@ -22,6 +22,10 @@ def init_ray(experiment: Experiment, address: str | None) -> bool:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     else:
         num_cpus = experiment.spec.ray.num_cpus or os.cpu_count() or 1
+        # Ray starts workers 15 nicer than their raylet; ours do all of the search's work, so on a
+        # shared machine they starved at nice 19 behind any other job. They run at the driver's
+        # priority instead (`nice evomerge search ...` still lowers it); a user's setting wins.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     return True
 
