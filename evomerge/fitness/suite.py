@@ -173,12 +173,11 @@ class FitnessSuite:
         """A task's items of one split, in bank order (items without a split count as eval)."""
         if task not in self.spec.tasks:
             raise ConfigError(f"unknown task {task!r}; suite {self.name!r} has {self.tasks}")
-        return [
-            item
-            for bank in self.spec.tasks[task].banks
-            for item in self._banks[bank]
-            if (item.split or "eval") == split
-        ]
+        return [item for bank in self.spec.tasks[task].banks for item in self._bank_items(bank, split)]
+
+    def _bank_items(self, bank: str, split: str) -> list[Item]:
+        """A bank's items of one split (items without a split count as eval)."""
+        return [item for item in self._banks[bank] if (item.split or "eval") == split]
 
     @cached_property
     def eval_ids(self) -> dict[str, list[str]]:
@@ -202,7 +201,4 @@ class FitnessSuite:
         Only the items a calibration reads count: a bank whose test split grows (or whose train
         items change) keeps its calibrations.
         """
-        return {
-            bank: items_sha256(item for item in items if item.split in (None, "eval"))
-            for bank, items in self._banks.items()
-        }
+        return {bank: items_sha256(self._bank_items(bank, "eval")) for bank in self._banks}
