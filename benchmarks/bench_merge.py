@@ -49,7 +49,9 @@ def smollm2_base(use_random: bool) -> tuple[Path | None, str]:
     return module.build_base(), "real SmolLM2-135M-Instruct (fp32)"
 
 
-def make_family(root: Path, use_random: bool) -> tuple[Path, list[Path], str]:
+def make_family(
+    root: Path, use_random: bool, dtype: torch.dtype = torch.float32
+) -> tuple[Path, list[Path], str]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     real, label = smollm2_base(use_random)
@@ -70,7 +72,8 @@ def make_family(root: Path, use_random: bool) -> tuple[Path, list[Path], str]:
         model = LlamaForCausalLM(config)
         tokenizer = None
     base = root / "base"
-    model.save_pretrained(base)
+    model.to(dtype).save_pretrained(base)
+    model.float()
     if tokenizer is not None:
         tokenizer.save_pretrained(base)
     parents = []
@@ -83,7 +86,8 @@ def make_family(root: Path, use_random: bool) -> tuple[Path, list[Path], str]:
                     original[name] + 0.01 * original[name].std() * torch.randn(p.shape, generator=generator)
                 )
         parents.append(root / f"parent_{k}")
-        model.save_pretrained(parents[-1])
+        model.to(dtype).save_pretrained(parents[-1])
+        model.float()
         if tokenizer is not None:
             tokenizer.save_pretrained(parents[-1])
     return base, parents, label

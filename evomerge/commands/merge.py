@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 import typer
+
+
+class Compile(str, Enum):
+    """--compile: compiling the kernels costs seconds to tens of seconds, and pays on large merges."""
+
+    auto = "auto"
+    on = "on"
+    off = "off"
 
 
 def merge(
@@ -18,6 +27,11 @@ def merge(
         help="Accept .bin/.pt checkpoints (loaded with torch.load(weights_only=True)).",
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    compile: Compile = typer.Option(
+        Compile.auto,
+        "--compile",
+        help="Compile the merge kernels: auto where it pays (2 G+ merged input entries), on or off.",
+    ),
 ) -> None:
     """Merge the recipe's models tensor by tensor into OUT_DIR (config, tokenizer, safetensors)."""
     from evomerge.merge.io import merge_to_directory
@@ -30,6 +44,7 @@ def merge(
         force=force,
         allow_pickle=allow_pickle,
         progress=progress,
+        compile={Compile.auto: None, Compile.on: True, Compile.off: False}[compile],
     )
     typer.echo(f"merged model written to {written}")
 

@@ -10,6 +10,7 @@ temporary directory beside OUT_DIR and renamed into place at the end.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import struct
 import tempfile
@@ -23,6 +24,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from evomerge.errors import ConfigError, ModelLoadError
+from evomerge.merge import kernels
 from evomerge.merge.architecture import architecture_of
 from evomerge.merge.hub import resolve_model
 from evomerge.merge.methods import DeltaStats
@@ -413,8 +415,10 @@ def merge_to_directory(
     allow_pickle: bool = False,
     progress: bool = True,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    compile: bool | None = None,
 ) -> Path:
-    """Materialize `recipe` as a complete Hugging Face model directory at `out_dir`."""
+    """Materialize `recipe` as a complete Hugging Face model directory at `out_dir`; `compile`
+    None compiles the kernels only where it pays for one merge (`kernels.compile_pays`)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise ConfigError(f"output directory {str(out_dir)!r} already exists; choose another or pass --force")
@@ -430,6 +434,9 @@ def merge_to_directory(
         )
     tensor = fetch(readers, device)
     out_dtypes = {name: dtype for name, _, dtype in layout}
+    if compile is None:
+        merged = sum(math.prod(readers[m].shape(n)) for job in plan.jobs for m, n in job.sources)
+        compile = kernels.compile_pays(merged)
 
     def fresh_stats(
         model: str, name: str, value: torch.Tensor, base: torch.Tensor, compute: Any
@@ -441,7 +448,7 @@ def merge_to_directory(
         try:
             from evomerge.progress import progress_bar
 
-            with progress_bar(disable=not progress) as bar, torch.no_grad():
+            with progress_bar(disable=not progress) as bar, torch.no_grad(), kernels.compiling(compile):
                 task = bar.add_task("merge", total=len(plan.jobs), info="tensors")
                 for job in plan.jobs:
                     inputs = plan.inputs(job, tensor, fresh_stats)

@@ -11,14 +11,15 @@ only the structure (number of models, sparsifier kind, sign consensus, normaliza
 Both materializers (streamed to disk and in memory) call these kernels, so they stay bit-identical.
 `EVOMERGE_COMPILE=0` runs the same functions eagerly (same results up to float rounding); where
 compilation is unavailable (no C++ compiler, an unsupported device) the kernels fall back to eager
-with one warning.
+with one warning. A one-shot merge compiles only where it pays (`compile_pays`, `compiling`).
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -238,17 +239,42 @@ def _masked_kernel(out: Tensor, base: Tensor, other: Tensor, mask: Tensor, compu
     out.copy_(origin + (other.to(compute) - origin) * mask)
 
 
+# Compilation pays over many candidates; in a one-shot merge only past this many merged input
+# entries. Measured on 2 CPU cores (benchmarks/bench_oneshot.py, SmolLM2-135M, 2 parents): a cold
+# compile of the TIES kernels cost ~30 s, and the compiled kernels saved ~15 ns per parent entry
+# (a warm in-process re-merge took 30.8 s compiled vs 35.0 s eager for 2 x 135 M entries); the
+# break-even is ~2 G entries, e.g. a 7B model with one parent.
+COMPILE_PAYS_ENTRIES = 2_000_000_000
+
+
+def compile_pays(merged_entries: int) -> bool:
+    """Whether a one-shot merge of `merged_entries` input entries (every merged model's tensors,
+    the base excluded) saves more than it spends compiling."""
+    return merged_entries >= COMPILE_PAYS_ENTRIES
+
+
+@contextmanager
+def compiling(enabled: bool) -> Iterator[None]:
+    """Kernels inside run compiled (the default) or eagerly; `EVOMERGE_COMPILE=0` still wins."""
+    previous, _Kernel.enabled = _Kernel.enabled, enabled
+    try:
+        yield
+    finally:
+        _Kernel.enabled = previous
+
+
 class _Kernel:
     """A kernel run compiled (once per structure, dynamic shapes) or eagerly."""
 
     broken = False  # set once compilation failed in this process: everything runs eagerly after
+    enabled = True  # `compiling(False)`: a one-shot merge too small for compilation to pay
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
         self._compiled: Callable[..., Any] | None = None
 
     def __call__(self, *args: Any) -> Any:
-        if os.environ.get("EVOMERGE_COMPILE", "1") == "0" or _Kernel.broken:
+        if os.environ.get("EVOMERGE_COMPILE", "1") == "0" or _Kernel.broken or not _Kernel.enabled:
             return self.fn(*args)
         if self._compiled is None:
             # One compiled variant per structure (models, sparsifier, consensus, normalize, dtypes):

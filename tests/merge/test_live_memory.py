@@ -114,12 +114,25 @@ def _tied_pair(dtype: torch.dtype, shape: tuple[int, int] = (300, 70)) -> tuple[
     return parent, base
 
 
+# A resident merger keeps each tensor's index (the `on_index` callback); a one-shot merge keeps
+# none and finds each cut directly. Both must give the same cuts, selections and errors.
+SELECTION_PATHS = ["indexed", "one_shot"]
+
+
+def _stats(parent: Tensor, base: Tensor, path: str, **kwargs) -> DeltaStats:
+    keep = {"on_index": lambda index: None} if path == "indexed" else {}
+    stats = DeltaStats(parent, base, torch.float32, **keep, **kwargs)
+    assert stats.one_shot == (path == "one_shot")
+    return stats
+
+
+@pytest.mark.parametrize("path", SELECTION_PATHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cut_is_the_stable_sort_entry_at_every_rank(dtype) -> None:
+def test_cut_is_the_stable_sort_entry_at_every_rank(dtype, path) -> None:
     """The index answers the entry at any rank of (|delta|, position) ascending exactly: its value,
     its place among equal magnitudes and its position, also where bf16 makes thousands equal."""
     parent, base = _tied_pair(dtype)
-    stats = DeltaStats(parent, base, torch.float32)
+    stats = _stats(parent, base, path)
     magnitudes = (parent.float() - base.float()).abs().flatten()
     reference = magnitudes.sort(stable=True)
     n = magnitudes.numel()
@@ -148,6 +161,7 @@ def test_bf16_index_answers_most_ranks_without_a_pass() -> None:
     assert widest < 0.02 * parent.numel()
 
 
+@pytest.mark.parametrize("path", SELECTION_PATHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(
     ("method", "params"),
@@ -157,7 +171,9 @@ def test_bf16_index_answers_most_ranks_without_a_pass() -> None:
         ("breadcrumbs", {"density": 0.4, "gamma": 0.05}),
     ],
 )
-def test_magnitude_selection_keeps_exactly_the_ranks_it_defines(dtype, method, params, monkeypatch) -> None:
+def test_magnitude_selection_keeps_exactly_the_ranks_it_defines(
+    dtype, method, params, path, monkeypatch
+) -> None:
     """TIES keeps exactly k = max(1, int(density * n)) entries and breadcrumbs exactly the ranks
     [n_bottom, n_bottom + int(density * n)) of (|delta|, position) ascending, ties included: the
     kept set equals a stable sort's, entry for entry."""
@@ -169,7 +185,7 @@ def test_magnitude_selection_keeps_exactly_the_ranks_it_defines(dtype, method, p
     specs = METHODS.get(method).params
     model = {s.name: s.default for s in specs if s.scope == "model"} | params | {"weight": 1.0}
     recipe_wide = {s.name: s.default for s in specs if s.scope == "global"}
-    stats = [DeltaStats(parent, base, torch.float32)]
+    stats = [_stats(parent, base, path)]
     inputs = TensorInputs("w", base, [parent], [model], recipe_wide, stats=stats, compute_dtype=torch.float32)
     merged = METHODS.get(method).merge(inputs)
     kept = (merged.float() != base.float()).flatten()
@@ -255,13 +271,14 @@ def test_preflight_refuses_what_cannot_fit_in_one_line(bf16_family) -> None:
     assert "2 workers" in (device.refusal(device.device_bytes + 1, workers=2) or "")
 
 
-def test_a_nan_task_vector_is_a_candidate_error_naming_the_tensor() -> None:
+@pytest.mark.parametrize("path", SELECTION_PATHS)
+def test_a_nan_task_vector_is_a_candidate_error_naming_the_tensor(path) -> None:
     """A parent with NaN weights has no magnitude threshold: the selection says so, naming the
     model and tensor, instead of failing inside torch (a failed trial with its reason)."""
     from evomerge.errors import CandidateError
 
     parent, base = _tied_pair(torch.float32)
     parent.view(-1)[1000:1010] = float("nan")
-    stats = DeltaStats(parent, base, torch.float32, label="p0: layers.0.w")
+    stats = _stats(parent, base, path, label="p0: layers.0.w")
     with pytest.raises(CandidateError, match=r"task vector of p0: layers.0.w has 10 NaN entries"):
         stats.cut_at(100)

@@ -208,6 +208,38 @@ def test_cli_merge_and_errors(tiny_family, tmp_path: Path) -> None:
     assert forced.exit_code == 0, forced.output
 
 
+@pytest.mark.parametrize(
+    ("flag", "threshold", "expected"),
+    [("auto", None, False), ("auto", 1, True), ("on", None, True), ("off", 1, False)],
+)
+def test_a_one_shot_merge_compiles_only_where_it_pays(
+    flag, threshold, expected, tiny_family, tmp_path: Path, monkeypatch
+) -> None:
+    """auto compiles when the merged models' entries reach the break-even (the tiny family is far
+    below the real one; a threshold of 1 entry stands for a large merge); on and off are obeyed."""
+    from evomerge.merge import kernels
+
+    if threshold is not None:
+        monkeypatch.setattr(kernels, "COMPILE_PAYS_ENTRIES", threshold)
+    seen: list[bool] = []
+    inner = kernels.compiling
+
+    def spy(enabled: bool):
+        seen.append(enabled)
+        return inner(enabled)
+
+    monkeypatch.setattr(kernels, "compiling", spy)
+    base, parents = tiny_family
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(MergeRecipe.from_dict(recipes(base, parents)["ties"]).to_yaml())
+    result = CliRunner().invoke(
+        app, ["merge", str(recipe_file), str(tmp_path / "out"), "--no-progress", "--compile", flag]
+    )
+    assert result.exit_code == 0, result.output
+    assert seen == [expected]
+    assert kernels._Kernel.enabled  # restored after the merge
+
+
 @pytest.mark.parametrize("source", ["union", "parent"])
 def test_tokenizer_of_another_vocabulary_is_refused(source: str, tiny_family, tmp_path: Path) -> None:
     """Same vocab_size, other tokens: mergekit would re-map embedding rows; we refuse in one line."""
