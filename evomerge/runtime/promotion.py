@@ -229,23 +229,27 @@ class Promoter:
         """The paired test at the top rung: the challenger replaces the incumbent only if better."""
         if self.incumbent is None or self.incumbent not in self.standings:
             return self._crown(challenger.trial, None, "first trial at the top rung")
-        incumbent = self.standings[self.incumbent]
+        test = self.paired_test(challenger, self.standings[self.incumbent])
+        if test["diff"] > 0 and test["p_value"] < self.alpha:
+            return self._crown(challenger.trial, test, f"better than trial {self.incumbent}")
+        self.history.append({"trial": challenger.trial, "kept": self.incumbent, **test})
+        self._save_incumbent()
+        return None
+
+    def paired_test(self, first: Standing, second: Standing) -> dict[str, float]:
+        """First minus second on the top rung's items: the weighted mean of the per-task paired
+        differences, its standard error and the one-sided p-value of "first is no better"."""
         rung = self.plan.rungs[self.top - 1]
         diffs, ses = [], []
         for task in self.tasks:
-            paired = compare_answers(challenger.answers, incumbent.answers, rung[task])
+            paired = compare_answers(first.answers, second.answers, rung[task])
             diffs.append(paired.diff)
             ses.append(paired.se)
         w = self.weights / self.weights.sum()
         diff = float(np.array(diffs) @ w)
         se = float(np.sqrt(np.array(ses) ** 2 @ w**2))
         p_value = float(norm.sf(diff / se)) if se > 0 else (0.0 if diff > 0 else 1.0)
-        test = {"diff": diff, "se": se, "p_value": p_value}
-        if diff > 0 and p_value < self.alpha:
-            return self._crown(challenger.trial, test, f"better than trial {self.incumbent}")
-        self.history.append({"trial": challenger.trial, "kept": self.incumbent, **test})
-        self._save_incumbent()
-        return None
+        return {"diff": diff, "se": se, "p_value": p_value}
 
     def _crown(self, trial: int, test: dict[str, float] | None, why: str) -> str:
         previous, self.incumbent = self.incumbent, trial

@@ -1,0 +1,199 @@
+"""Promotion's pick rule under noise: a simulated search, scored by its true accuracy.
+
+The real `Promoter` (evomerge/runtime/promotion.py) runs over a simulated search with one worker,
+handed out as the search loop hands them out: a promotion while promotions hold under their share
+of the items scored, else a new trial. Nothing is merged; each trial is a model of known quality:
+
+- 3 tasks; per task 154 eval items (15 anchors + 139 in the selection pool, as the round-4 banks)
+  and 2000 held-out items for the true accuracy. An item has a 2PL response curve with a guessing
+  floor (P = 0.25 + 0.75 * sigmoid(a (theta - b)); a ~ U(0.5, 2), b ~ N(0, 1)), so two models'
+  answers on one item are correlated, as real paired answers are;
+- trials 0-2 are experts (one task's ability high, the others low), trial 3 the uniform baseline
+  (theta 0 on every task), then search trials whose abilities drift from -0.6 to +0.4 over the run
+  (an optimizer finding better regions) with per-task noise of sd 0.35; promotions take up to 40%
+  of the items (eta 3), as in the round-4 searches.
+
+Rules compared, each on the same simulated runs:
+- `first`: today's rule: the first trial at the top rung is the incumbent; a later one replaces
+  it only by the paired test at alpha;
+- `best`: the top-rung trial with the best mean, no test (the winner's curse it invites);
+- `after3`: no incumbent until 3 trials reach the top rung; then the best lower bound of the
+  three, and the paired test for each later one;
+- `lcb`: the top-rung trial with the best lower 95% bound of its mean (binomial, one-sided);
+- `oracle`: the best true accuracy among the trials that reached the top rung (what a perfect
+  test would pick among the same trials).
+
+It prints, per budget (items scored), each rule's mean true regret against the best true trial the
+search evaluated, how often its pick is below the baseline's true accuracy, and how optimistic its
+estimate at the top rung is (estimate - truth).
+
+    python benchmarks/bench_promotion.py [--runs 200] [--budgets 1000 3000 6000] [--rungs 40 139]
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import numpy as np
+
+from evomerge.fitness.estimators import interval
+from evomerge.fitness.rungs import plan_rungs
+from evomerge.runtime.promotion import Promoter
+from evomerge.runtime.work import WorkerResult
+
+TASKS = ["arithmetic", "logic", "dates"]
+ANCHORS, EVAL_ITEMS, TRUTH_ITEMS = 15, 154, 2000
+GUESS = 0.25
+
+
+class MemoryStore:
+    """The study attributes the promoter reads and writes, in a dict."""
+
+    def __init__(self) -> None:
+        self.attrs: dict[str, object] = {}
+
+    def read_study_attr(self, key: str) -> object:
+        return self.attrs.get(key)
+
+    def write_study_attr(self, key: str, value: object) -> None:
+        self.attrs[key] = value
+
+    def study_attrs(self) -> dict[str, object]:
+        return dict(self.attrs)
+
+
+@dataclass
+class Items:
+    a: np.ndarray  # (tasks, items) discrimination
+    b: np.ndarray  # (tasks, items) difficulty
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, n: int) -> Items:
+        return cls(rng.uniform(0.5, 2.0, (len(TASKS), n)), rng.normal(0.0, 1.0, (len(TASKS), n)))
+
+    def p_correct(self, theta: np.ndarray) -> np.ndarray:
+        return GUESS + (1 - GUESS) / (1 + np.exp(-self.a * (theta[:, None] - self.b)))
+
+
+def abilities(rng: np.random.Generator, budget: int, share: float) -> list[np.ndarray]:
+    """Experts, the baseline, then search trials drifting from -0.6 to +0.4 over the trials the
+    budget leaves after promotions' share (and staying there if the run gets more)."""
+    experts = [np.where(np.arange(3) == k, 1.2, -0.8) for k in range(3)]
+    expected = max(1, int(budget * (1 - share) / (ANCHORS * len(TASKS))))
+    count = budget // (ANCHORS * len(TASKS)) + 1
+    drift = -0.6 + 1.0 * np.minimum(np.arange(count) / expected, 1.0)
+    search = [d + rng.normal(0.0, 0.35, 3) for d in drift]
+    return [*experts, np.zeros(3), *search]
+
+
+def crowned_after(promoter: Promoter, arrivals: list[int], m: int, lower: dict[int, float]) -> int | None:
+    """The incumbent had none been crowned before m trials reached the top rung: then the best
+    lower bound among those m, and after them the paired test for each newcomer, as today."""
+    if len(arrivals) < m:
+        return max(arrivals, key=lower.get) if arrivals else None
+    incumbent = max(arrivals[:m], key=lower.get)
+    for trial in arrivals[m:]:
+        test = promoter.paired_test(promoter.standings[trial], promoter.standings[incumbent])
+        if test["diff"] > 0 and test["p_value"] < promoter.alpha:
+            incumbent = trial
+    return incumbent
+
+
+def simulate(rng: np.random.Generator, budget: int, rungs: list[int], alpha: float) -> dict[str, tuple]:
+    """One search; for each rule (true mean of its pick, true best, baseline's true mean, estimate)."""
+    items, truth_items = Items.draw(rng, EVAL_ITEMS), Items.draw(rng, TRUTH_ITEMS)
+    ids = {t: [f"{t}/{j}" for j in range(EVAL_ITEMS)] for t in TASKS}
+    anchors = {t: ids[t][:ANCHORS] for t in TASKS}
+    plan = plan_rungs(ids, anchors, rungs, seed=int(rng.integers(1 << 30)))
+    promoter = Promoter(MemoryStore(), TASKS, plan, eta=3.0, share=0.4, alpha=alpha)
+    thetas = abilities(rng, budget, share=0.4)
+    # every answer a trial would give, drawn once: its anchors, its rungs, alike for every rule
+    answers = [(rng.random(items.a.shape) < items.p_correct(th)).astype(int) for th in thetas]
+
+    def bits(trial: int, item_ids: tuple[str, ...] | list[str]) -> dict[str, int]:
+        out = {}
+        for item in item_ids:
+            task, j = item.split("/")
+            out[item] = int(answers[trial][TASKS.index(task), int(j)])
+        return out
+
+    items_done, trial = 0, 0
+    while True:
+        job = promoter.next_job() if promoter.under_share(items_done) else None
+        if job is not None and len(job[1].items) <= budget - items_done:
+            key, rescore = job
+            promoter.record(key, WorkerResult(ok=True, answers=bits(key.trial, rescore.items)))
+            items_done += len(rescore.items)
+            continue
+        if job is not None:
+            promoter.cancel(job[0])
+        if budget - items_done < ANCHORS * len(TASKS) or trial >= len(thetas):
+            break
+        got = bits(trial, [i for t in TASKS for i in anchors[t]])
+        estimates = {t: float(np.mean([got[i] for i in anchors[t]])) for t in TASKS}
+        result = WorkerResult(
+            ok=True, estimates=estimates, intervals={t: interval(e, ANCHORS) for t, e in estimates.items()}
+        )
+        promoter.completed(trial, f"trial {trial}", result)
+        items_done += ANCHORS * len(TASKS)
+        trial += 1
+
+    true_mean = [float(truth_items.p_correct(th).mean()) for th in thetas[:trial]]
+    top = [s for s in promoter.standings.values() if s.rung == promoter.top]
+    estimate = {s.trial: float(np.mean(list(s.levels[promoter.top].values()))) for s in top}
+    sizes = [len(plan.rungs[-1][t]) for t in TASKS]
+
+    def lower_bound(standing) -> float:
+        levels = [standing.levels[promoter.top][t] for t in TASKS]
+        variance = sum(p * (1 - p) / n for p, n in zip(levels, sizes, strict=True)) / len(TASKS) ** 2
+        return estimate[standing.trial] - 1.645 * float(np.sqrt(variance))
+
+    lower = {s.trial: lower_bound(s) for s in top}
+    arrivals = [entry["trial"] for entry in promoter.history]  # the top rung's trials, in order
+    replayed = crowned_after(promoter, arrivals, 1, lower)
+    assert replayed == promoter.incumbent, (replayed, promoter.incumbent)  # the replay is the rule
+    picks = {
+        "first": promoter.incumbent,
+        "after3": crowned_after(promoter, arrivals, 3, lower),
+        "best": max(estimate, key=estimate.get) if estimate else None,
+        "lcb": max(lower, key=lower.get) if lower else None,
+        "oracle": max(estimate, key=lambda t: true_mean[t]) if estimate else None,
+    }
+    best, baseline = max(true_mean), true_mean[3]
+    return {
+        rule: (true_mean[pick], best, baseline, estimate[pick])
+        for rule, pick in picks.items()
+        if pick is not None
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--budgets", type=int, nargs="+", default=[1000, 3000, 6000])
+    parser.add_argument("--rungs", type=int, nargs="+", default=[40, 139])
+    parser.add_argument("--alpha", type=float, default=0.05)
+    args = parser.parse_args()
+    print(f"{args.runs} simulated searches per budget; rungs {args.rungs} items per task; alpha {args.alpha}")
+    print()
+    print("| budget (items) | rule | regret vs best (points) | below baseline | estimate - truth (points) |")
+    print("|---:|---|---:|---:|---:|")
+    for budget in args.budgets:
+        rng = np.random.default_rng(budget)
+        outcomes: dict[str, list[tuple]] = {}
+        for _ in range(args.runs):
+            for rule, outcome in simulate(rng, budget, args.rungs, args.alpha).items():
+                outcomes.setdefault(rule, []).append(outcome)
+        if not outcomes:
+            print(f"| {budget} | (no trial reached the top rung) | | | |")
+        for rule, rows in outcomes.items():
+            data = np.array(rows)
+            regret = 100 * np.mean(data[:, 1] - data[:, 0])
+            below = np.mean(data[:, 0] < data[:, 2])
+            optimism = 100 * np.mean(data[:, 3] - data[:, 0])
+            print(f"| {budget} | {rule} | {regret:.2f} | {below:.0%} | {optimism:+.2f} |")
+
+
+if __name__ == "__main__":
+    main()
