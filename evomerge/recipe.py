@@ -276,7 +276,12 @@ def _describe(error: ValidationError) -> str:
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "recipe"
         message = item["msg"]
-        if item["type"] == "extra_forbidden":
+        if item["type"] == "extra_forbidden" and where == "modules":
+            message = (
+                "mergekit's per-module recipes (one per module of a multimodal model) are not "
+                "supported; use models:, which merges every module with the same parameters"
+            )
+        elif item["type"] == "extra_forbidden":
             message = "unknown key (not in the supported mergekit subset; remove it)"
         parts.append(f"{where}: {message}")
     return "invalid recipe: " + "; ".join(parts)

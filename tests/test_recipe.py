@@ -101,6 +101,10 @@ def test_precedence_slice_source_over_global() -> None:
         ({"merge_method": "nope"}, "unknown merge method 'nope'"),
         ({"frobnicate": 1}, "frobnicate: unknown key"),
         (
+            {"modules": {"text_decoder": {"models": []}}},
+            "modules: mergekit's per-module recipes .* use models:",
+        ),
+        (
             {"models": [{"model": "a", "parameters": {"weight": 1.0, "colour": 1.0}}]},
             "colour: unknown parameter",
         ),

@@ -46,6 +46,7 @@ SCALED = "scaled"  # [base +] sum_i scales[i] * (operand_i [- base]), scales per
 NEARSWAP = "nearswap"  # base moved towards the operand by at most t per entry
 SCE = "sce"  # SCE's fusion of the masked task vectors (Wan et al. 2024)
 MASKED = "masked"  # base + (operand - base) where mask (arcee_fusion)
+RAM = "ram"  # Reinforced Agent Merging's disjoint mean of the task vectors (arXiv 2601.13572)
 
 
 def parameter_row(weight: float, **values: float) -> list[float]:
@@ -234,6 +235,27 @@ def _sce_kernel(
     out.copy_(origin + merged / _total(agreeing).clamp(min=1e-6))
 
 
+def ram_masks(base: Tensor, tensors: list[Tensor], epsilon: Tensor, compute: torch.dtype) -> tuple:
+    """RAM's masks over flat chunks: each task vector (zeroed where |delta| <= epsilon), where each
+    model contributes, and how many models contribute to each entry."""
+    origin = base.to(compute)
+    deltas = [t.to(compute) - origin for t in tensors]
+    kept = [d.abs() > epsilon for d in deltas]
+    counts = _total([k.to(torch.int64) for k in kept])
+    return [d * k for d, k in zip(deltas, kept, strict=True)], kept, counts
+
+
+def _ram_kernel(out: Tensor, base: Tensor, tensors: list[Tensor], rows: Tensor, compute: torch.dtype) -> None:
+    """RAM (Reinforced Agent Merging, arXiv 2601.13572): an entry that one model alone changes (by
+    more than EPSILON) takes that model's task vector times its WEIGHT (RAM+'s unique-entry
+    scale; 1 for RAM); an entry several models change takes the mean of their task vectors."""
+    zeroed, _, counts = ram_masks(base, tensors, rows[0, EPSILON], compute)
+    unique, shared = counts == 1, counts > 1
+    divisor = counts.clamp(min=1)
+    terms = [z * unique * rows[i, WEIGHT] + z * shared / divisor for i, z in enumerate(zeroed)]
+    out.copy_(base.to(compute) + _total(terms))
+
+
 def _masked_kernel(out: Tensor, base: Tensor, other: Tensor, mask: Tensor, compute: torch.dtype) -> None:
     origin = base.to(compute)
     out.copy_(origin + (other.to(compute) - origin) * mask)
@@ -323,6 +345,7 @@ _scaled = _Kernel(_scaled_kernel)
 _nearswap = _Kernel(_nearswap_kernel)
 _sce = _Kernel(_sce_kernel)
 _masked = _Kernel(_masked_kernel)
+_ram = _Kernel(_ram_kernel)
 _bracket = _Kernel(_bracket_kernel)
 _band = _Kernel(_band_kernel)
 
@@ -422,7 +445,7 @@ def _run_form(
     step: int,
     compute: torch.dtype,
 ) -> None:
-    """The SCALED, NEARSWAP, SCE and MASKED forms, chunk by chunk of whole rows."""
+    """The SCALED, NEARSWAP, SCE, MASKED and RAM forms, chunk by chunk of whole rows."""
     device = flat_out.device
     scales = None if call.scales is None else call.scales.to(device=device, dtype=compute)
     mask = None if call.mask is None else call.mask.reshape(-1).to(device)
@@ -440,6 +463,9 @@ def _run_form(
         elif call.form == SCE:
             assert chunk_base is not None
             _sce(flat_out[part], chunk_base, chunk, None if mask is None else mask[part], rows, compute)
+        elif call.form == RAM:
+            assert chunk_base is not None
+            _ram(flat_out[part], chunk_base, chunk, rows, compute)
         else:
             assert scales is not None
             local = scales

@@ -789,6 +789,45 @@ def _sce(inputs: TensorInputs) -> kernels.KernelCall:
     )
 
 
+def _ram(plus: bool) -> Callable[[TensorInputs], kernels.KernelCall]:
+    """RAM (Reinforced Agent Merging, arXiv 2601.13572): entries one model alone changes keep its
+    task vector, entries several change take their mean. RAM+ (tensor-local) scales a model's
+    unique entries by 1 + r * clamp(rho, 0, alpha), rho = its shared over its unique entries in
+    this tensor (a count pass before the merge)."""
+
+    def merge(inputs: TensorInputs) -> kernels.KernelCall:
+        assert inputs.base is not None
+        compute = _compute(inputs)
+        params = inputs.global_params
+        epsilon = torch.tensor(float(params["epsilon"]), dtype=compute, device=inputs.base.device)
+        scales = [1.0] * len(inputs.tensors)
+        if plus:
+            shared, unique = [0] * len(inputs.tensors), [0] * len(inputs.tensors)
+            flat_base = inputs.base.reshape(-1)
+            for start in range(0, flat_base.numel(), DeltaStats.CHUNK):
+                part = slice(start, start + DeltaStats.CHUNK)
+                chunk = [t.reshape(-1)[part] for t in inputs.tensors]
+                _, kept, counts = kernels.ram_masks(flat_base[part], chunk, epsilon, compute)
+                for i, k in enumerate(kept):
+                    shared[i] += int((k & (counts > 1)).sum())
+                    unique[i] += int((k & (counts == 1)).sum())
+            # rho and lambda in float32, from the counts (a model with no unique entry: rho capped)
+            eps32 = torch.tensor(float(params["epsilon"]), dtype=torch.float32)
+            rho = torch.tensor(shared, dtype=torch.float32) / torch.tensor(unique, dtype=torch.float32).clamp(
+                min=eps32
+            )
+            scales = (1 + float(params["r"]) * rho.clamp(min=0, max=float(params["alpha"]))).tolist()
+        return kernels.KernelCall(
+            operands=inputs.tensors,
+            rows=[kernels.parameter_row(w, epsilon=float(params["epsilon"])) for w in scales],
+            base=inputs.base,
+            compute_dtype=inputs.compute_dtype,
+            form=kernels.RAM,
+        )
+
+    return merge
+
+
 def _arcee_fusion(inputs: TensorInputs) -> kernels.KernelCall:
     """Arcee Fusion (Arcee AI, mergekit): importance = |delta| * KL(softmax(model) || softmax(base))
     of its row (softmax over the last dimension, each probability + 1e-8); the task vector is kept
@@ -916,3 +955,17 @@ METHODS.add(
 )  # fmt: skip
 METHODS.add("nearswap", MergeMethod("nearswap", (NEARSWAP_T,), True, False, _nearswap, n_models=1))
 METHODS.add("arcee_fusion", MergeMethod("arcee_fusion", (), True, False, _arcee_fusion, n_models=1))
+RAM_EPSILON = ParamSpec("epsilon", "global", "float", 1e-5, 0.0)
+METHODS.add("ram", MergeMethod("ram", (RAM_EPSILON,), True, False, _ram(plus=False)))
+METHODS.add(
+    "ramplus_tl",
+    MergeMethod(
+        "ramplus_tl",
+        (
+            ParamSpec("r", "global", "float", 0.1, 0.0, None, 0.0, 0.5),
+            ParamSpec("alpha", "global", "float", 0.2, 0.0, None, 0.0, 1.0),
+            RAM_EPSILON,
+        ),
+        True, False, _ram(plus=True),
+    ),
+)  # fmt: skip

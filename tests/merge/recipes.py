@@ -136,6 +136,10 @@ def recipes(base: Path, parents: list[Path]) -> dict[str, dict[str, Any]]:
             "base_model": b,
             "models": [{"model": b}, {"model": p1}],
         },
+        # epsilon about the median |delta| of the tiny family (noise 0.02): unique and shared
+        # entries both common
+        "ram": three("ram", epsilon=0.015),
+        "ramplus_tl": three("ramplus_tl", epsilon=0.015, r=0.5, alpha=0.5),
         "nearswap": {
             "merge_method": "nearswap",
             "base_model": b,
@@ -173,6 +177,7 @@ def tied_recipes(base: Path, parents: list[Path]) -> dict[str, dict[str, Any]]:
         "sce": recipe("sce", [p0, p1], select_topk=0.5),
         "sce_all": recipe("sce", [p0, p1]),
         "nuslerp": recipe("nuslerp", [p0, p1], weight=0.5),
+        "ram": recipe("ram", [p0, p1], epsilon=0.015),
         "passthrough": {
             "merge_method": "passthrough",
             "slices": [

@@ -14,9 +14,13 @@ ALL = {
     "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear",
     "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "slerp",
     "passthrough", "model_stock", "nuslerp", "sce", "karcher", "multislerp", "nearswap", "arcee_fusion",
+    "ram", "ramplus_tl",
 }  # fmt: skip
 # numeric settings with no useful search range: a search space must give bounds to search them
-UNBOUNDED = {("karcher", "max_iter"), ("karcher", "tol"), ("multislerp", "eps")}
+UNBOUNDED = {
+    ("karcher", "max_iter"), ("karcher", "tol"), ("multislerp", "eps"), ("ram", "epsilon"),
+    ("ramplus_tl", "epsilon"),
+}  # fmt: skip
 
 
 def run(method: str, base, tensors, model_params, seed: int | None = None, **global_params) -> torch.Tensor:
@@ -47,6 +51,8 @@ def test_registry_declares_mergekit_parameters() -> None:
     assert names["sce"] == {"select_topk", "int8_mask"} and names["nearswap"] == {"t"}
     assert names["karcher"] == {"max_iter", "tol"} and names["arcee_fusion"] == set()
     assert names["multislerp"] == {"weight", "normalize_weights", "eps"}
+    assert names["ram"] == {"epsilon"} and names["ramplus_tl"] == {"r", "alpha", "epsilon"}
+    assert METHODS.get("ram").needs_base and METHODS.get("ram").param("epsilon").default == 1e-5
     assert METHODS.get("karcher").param("max_iter").default == 10
     assert METHODS.get("sce").param("select_topk").default == 1.0
     assert {m for m in ALL if METHODS.get(m).random} == {"dare_ties", "dare_linear", "della", "della_linear"}
@@ -198,3 +204,26 @@ def test_sce_keeps_exactly_k_of_tied_variances() -> None:
     out = run("sce", base, [d0, d1], [{}, {}], select_topk=0.3)
     # the last 3 by position; weights 1 : 9 (mean squares of the kept entries)
     torch.testing.assert_close(out, torch.tensor([0.0] * 7 + [2.8] * 3))
+
+
+def test_ram_keeps_unique_entries_and_averages_shared_ones() -> None:
+    """RAM: an entry one model alone changes (|delta| > epsilon) keeps its delta; an entry both
+    change takes their mean; changes at or below epsilon count as none."""
+    base = torch.zeros(4)
+    d0 = torch.tensor([1.0, 2.0, 0.0, 1e-6])
+    d1 = torch.tensor([0.0, 4.0, 3.0, 0.0])
+    out = run("ram", base, [d0, d1], [{}, {}], epsilon=1e-5)
+    torch.testing.assert_close(out, torch.tensor([1.0, 3.0, 3.0, 0.0]))
+
+
+def test_ramplus_scales_each_model_s_unique_entries_by_its_overlap() -> None:
+    """RAM+ (tensor-local): model i's unique entries times 1 + r * clamp(shared_i / unique_i, 0,
+    alpha). d0: 2 shared, 1 unique -> rho 2, capped at alpha 0.5 -> 1.05 with r 0.1; d1: 2 shared,
+    4 unique -> rho 0.5 -> 1.05 as well at alpha 0.5; at alpha 0.2 both scale by 1.02."""
+    base = torch.zeros(7)
+    d0 = torch.tensor([1.0, 2.0, 2.0, 0.0, 0.0, 0.0, 0.0])
+    d1 = torch.tensor([0.0, 4.0, 6.0, 1.0, 1.0, 1.0, 1.0])
+    out = run("ramplus_tl", base, [d0, d1], [{}, {}], r=0.1, alpha=0.5)
+    torch.testing.assert_close(out, torch.tensor([1.05, 3.0, 4.0, 1.05, 1.05, 1.05, 1.05]))
+    out = run("ramplus_tl", base, [d0, d1], [{}, {}])  # defaults r 0.1, alpha 0.2
+    torch.testing.assert_close(out, torch.tensor([1.02, 3.0, 4.0, 1.02, 1.02, 1.02, 1.02]))
