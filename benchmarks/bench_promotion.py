@@ -40,29 +40,13 @@ import numpy as np
 
 from evomerge.fitness.estimators import interval
 from evomerge.fitness.rungs import plan_rungs
-from evomerge.runtime.promotion import Promoter
+from evomerge.runtime.promotion import AttrsInMemory, Promoter
 from evomerge.runtime.work import WorkerResult
 
 TASKS = ["arithmetic", "logic", "dates"]
 ANCHORS, EVAL_ITEMS, TRUTH_ITEMS = 15, 154, 2000
 GUESS = 0.25
 HORIZON = 100  # search trials until the drift tops out
-
-
-class MemoryStore:
-    """The study attributes the promoter reads and writes, in a dict."""
-
-    def __init__(self) -> None:
-        self.attrs: dict[str, object] = {}
-
-    def read_study_attr(self, key: str) -> object:
-        return self.attrs.get(key)
-
-    def write_study_attr(self, key: str, value: object) -> None:
-        self.attrs[key] = value
-
-    def study_attrs(self) -> dict[str, object]:
-        return dict(self.attrs)
 
 
 @dataclass
@@ -110,7 +94,7 @@ def simulate(
     ids = {t: [f"{t}/{j}" for j in range(EVAL_ITEMS)] for t in TASKS}
     anchors = {t: ids[t][:ANCHORS] for t in TASKS}
     plan = plan_rungs(ids, anchors, rungs, seed=int(rng.integers(1 << 30)))
-    promoter = Promoter(MemoryStore(), TASKS, plan, eta=eta, share=share, alpha=alpha)
+    promoter = Promoter(AttrsInMemory(), TASKS, plan, eta=eta, share=share, alpha=alpha)
     thetas = abilities(rng, budget)
     # every answer a trial would give, drawn once: its anchors, its rungs, alike for every rule
     answers = [(rng.random(items.a.shape) < items.p_correct(th)).astype(int) for th in thetas]

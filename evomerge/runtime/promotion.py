@@ -66,6 +66,23 @@ class Standing:
         return max(self.levels)
 
 
+class AttrsInMemory:
+    """A study's attributes in a dict: the promoter's whole view of a store, for a promoter that
+    runs without a study (benchmarks/bench_promotion.py's simulated searches, tests)."""
+
+    def __init__(self) -> None:
+        self.attrs: dict[str, Any] = {}
+
+    def read_study_attr(self, key: str) -> Any:
+        return self.attrs.get(key)
+
+    def write_study_attr(self, key: str, value: Any) -> None:
+        self.attrs[key] = value
+
+    def study_attrs(self) -> dict[str, Any]:
+        return dict(self.attrs)
+
+
 class Promoter:
     def __init__(
         self,

@@ -23,7 +23,7 @@ from evomerge.fitness.evaluator import default_anchors
 from evomerge.fitness.rungs import plan_rungs
 from evomerge.fitness.suite import FitnessSuite
 from evomerge.runtime.driver import SearchDriver
-from evomerge.runtime.promotion import Promoter
+from evomerge.runtime.promotion import AttrsInMemory, Promoter
 from evomerge.runtime.work import Rescore, RungKey, WorkerResult
 from evomerge.runview import INCUMBENT_ATTR, PROMOTION_ATTR, RunView, rung_key
 from evomerge.store import open_run
@@ -196,26 +196,10 @@ def test_resume_refuses_other_rungs(tmp_path, tiny_family) -> None:
         run(path, tmp_path / "run", resume=True)
 
 
-class Attrs:
-    """A store's study attributes, in memory."""
-
-    def __init__(self) -> None:
-        self.attrs: dict[str, Any] = {}
-
-    def read_study_attr(self, key: str) -> Any:
-        return self.attrs.get(key)
-
-    def write_study_attr(self, key: str, value: Any) -> None:
-        self.attrs[key] = value
-
-    def study_attrs(self) -> dict[str, Any]:
-        return self.attrs
-
-
 def top_promoter(n_items: int) -> Promoter:
     ids = [f"t/{i:03d}" for i in range(n_items + 5)]
     plan = plan_rungs({"t": ids}, {"t": ids[:5]}, ["all"], seed=0)
-    return Promoter(Attrs(), ["t"], plan, eta=2, share=0.5, alpha=0.05)
+    return Promoter(AttrsInMemory(), ["t"], plan, eta=2, share=0.5, alpha=0.05)
 
 
 def reach_top(promoter: Promoter, trial: int, correct: set[int]) -> str | None:
@@ -242,7 +226,9 @@ def test_a_challenger_replaces_the_incumbent_only_when_the_paired_test_says_bett
 
 def test_a_trial_clearly_behind_is_not_promoted() -> None:
     ids = [f"t/{i:03d}" for i in range(60)]
-    promoter = Promoter(Attrs(), ["t"], plan_rungs({"t": ids}, {"t": ids[:5]}, [20], 0), 1.01, 0.5, 0.05)
+    promoter = Promoter(
+        AttrsInMemory(), ["t"], plan_rungs({"t": ids}, {"t": ids[:5]}, [20], 0), 1.01, 0.5, 0.05
+    )
     promoter.add(0, "a", {"estimates": {"t": 0.9}, "intervals": {"t": [0.85, 0.95]}})
     promoter.add(1, "b", {"estimates": {"t": 0.5}, "intervals": {"t": [0.40, 0.60]}})
     promoter.add(2, "c", {"estimates": {"t": 0.8}, "intervals": {"t": [0.50, 0.90]}})
