@@ -20,6 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from recipes import recipes, tied_recipes
@@ -93,6 +94,24 @@ def option_recipes(base: Path, parents: list[Path]) -> dict[str, dict]:
     }
 
 
+def search_recipes(base: Path, parents: list[Path]) -> dict[str, dict]:
+    """What `export` writes for a search over bf16 parents: a random point of a per-layer space
+    (the search spaces compute in float32), as its recipe dict."""
+    from evomerge.space import SearchSpace
+
+    family = {"base": str(base), "parents": [str(p) for p in parents], "granularity": "layer"}
+    rng = np.random.default_rng(4)
+    cases = {}
+    for method, search in (("task_arithmetic", {"weight": {}}), ("ties", {"weight": {}, "density": {}})):
+        space = SearchSpace.from_dict({**family, "method": method, "search": search})
+        cases[f"search_{method}"] = space.decode(rng.random(space.dim)).model_dump(
+            mode="json", exclude_none=True
+        )
+    return cases
+
+
+SEARCH = ["search_task_arithmetic", "search_ties"]  # search_recipes' cases (it reads the models)
+
 DRIVER = """
 import json, sys
 import yaml
@@ -128,6 +147,8 @@ def merged_by_both(tiny_family, tmp_path_factory: pytest.TempPathFactory) -> dic
     for family, dtype in LOW_PRECISION.items():
         base, parents = make_family(root / family, dtype=dtype)
         cases += [(family, name, data) for name, data in tied_recipes(base, parents).items()]
+        if family == "bfloat16":
+            cases += [(family, name, data) for name, data in search_recipes(base, parents).items()]
     jobs, pairs = [], {}
     for family, name, data in cases:
         config = root / f"{family}_{name}.yaml"
@@ -212,6 +233,20 @@ def test_tied_selections_as_mergekit(family: str, case: str, merged_by_both) -> 
     whose |delta| (or SCE variance) equals a threshold value. SCE's model weights are mean squares
     of the kept entries, so a different choice among ties moves them by at most the tied entries'
     share of each model's kept mass: outside the ties, SCE is held to that first-order bound."""
+    _assert_as_mergekit(family, case, merged_by_both)
+
+
+@pytest.mark.parametrize("case", SEARCH)
+def test_a_search_export_over_bf16_parents_as_mergekit(case: str, merged_by_both) -> None:
+    """The recipe `export` writes for a search over bf16 parents gives mergekit's tensors (ties as
+    above); the in-memory merge the search scored equals `evomerge merge` of the same file
+    (tests/merge/test_live_memory.py, on bf16 families), so mergekit reproduces what was scored."""
+    recipe = merged_by_both[("bfloat16", case)][2]
+    assert recipe.dtype == "float32" and any(isinstance(m.parameters["weight"], list) for m in recipe.models)
+    _assert_as_mergekit("bfloat16", case, merged_by_both)
+
+
+def _assert_as_mergekit(family: str, case: str, merged_by_both) -> None:
     ours_dir, theirs_dir, recipe = merged_by_both[(family, case)]
     ours, theirs = load_tensors(ours_dir), load_tensors(theirs_dir)
     assert set(ours) == set(theirs)
