@@ -19,7 +19,8 @@ Rules compared, each on the same simulated runs:
 - `best`: the top-rung trial with the best mean, no test (the winner's curse it invites);
 - `after3`: no incumbent until 3 trials reach the top rung; then the best lower bound of the
   three, and the paired test for each later one;
-- `lcb`: the top-rung trial with the best lower 95% bound of its mean (binomial, one-sided);
+- `lcb`: `front --lcb`'s pick among the top-rung trials (the best sum of the tasks' lower
+  interval ends);
 - `oracle`: the best true accuracy among the trials that reached the top rung (what a perfect
   test would pick among the same trials).
 
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from evomerge.experiment import Promotion
 from evomerge.fitness.estimators import interval
 from evomerge.fitness.rungs import plan_rungs
 from evomerge.runtime.promotion import AttrsInMemory, Promoter
@@ -80,8 +82,7 @@ def crowned_after(promoter: Promoter, arrivals: list[int], m: int, lower: dict[i
         return max(arrivals, key=lower.get) if arrivals else None
     incumbent = max(arrivals[:m], key=lower.get)
     for trial in arrivals[m:]:
-        test = promoter.paired_test(promoter.standings[trial], promoter.standings[incumbent])
-        if test["diff"] > 0 and test["p_value"] < promoter.alpha:
+        if promoter.replaces(promoter.paired_test(promoter.standings[trial], promoter.standings[incumbent])):
             incumbent = trial
     return incumbent
 
@@ -130,14 +131,8 @@ def simulate(
     true_mean = [float(truth_items.p_correct(th).mean()) for th in thetas[:trial]]
     top = [s for s in promoter.standings.values() if s.rung == promoter.top]
     estimate = {s.trial: float(np.mean(list(s.levels[promoter.top].values()))) for s in top}
-    sizes = [len(plan.rungs[-1][t]) for t in TASKS]
-
-    def lower_bound(standing) -> float:
-        levels = [standing.levels[promoter.top][t] for t in TASKS]
-        variance = sum(p * (1 - p) / n for p, n in zip(levels, sizes, strict=True)) / len(TASKS) ** 2
-        return estimate[standing.trial] - 1.645 * float(np.sqrt(variance))
-
-    lower = {s.trial: lower_bound(s) for s in top}
+    # `front --lcb`'s score: the sum of the tasks' lower interval ends, at the top rung
+    lower = {s.trial: sum(s.intervals[promoter.top][t][0] for t in TASKS) for s in top}
     arrivals = [entry["trial"] for entry in promoter.history]  # the top rung's trials, in order
     replayed = crowned_after(promoter, arrivals, 1, lower)
     assert replayed == promoter.incumbent, (replayed, promoter.incumbent)  # the replay is the rule
@@ -161,7 +156,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--budgets", type=int, nargs="+", default=[1000, 3000, 6000])
     parser.add_argument("--rungs", type=int, nargs="+", default=[40, 139])
-    parser.add_argument("--alpha", type=float, default=0.05)
+    parser.add_argument("--alpha", type=float, default=Promotion.model_fields["alpha"].default)
     parser.add_argument("--eta", type=float, default=3.0)
     parser.add_argument("--share", type=float, default=0.4)
     args = parser.parse_args()

@@ -236,20 +236,20 @@ def _sce_kernel(
 
 
 def ram_masks(base: Tensor, tensors: list[Tensor], epsilon: Tensor, compute: torch.dtype) -> tuple:
-    """RAM's masks over flat chunks: each task vector (zeroed where |delta| <= epsilon), where each
-    model contributes, and how many models contribute to each entry."""
+    """RAM's masks over flat chunks: the task vectors, where each model contributes (|delta| >
+    epsilon), and how many models contribute to each entry."""
     origin = base.to(compute)
     deltas = [t.to(compute) - origin for t in tensors]
     kept = [d.abs() > epsilon for d in deltas]
-    counts = _total([k.to(torch.int64) for k in kept])
-    return [d * k for d, k in zip(deltas, kept, strict=True)], kept, counts
+    return deltas, kept, _total([k.to(torch.int64) for k in kept])
 
 
 def _ram_kernel(out: Tensor, base: Tensor, tensors: list[Tensor], rows: Tensor, compute: torch.dtype) -> None:
     """RAM (Reinforced Agent Merging, arXiv 2601.13572): an entry that one model alone changes (by
     more than EPSILON) takes that model's task vector times its WEIGHT (RAM+'s unique-entry
     scale; 1 for RAM); an entry several models change takes the mean of their task vectors."""
-    zeroed, _, counts = ram_masks(base, tensors, rows[0, EPSILON], compute)
+    deltas, kept, counts = ram_masks(base, tensors, rows[0, EPSILON], compute)
+    zeroed = [d * k for d, k in zip(deltas, kept, strict=True)]
     unique, shared = counts == 1, counts > 1
     divisor = counts.clamp(min=1)
     terms = [z * unique * rows[i, WEIGHT] + z * shared / divisor for i, z in enumerate(zeroed)]

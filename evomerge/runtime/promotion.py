@@ -247,7 +247,7 @@ class Promoter:
         if self.incumbent is None or self.incumbent not in self.standings:
             return self._crown(challenger.trial, None, "first trial at the top rung")
         test = self.paired_test(challenger, self.standings[self.incumbent])
-        if test["diff"] > 0 and test["p_value"] < self.alpha:
+        if self.replaces(test):
             return self._crown(challenger.trial, test, f"better than trial {self.incumbent}")
         self.history.append({"trial": challenger.trial, "kept": self.incumbent, **test})
         self._save_incumbent()
@@ -267,6 +267,10 @@ class Promoter:
         se = float(np.sqrt(np.array(ses) ** 2 @ w**2))
         p_value = float(norm.sf(diff / se)) if se > 0 else (0.0 if diff > 0 else 1.0)
         return {"diff": diff, "se": se, "p_value": p_value}
+
+    def replaces(self, test: Mapping[str, float]) -> bool:
+        """Whether a `paired_test` of a challenger against the incumbent crowns the challenger."""
+        return test["diff"] > 0 and test["p_value"] < self.alpha
 
     def _crown(self, trial: int, test: dict[str, float] | None, why: str) -> str:
         previous, self.incumbent = self.incumbent, trial
