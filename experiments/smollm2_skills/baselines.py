@@ -10,11 +10,16 @@ recipes are written to results/recipes/NAME.yaml with the cache paths replaced b
 
     python experiments/smollm2_skills/baselines.py [--experts A B ...] [--suffix S] [--per-task N]
     python experiments/smollm2_skills/baselines.py --recipe knee=KNEE.yaml   # e.g. an exported search result
+    python experiments/smollm2_skills/baselines.py --baselines --suffix 3 --recipe pick=PICK.yaml ...
+
+A recipe that merges to the very same weights as one scored before in the same call (a search's pick
+that is its baseline trial, or a recipe given under two names) is scored once.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import time
@@ -45,6 +50,15 @@ def baseline_recipes(base: Path, experts: list[Path]) -> dict[str, MergeRecipe]:
     }
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of a model's tensors (names and bytes): equal digests mean equal answers."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experts", nargs="+", default=["arithmetic", "reasoning"])
@@ -61,6 +75,9 @@ def main() -> None:
         help="NAME=PATH: score this recipe YAML instead of the baselines",
     )
     parser.add_argument(
+        "--baselines", action="store_true", help="with --recipe: score the untuned baselines first too"
+    )
+    parser.add_argument(
         "--root", type=Path, default=DEFAULT_ROOT, help="cache root (env EVOMERGE_SMOLLM2_CACHE)"
     )
     parser.add_argument("--batch-size", type=int, default=16)
@@ -75,24 +92,26 @@ def main() -> None:
     evaluator, tag = make_evaluator(base, args.per_task, args.batch_size, split=args.split)
     tag = tagged(tag, args.dtype)
     (RESULTS_DIR / "recipes").mkdir(parents=True, exist_ok=True)
-    if args.recipe:
-        recipes = {k: MergeRecipe.from_yaml(Path(v)) for k, v in (r.split("=", 1) for r in args.recipe)}
-    else:
+    recipes = {}
+    if args.baselines or not args.recipe:
         recipes = {name + args.suffix: recipe for name, recipe in baseline_recipes(base, experts).items()}
-    # A recipe given under several names (a search's knee that is also its best-mean pick) is
-    # merged and scored once: recipe YAML -> (accuracy, answers, merge seconds, total seconds).
+    recipes |= {k: MergeRecipe.from_yaml(Path(v)) for k, v in (r.split("=", 1) for r in args.recipe)}
+    # weights digest -> (accuracy, answers, merge seconds, total seconds), each model scored once
     measured: dict[str, tuple[dict[str, float], dict[str, int], float, float]] = {}
     for name, recipe in recipes.items():
         if args.only and name not in args.only:
             continue
         yaml_text = recipe.to_yaml()
-        if yaml_text not in measured:
-            start = time.perf_counter()
-            model = merger.apply(recipe)
-            merge_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        model = merger.apply(recipe)
+        merge_seconds = time.perf_counter() - start
+        digest = weights_digest(model)
+        if digest in measured:
+            print(f"{name}: the same weights as a model scored above", flush=True)
+        else:
             accuracy, answers = measure(model, evaluator, tag)
-            measured[yaml_text] = (accuracy, answers, merge_seconds, time.perf_counter() - start)
-        accuracy, answers, merge_seconds, seconds = measured[yaml_text]
+            measured[digest] = (accuracy, answers, merge_seconds, time.perf_counter() - start)
+        accuracy, answers, merge_seconds, seconds = measured[digest]
         record(name, accuracy, answers, seconds, tag)
         text = yaml_text.replace(str(args.root.resolve()) + "/", "")
         (RESULTS_DIR / "recipes" / f"{name}.yaml").write_text(text)

@@ -1,7 +1,7 @@
 """Round 4's summary: each search's pick measured on the test split against the baselines.
 
 Reads the nine runs (runs/round4_OPT_sSEED), the test-split accuracies and per-item answers that
-evaluate.py / baselines.py wrote (results/accuracy_test-bfloat16.json, responses/test-bfloat16/),
+evaluate.py / baselines.py wrote (results/accuracy_test.json, responses/test/: float32 scoring),
 and writes results/round4_summary.json: per run the pick (promotion's incumbent), its recipe, its
 estimate (the top rung's accuracy on the selection pool), its test accuracy, and its paired
 difference on the test split against untuned TIES and task arithmetic (the mean over tasks of the
@@ -9,8 +9,8 @@ per-task paired differences; its standard error from the per-task paired ones, f
 plus the baselines' and experts' test scores and which of the issue's goals held.
 
     python experiments/smollm2_skills/round4.py [--runs runs] [--print]
-    python experiments/smollm2_skills/round4.py --run cma,0,round4_small_cma --tag test \
-        --out round4_small_summary.json
+    python experiments/smollm2_skills/round4.py --run cma,0,round4_small_cma --tag test523 \
+        --out round4_small_summary.json   # made when the test split held 523 items
 """
 
 from __future__ import annotations
@@ -65,7 +65,10 @@ def main() -> None:
         default=[],
         help="OPTIMIZER,SEED,NAME: a run (runs/NAME) and its pick's result name (default: the nine)",
     )
-    parser.add_argument("--tag", default="test-bfloat16", help="result tag of the test-split scores")
+    parser.add_argument("--tag", default="test", help="result tag of the test-split scores")
+    parser.add_argument(
+        "--reference-tag", help="result tag to read the experts and baselines from where --tag lacks them"
+    )
     parser.add_argument("--out", default="round4_summary.json")
     parser.add_argument("--print", action="store_true", help="print a table too")
     args = parser.parse_args()
@@ -124,11 +127,19 @@ def main() -> None:
                 and {k: v for k, v in store.read_study_attr(PROMOTION_ATTR).items() if k != "rungs"},
             }
         )
-    reference = {
-        label: {"test": test_of(name), "test_mean": accuracy[name]["mean"]}
-        for label, name in {**BASELINES, **{e: e for e in EXPERTS}}.items()
-        if name in accuracy
-    }
+    # A reference model not scored under this tag is taken from --reference-tag (the experts' test
+    # scores in bfloat16, say), and says so.
+    fallback_path = HERE / "results" / f"accuracy_{args.reference_tag}.json"
+    fallback = json.loads(fallback_path.read_text()) if args.reference_tag and fallback_path.is_file() else {}
+    reference = {}
+    for label, name in {**BASELINES, **{e: e for e in EXPERTS}}.items():
+        source, scored_tag = (accuracy, tag) if name in accuracy else (fallback, args.reference_tag)
+        if name in source:
+            reference[label] = {
+                "test": {t: source[name]["accuracy"][t] for t in suite.tasks},
+                "test_mean": source[name]["mean"],
+                "tag": scored_tag,
+            }
     by_optimizer = {opt: [p["test_mean"] for p in picks if p["optimizer"] == opt] for opt in OPTIMIZERS}
     means = {opt: round(sum(v) / len(v), 4) if v else None for opt, v in by_optimizer.items()}
     goals = {
@@ -163,7 +174,7 @@ def main() -> None:
                 f"+/- {100 * p['vs_task_arithmetic']['se']:.1f}"
             )
         for label, ref in reference.items():
-            print(f"{label:>16} test {ref['test_mean']:.3f} {ref['test']}")
+            print(f"{label:>16} test {ref['test_mean']:.3f} {ref['test']} ({ref['tag']})")
         print(json.dumps({"means": means, "goals": goals}, indent=2))
     print(f"wrote {out}")
 

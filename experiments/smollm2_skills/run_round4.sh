@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # Round 4 end to end, one step after another (2 cores): the calibration (the base, the three experts
-# and 16 space-filling merges on the eval split); the test-split scores of the base, experts and
-# untuned baselines; the nine searches (CMA-ES, NSGA-II, random x seeds 0-2, 1000 items each,
-# promotion on); each search's incumbent exported and scored on the test split; the summary.
+# and 16 space-filling merges on the eval split, bfloat16); the nine searches (CMA-ES, NSGA-II,
+# random x seeds 0-2, 1000 items each, promotion on); the untuned baselines and each search's
+# incumbent (exported) scored on the test split, each distinct model once; the experts' test scores;
+# the summary.
+# ROUND4_DTYPE (default float32): the dtype of the test-split scoring (the searches' is in their
+# configs); float32 on a CPU without bfloat16 units, where bfloat16 scores ~5x slower.
 # Run from the repository root: bash experiments/smollm2_skills/run_round4.sh [STEP...]
-# STEP: calibration, searches, reference, picks, summary (default: all five, in this order).
+# STEP: calibration, searches, picks, experts, summary (default: all five, in this order).
 # ROUND4_DEADLINE (epoch seconds): searches not started by then are skipped (the picks step takes
 # the runs there are).
 set -uo pipefail
 HERE=experiments/smollm2_skills
 export EVOMERGE_THREADS=2
 ROOT=${EVOMERGE_SMOLLM2_ROOT:-$HOME/.cache/evomerge/smollm2_skills}
-steps=${*:-calibration searches reference picks summary}
+steps=${*:-calibration searches picks experts summary}
+DTYPE=${ROUND4_DTYPE:-float32}
+TAG=$([ "$DTYPE" = float32 ] && echo test || echo test-$DTYPE)
 stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
 for step in $steps; do
   case $step in
@@ -23,10 +28,9 @@ for step in $steps; do
         --answers runs/round4_calibration_answers --out $HERE/results/calibration_round4.json \
         > $HERE/logs/calibration_round4.out 2>&1
       ;;
-    reference)
-      stamp "reference models on the test split"
-      nice -n 5 python $HERE/evaluate.py --split test --dtype bfloat16 --models base arithmetic reasoning logic
-      nice -n 5 python $HERE/baselines.py --split test --dtype bfloat16 --experts arithmetic reasoning logic --suffix 3
+    experts)
+      stamp "experts on the test split"
+      python $HERE/evaluate.py --split test --dtype $DTYPE --models arithmetic reasoning logic
       ;;
     searches)
       for seed in 0 1 2; do
@@ -54,10 +58,11 @@ for step in $steps; do
         done
       done
       stamp "picks: ${recipes[*]}"
-      nice -n 5 python $HERE/baselines.py --split test --dtype bfloat16 --experts arithmetic reasoning logic "${recipes[@]}"
+      python $HERE/baselines.py --split test --dtype $DTYPE --experts arithmetic reasoning logic \
+        --baselines --suffix 3 "${recipes[@]}"
       ;;
     summary)
-      python $HERE/round4.py --print
+      python $HERE/round4.py --tag $TAG --reference-tag test-bfloat16 --print
       ;;
   esac
 done
