@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "experiments" / "smollm2_skills"))
 
-from baselines import baseline_recipes  # noqa: E402
+from baselines import baseline_recipes, weights_digest  # noqa: E402
 
 from evomerge.merge.live import LiveMerger  # noqa: E402
 
@@ -32,3 +32,17 @@ def test_ties_baseline_uses_the_declared_defaults(tiny_family):
     ties = baseline_recipes(base_dir, parents)["ties"].to_dict()
     assert ties["merge_method"] == "ties" and not ties.get("parameters")
     assert [m["parameters"] for m in ties["models"]] == [{"weight": 1.0}, {"weight": 1.0}]
+
+
+def test_weights_digest_tells_models_apart_by_their_tensors_alone(tiny_family):
+    base_dir, parents = tiny_family
+    recipes = baseline_recipes(base_dir, parents)
+    merger = LiveMerger(base_dir, parents)
+    task_arithmetic = weights_digest(merger.apply(recipes["task_arithmetic"]))
+    ties = weights_digest(merger.apply(recipes["ties"]))
+    # the same weights reached again (after another candidate in the same live model) digest alike
+    assert weights_digest(merger.apply(recipes["task_arithmetic"])) == task_arithmetic != ties
+    model = merger.apply(recipes["ties"])
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 1.0
+    assert weights_digest(model) != ties
