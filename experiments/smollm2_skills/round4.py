@@ -83,8 +83,8 @@ def main() -> None:
     def answers(name: str) -> dict[str, int]:
         return json.loads((HERE / "results" / "responses" / tag / f"{name}.json").read_text())
 
-    def test_of(name: str) -> dict[str, float]:
-        return {t: accuracy[name]["accuracy"][t] for t in suite.tasks}
+    def test_of(name: str, source: dict = accuracy) -> dict[str, float]:
+        return {t: source[name]["accuracy"][t] for t in suite.tasks}
 
     picks = []
     for optimizer, seed, name in runs:
@@ -136,7 +136,7 @@ def main() -> None:
         source, scored_tag = (accuracy, tag) if name in accuracy else (fallback, args.reference_tag)
         if name in source:
             reference[label] = {
-                "test": {t: source[name]["accuracy"][t] for t in suite.tasks},
+                "test": test_of(name, source),
                 "test_mean": source[name]["mean"],
                 "tag": scored_tag,
             }
