@@ -7,10 +7,14 @@ best score. A choice is the item's `target_delimiter` + the choice text, tokeniz
 HF model does: the prompt's trailing whitespace moves into the continuation, and the choice's
 tokens are those that follow the prompt's in the tokenization of the joined text.
 
-The prompt of an item is run once and its KV cache is shared by all of the item's choices
-(prefix sharing): the choices are then scored as one batch continuing from the
-cache, expanded to one row per choice. Items are length-sorted into padding-aware batches
-(prompts left-padded, so every prompt ends at the same column; choices right-padded).
+Prefix sharing, at two levels: the tokens that every prompt of a batch starts with (a task's
+instructions or few-shot context) are run once and their KV cache is expanded to the batch; each
+prompt's own tokens then run once and their cache is shared by all of the item's choices, which
+are scored as one batch continuing from it, one row per choice. Items are batched per task and
+length-sorted within it (prompts left-padded after the shared prefix, so every prompt ends at the
+same column; choices right-padded), and the vocabulary projection runs only at the positions whose
+log-probabilities are read (no padding, no last choice token). Scores equal the unshared path's
+to float32 rounding (`share_prefix=False`, the reference).
 
 Generative items: greedy decoding, cut at the first of the item's `until` stop strings (a newline
 when it has none), the answer taken by its `answer_regex` where it has one, then exact match after
@@ -127,6 +131,41 @@ def _with_cache(model: torch.nn.Module, cache: Any) -> dict[str, Any]:
     return {name: cache}
 
 
+def _shared_length(prompts: Sequence[list[int]]) -> int:
+    """Tokens every prompt starts with, leaving each at least one token of its own (its last
+    position predicts the first choice token)."""
+    first = prompts[0]
+    limit = min(len(p) for p in prompts) - 1
+    shared = 0
+    while shared < limit and all(p[shared] == first[shared] for p in prompts):
+        shared += 1
+    return shared
+
+
+class _KeepPositions:
+    """Feeds the output projection only the hidden states at `positions` (a row-major boolean mask
+    over (row, column)), so the logits of padding and of unread positions are never computed; a
+    pre-hook, so whatever the model does after the projection (soft-capping, scaling) still applies.
+    The model's logits come back as (1, kept, vocab)."""
+
+    def __init__(self, model: torch.nn.Module, positions: torch.Tensor) -> None:
+        self.head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        self.positions = positions
+        self.handle: Any = None
+
+    def __enter__(self) -> bool:
+        if self.head is not None:
+            self.handle = self.head.register_forward_pre_hook(self._gather)
+        return self.head is not None
+
+    def _gather(self, module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return (args[0][self.positions][None], *args[1:])
+
+    def __exit__(self, *exc: object) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+
+
 def _target_logp(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[target] per position, in float32, without materializing the full
     log-softmax over the vocabulary."""
@@ -210,8 +249,13 @@ class Scorer:
         choice_items = [i for i in items if i.is_choice and i.id not in generate]
         gen_items = [i for i in items if not (i.is_choice and i.id not in generate)]
         result = ScoreResult()
-        # Longest first: memory peaks early (fail fast) and batches hold similar lengths.
-        choice_items.sort(key=lambda i: -(len(self.encode(i).prompt) + max(map(len, self.encode(i).choices))))
+        # Per task (its items share instructions or a few-shot context: one prefix per batch), the
+        # longest task first and longest items first within it: memory peaks early (fail fast) and
+        # batches hold similar lengths.
+        longest: dict[str, int] = {}
+        for i in choice_items:
+            longest[i.task] = max(longest.get(i.task, 0), self._length(i))
+        choice_items.sort(key=lambda i: (-longest[i.task], i.task, -self._length(i)))
         for batch in self._choice_batches(choice_items):
             sums, counts, n_tokens = self._choice_batch(model, batch)
             result.n_tokens += n_tokens
@@ -222,24 +266,28 @@ class Scorer:
             self._generate_batch(model, batch, batch_stops, result)
         return result
 
+    def _length(self, item: Item) -> int:
+        encoded = self.encode(item)
+        return len(encoded.prompt) + max(map(len, encoded.choices))
+
     def padded_tokens(self, batch: Sequence[Item]) -> int:
-        """Token positions one shared-prefix batch runs: prompts padded to the longest, one row per
-        choice padded to the longest choice."""
+        """Token positions one shared-prefix batch runs: the shared prefix once, each prompt's own
+        tokens padded to the longest, one row per choice padded to the longest choice."""
         encoded = [self.encode(i) for i in batch]
+        shared = _shared_length([e.prompt for e in encoded]) if self.share_prefix else 0
         rows = sum(len(e.choices) for e in encoded)
         longest_choice = max(len(c) for e in encoded for c in e.choices)
-        return len(encoded) * max(len(e.prompt) for e in encoded) + rows * longest_choice
+        return shared + len(encoded) * (max(len(e.prompt) for e in encoded) - shared) + rows * longest_choice
 
     def _choice_batches(self, items: list[Item]) -> Iterator[list[Item]]:
-        """`batch_size` items at a time, or with a token budget as many as fit it (one at least)."""
-        if self.token_budget is None:
-            for start in range(0, len(items), self.batch_size):
-                yield items[start : start + self.batch_size]
-            return
+        """`batch_size` items of one task at a time, or with a token budget as many as fit it (one
+        at least)."""
         batch: list[Item] = []
         for item in items:
             if batch and (
-                len(batch) == self.batch_size or self.padded_tokens([*batch, item]) > self.token_budget
+                len(batch) == self.batch_size
+                or item.task != batch[0].task
+                or (self.token_budget is not None and self.padded_tokens([*batch, item]) > self.token_budget)
             ):
                 yield batch
                 batch = []
@@ -305,13 +353,25 @@ class Scorer:
         self, model: torch.nn.Module, encoded: list[_Encoded]
     ) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
         device = self._device(model)
-        prompt_ids, prompt_mask = self._left_pad([e.prompt for e in encoded], device)
-        positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+        n = len(encoded)
+        shared = _shared_length([e.prompt for e in encoded])
+        cache_kwargs: dict[str, Any] = {}
+        if shared:
+            # The batch's common prefix, run once; its cache expanded to every item's row.
+            prefix = torch.tensor([encoded[0].prompt[:shared]], device=device)
+            head = model(input_ids=prefix, use_cache=True, **_last_logits_only(model))
+            cache = head.cache if "cache" in head else head.past_key_values
+            cache.reorder_cache(torch.zeros(n, dtype=torch.long, device=device))
+            cache_kwargs = _with_cache(model, cache)
+        own_ids, own_mask = self._left_pad([e.prompt[shared:] for e in encoded], device)
+        prompt_mask = torch.cat([torch.ones((n, shared), dtype=torch.long, device=device), own_mask], dim=1)
+        positions = shared + (own_mask.cumsum(-1) - 1).clamp(min=0)
         out = model(
-            input_ids=prompt_ids,
+            input_ids=own_ids,
             attention_mask=prompt_mask,
             position_ids=positions,
             use_cache=True,
+            **cache_kwargs,
             **_last_logits_only(model),
         )
         first_logp = torch.log_softmax(
@@ -324,21 +384,28 @@ class Scorer:
         cache.reorder_cache(owner)
         rows = [c for e in encoded for c in e.choices]
         cont_ids, cont_mask = self._right_pad(rows, device)
-        prompt_len = prompt_mask.sum(-1)[owner]
+        prompt_len = own_mask.sum(-1)[owner] + shared
         cont_positions = prompt_len[:, None] + torch.arange(cont_ids.shape[1], device=device)[None, :]
         mask = torch.cat([prompt_mask[owner], cont_mask], dim=1)
-        cont = model(
-            input_ids=cont_ids, attention_mask=mask, position_ids=cont_positions, **_with_cache(model, cache)
-        )
+        # Choice token t + 1 is predicted at position t: the logits read are those of every real
+        # choice token but the last.
+        read = cont_mask.bool()
+        read[torch.arange(len(rows), device=device), cont_mask.sum(-1) - 1] = False
+        later = torch.zeros_like(cont_ids, dtype=torch.float32)
+        with _KeepPositions(model, read) as kept:
+            cont = model(
+                input_ids=cont_ids,
+                attention_mask=mask,
+                position_ids=cont_positions,
+                **_with_cache(model, cache),
+            )
+        if kept:
+            later[:, :-1][read[:, :-1]] = _target_logp(cont.logits[0], cont_ids[:, 1:][read[:, :-1]])
+        else:
+            later[:, :-1] = _target_logp(cont.logits[:, :-1, :], cont_ids[:, 1:])
         # Token t of a choice is predicted by the prompt's last position (t = 0) or choice token t - 1.
-        token_logp = torch.cat(
-            [
-                first_logp[owner].gather(1, cont_ids[:, :1]),
-                _target_logp(cont.logits[:, :-1, :], cont_ids[:, 1:]),
-            ],
-            dim=1,
-        )
-        n_tokens = int(prompt_mask.sum()) + int(cont_mask.sum())
+        token_logp = torch.cat([first_logp[owner].gather(1, cont_ids[:, :1]), later[:, :-1]], dim=1)
+        n_tokens = shared + int(own_mask.sum()) + int(cont_mask.sum())
         return self._per_item(encoded, token_logp * cont_mask, cont_mask, n_tokens)
 
     def _choice_batch_naive(

@@ -200,3 +200,52 @@ def test_decoding_ends_when_every_row_holds_a_stop(model: torch.nn.Module) -> No
     )
     assert mixed.n_tokens == full.n_tokens
     assert mixed.generations["b"] == full.generations["b"]
+
+
+FEW_SHOT_CONTEXT = "Answer each question.\nQ: 2 plus 2?\nA: 4\nQ: 3 plus 1?\nA: 4\n"
+
+
+def _few_shot_items() -> list[Item]:
+    """Two tasks whose items share a long context (instructions and worked examples) and differ
+    after it by a few tokens to many."""
+    context = FEW_SHOT_CONTEXT
+    tails = ["Q: 5 plus 1?\nA:", "Q: 9 plus 9, then 1?\nA:", "Q: 1?\nA:"]
+    items = [
+        Item.from_dict(
+            {"id": f"f{k}", "task": "few", "prompt": context + t, "choices": [" 6", " 19", " 1"], "answer": k}
+        )
+        for k, t in enumerate(tails)
+    ]
+    return items + _items()
+
+
+@pytest.mark.parametrize("batch_size", [2, 8])
+def test_a_shared_context_is_run_once_per_batch_and_keeps_the_scores(
+    model: torch.nn.Module, batch_size: int
+) -> None:
+    items = _few_shot_items()
+    shared = Scorer(make_tokenizer(), batch_size=batch_size).score(model, items, "mean")
+    reference = Scorer(make_tokenizer())
+    for item in items:
+        expected = _one_by_one(model, reference, item)
+        counts = [len(c) for c in reference.encode(item).choices]
+        mean = [total / count for total, count in zip(expected, counts, strict=True)]
+        assert shared.choice_scores[item.id] == pytest.approx(mean, abs=1e-4)
+    # The context is run once per batch of its task, not once per item.
+    per_item = Scorer(make_tokenizer(), batch_size=1).score(model, items, "mean")
+    few = [i for i in items if i.task == "few"]
+    context = len(make_tokenizer()(FEW_SHOT_CONTEXT)["input_ids"])
+    batches = -(-len(few) // batch_size)
+    assert per_item.n_tokens - shared.n_tokens >= (len(few) - batches) * context
+
+
+def test_a_model_without_an_output_projection_hook_scores_every_position(
+    model: torch.nn.Module, monkeypatch
+) -> None:
+    """Models that expose no output embeddings take the full-logits path, with the same scores."""
+    items = _few_shot_items()
+    kept = Scorer(make_tokenizer(), batch_size=4).score(model, items, "sum")
+    monkeypatch.setattr(type(model), "get_output_embeddings", lambda self: None)
+    full = Scorer(make_tokenizer(), batch_size=4).score(model, items, "sum")
+    for item in items:
+        assert kept.choice_scores[item.id] == pytest.approx(full.choice_scores[item.id], abs=1e-5)
