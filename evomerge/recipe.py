@@ -18,15 +18,71 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StrictBool,
+    ValidationError,
+    model_validator,
+)
 
 from evomerge.errors import ConfigError
 from evomerge.yamltext import parse_yaml
 
 Scalar = StrictBool | float
+
+
+def _read_ref(value: Any) -> Any:
+    """A model reference as mergekit reads it: a string (`A+B` is model A with LoRA B, `A@R`
+    revision R of A), or its structured form `{model: {path, revision}, lora, ...}`, which reads a
+    path that holds `+` or `@` as itself. LoRA adapters are refused: evomerge merges no adapters."""
+    if isinstance(value, str):
+        if "+" in value:
+            raise ValueError(
+                f"{value!r}: mergekit reads 'A+B' as model A with LoRA adapter B; for a path that holds "
+                f"'+', write it as {{model: {{path: {value!r}}}}}, or merge the adapter into its model first"
+            )
+        if "@" in value and Path(value).exists():
+            raise ValueError(
+                f"{value!r}: mergekit reads 'A@R' as revision R of A; for a path that holds '@', write it "
+                f"as {{model: {{path: {value!r}}}}}"
+            )
+        return value
+    if not isinstance(value, dict):
+        return value  # pydantic names the wrong type
+    unknown = set(value) - {"model", "lora", "override_architecture"}
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(unknown)} of a model reference; give model (and only it)")
+    for key, what in (("lora", "LoRA adapter"), ("override_architecture", "override_architecture")):
+        if value.get(key) is not None:
+            raise ValueError(
+                f"{what} {value[key]!r} is not supported; merge it into its model first and name the result"
+            )
+    model = value.get("model")
+    if isinstance(model, dict):
+        if set(model) - {"path", "revision"} or not isinstance(model.get("path"), str):
+            raise ValueError(f"model {model!r}: give {{path: PATH}} and optionally revision")
+        revision = model.get("revision")
+        return f"{model['path']}@{revision}" if revision else model["path"]
+    return model
+
+
+def mergekit_ref(path: str) -> str | dict[str, Any]:
+    """How a recipe names `path` so that mergekit reads the same model: the structured form where a
+    plain string would be split (a `+`, or an `@` inside a local path), else the path itself."""
+    if "+" in path or ("@" in path and Path(path).exists()):
+        return {"model": {"path": path}}
+    return path
+
+
+# A model named in a recipe: the path (or hub id) as a string inside, mergekit's form when written.
+ModelRef = Annotated[str, BeforeValidator(_read_ref), PlainSerializer(mergekit_ref, when_used="json")]
 Gradient = list[float]
 
 
@@ -44,12 +100,12 @@ Params = dict[str, ParamValue]
 
 
 class ModelEntry(_Frozen):
-    model: str
+    model: ModelRef
     parameters: Params = Field(default_factory=dict)
 
 
 class SliceSource(_Frozen):
-    model: str
+    model: ModelRef
     layer_range: tuple[int, int]
     parameters: Params = Field(default_factory=dict)
 
@@ -140,7 +196,7 @@ class TokenizerBlock(_Frozen):
     """mergekit's `tokenizer:` block; only `source` is supported (`tokens` and
     `pad_to_multiple_of` build new embedding rows, which evomerge does not)."""
 
-    source: str = "union"
+    source: ModelRef = "union"
     tokens: dict[str, Any] | None = None
     pad_to_multiple_of: int | None = None
 
@@ -159,11 +215,11 @@ class MergeRecipe(_Frozen):
     merge_method: str
     models: list[ModelEntry] | None = None
     slices: list[Slice] | None = None
-    base_model: str | None = None
+    base_model: ModelRef | None = None
     parameters: Params = Field(default_factory=dict)
     dtype: Dtype | None = None
     out_dtype: Dtype | None = None
-    tokenizer_source: str | None = None
+    tokenizer_source: ModelRef | None = None
     tokenizer: TokenizerBlock | None = None
     chat_template: str | None = None
     seed: int | None = None

@@ -150,3 +150,48 @@ def test_slerp_t_out_of_range_and_bad_layer_range() -> None:
 def test_from_yaml_missing_file(tmp_path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         MergeRecipe.from_yaml(tmp_path / "none.yaml")
+
+
+PLUS = "/models/vowels+digits/expert"  # a folder whose name holds "+"
+
+
+def test_a_path_with_plus_is_written_so_that_mergekit_reads_one_path() -> None:
+    """mergekit reads a plain 'A+B' as model A with LoRA B (and 'A@R' as revision R); its structured
+    form `{model: {path: ...}}` reads as the path itself, so evomerge writes that."""
+    recipe = MergeRecipe.from_dict(
+        {
+            "merge_method": "linear",
+            "parameters": {"weight": 1.0},
+            "models": [{"model": {"model": {"path": PLUS}}}, {"model": "b"}],
+        }
+    )
+    assert recipe.models[0].model == PLUS and recipe.model_paths() == [PLUS, "b"]
+    written = recipe.to_dict()
+    assert written["models"][0]["model"] == {"model": {"path": PLUS}}
+    assert written["models"][1]["model"] == "b"
+    assert MergeRecipe.from_yaml(recipe.to_yaml()) == recipe
+
+
+def test_a_plain_plus_reference_is_refused_with_its_fix() -> None:
+    with pytest.raises(ConfigError, match=r"models\.0\.model.*LoRA.*\{model: \{path:") as raised:
+        MergeRecipe.from_dict({"merge_method": "linear", "models": [{"model": PLUS}, {"model": "b"}]})
+    assert "\n" not in str(raised.value)
+
+
+def test_a_lora_reference_is_refused() -> None:
+    with pytest.raises(ConfigError, match="LoRA adapter"):
+        MergeRecipe.from_dict(
+            {"merge_method": "linear", "models": [{"model": {"model": {"path": "a"}, "lora": {"path": "l"}}}]}
+        )
+
+
+def test_the_space_writes_parents_whose_paths_hold_plus() -> None:
+    from evomerge.space import SearchSpace
+
+    space = SearchSpace.from_dict(
+        {"base": "/m/base+x", "parents": [PLUS, "/m/b"], "method": "task_arithmetic"}
+        | {"search": {"weight": {}}, "num_layers": 2}
+    )
+    recipe = space.decode([0.5] * space.dim)
+    assert recipe.base_model == "/m/base+x" and recipe.models[0].model == PLUS
+    assert "path: /m/base+x" in recipe.to_yaml()

@@ -15,7 +15,6 @@ exact count in position order. `test_tied_selections_as_mergekit` bounds it (see
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,16 +23,13 @@ import numpy as np
 import pytest
 import torch
 from recipes import recipes, tied_recipes
-from tiny import load_tensors, make_family
+from tiny import MERGEKIT_BIN, load_tensors, make_family
 
 from evomerge.merge.io import merge_to_directory, open_models, plan_for
 from evomerge.merge.methods import METHODS
-from evomerge.recipe import MergeRecipe
+from evomerge.recipe import MergeRecipe, mergekit_ref
 
 REPO = Path(__file__).resolve().parents[2]
-MERGEKIT_BIN = Path(
-    os.environ.get("EVOMERGE_MERGEKIT_BIN", REPO / ".venv-mergekit" / "bin" / "mergekit-yaml")
-)
 DETERMINISTIC = [
     name
     for name, data in recipes(Path("b"), [Path("p0"), Path("p1")]).items()
@@ -110,6 +106,15 @@ def search_recipes(base: Path, parents: list[Path]) -> dict[str, dict]:
     return cases
 
 
+def plus_path_recipe(base: Path, parents: list[Path]) -> dict:
+    """Task arithmetic over models whose paths hold "+", named as evomerge writes them."""
+    return {
+        "merge_method": "task_arithmetic",
+        "base_model": mergekit_ref(str(base)),
+        "models": [{"model": mergekit_ref(str(p)), "parameters": {"weight": 0.5}} for p in parents],
+    }
+
+
 SEARCH = ["search_task_arithmetic", "search_ties"]  # search_recipes' cases (it reads the models)
 
 DRIVER = """
@@ -149,6 +154,9 @@ def merged_by_both(tiny_family, tmp_path_factory: pytest.TempPathFactory) -> dic
         cases += [(family, name, data) for name, data in tied_recipes(base, parents).items()]
         if family == "bfloat16":
             cases += [(family, name, data) for name, data in search_recipes(base, parents).items()]
+    # a folder whose name holds "+" (as the demo family's did): mergekit must read one model, not A + LoRA B
+    plus_base, plus_parents = make_family(root / "vowels+digits")
+    cases.append(("float32", "plus_path", plus_path_recipe(plus_base, plus_parents)))
     jobs, pairs = [], {}
     for family, name, data in cases:
         config = root / f"{family}_{name}.yaml"
@@ -316,3 +324,13 @@ def test_options_as_mergekit(case: str, merged_by_both) -> None:
     assert tokenizers[0].chat_template == tokenizers[1].chat_template
     if recipe.chat_template:
         assert tokenizers[0].chat_template == TEMPLATE
+
+
+def test_a_path_with_plus_as_mergekit(merged_by_both) -> None:
+    """evomerge writes a '+' path in mergekit's structured form; mergekit reads it as one model."""
+    ours_dir, theirs_dir, recipe = merged_by_both[("float32", "plus_path")]
+    assert "+" in recipe.base_model and "path:" in recipe.to_yaml()
+    ours, theirs = load_tensors(ours_dir), load_tensors(theirs_dir)
+    assert set(ours) == set(theirs)
+    for name, expected in theirs.items():
+        _assert_close(ours[name], expected, f"plus_path: {name}")
