@@ -195,3 +195,39 @@ def test_the_space_writes_parents_whose_paths_hold_plus() -> None:
     recipe = space.decode([0.5] * space.dim)
     assert recipe.base_model == "/m/base+x" and recipe.models[0].model == PLUS
     assert "path: /m/base+x" in recipe.to_yaml()
+
+
+def test_a_star_filter_matches_every_tensor_as_in_mergekit() -> None:
+    recipe = MergeRecipe.from_dict(
+        TIES | {"parameters": {"weight": [{"filter": "mlp", "value": 0.9}, {"filter": "*", "value": 0.2}]}}
+    )
+    resolve = {"model": "c", "layer": 0, "n_layers": 2}
+    assert recipe.resolve_param("weight", tensor="model.layers.0.mlp.up_proj.weight", **resolve) == 0.9
+    assert recipe.resolve_param("weight", tensor="model.embed_tokens.weight", **resolve) == 0.2
+
+
+def test_slice_parameters_sit_between_the_sources_and_the_globals() -> None:
+    data = SLICES | {"slices": [SLICES["slices"][0] | {"parameters": {"weight": 0.8, "lambda": 0.5}}]}
+    recipe = MergeRecipe.from_dict(data)
+    piece = recipe.slices[0]
+    a, b = piece.sources[1], piece.sources[2]
+    where = {"tensor": "model.layers.0.mlp.up_proj.weight", "layer": 0, "n_layers": 3, "piece": piece}
+    assert recipe.resolve_param("weight", model="a", source=a, **where) == pytest.approx(0.1)
+    assert recipe.resolve_param("weight", model="b", source=b, **where) == 0.8  # not the global 0.5
+    assert recipe.resolve_param("lambda", model=None, **where) == 0.5
+
+
+@pytest.mark.parametrize(
+    "method", ["sce", "ram", "ramplus_tl", "model_stock", "arcee_fusion", "nearswap", "karcher"]
+)
+def test_a_per_model_weight_is_accepted_where_mergekit_ignores_it(method: str) -> None:
+    n = 1 if method in ("arcee_fusion", "nearswap") else 2
+    recipe = MergeRecipe.from_dict(
+        {
+            "merge_method": method,
+            "base_model": "base",
+            "models": [{"model": m, "parameters": {"weight": 0.6}} for m in ("a", "b")[:n]],
+            "parameters": {"t": 0.1} if method == "nearswap" else {},
+        }
+    )
+    assert recipe.models[0].parameters["weight"] == 0.6

@@ -71,7 +71,63 @@ def option_recipes(base: Path, parents: list[Path]) -> dict[str, dict]:
             {"model": p1, "parameters": {"weight": 0.5}},
         ],
     }
+    star = [{"filter": "mlp", "value": 0.9}, {"filter": "*", "value": 0.25}]
+    # a layer filter read on each model's input tensor, in slices whose input and output layers differ
+    layer_filter = [{"filter": "layers.3.", "value": 0.9}, {"value": 0.2}]
+    shifted = {
+        "merge_method": "task_arithmetic",
+        "base_model": b,
+        "slices": [
+            {
+                "sources": [
+                    {"model": b, "layer_range": [2, 4]},
+                    {"model": p0, "layer_range": [2, 4], "parameters": {"weight": layer_filter}},
+                    {"model": p1, "layer_range": [2, 4]},
+                ],
+                "parameters": {"weight": [0.3, 0.6]},  # slices[].parameters: under the sources'
+            },
+            {
+                "sources": [
+                    {"model": b, "layer_range": [0, 2]},
+                    {"model": p0, "layer_range": [0, 2]},
+                    {"model": p1, "layer_range": [0, 2]},
+                ],
+                "parameters": {"weight": 0.4, "lambda": 0.8},
+            },
+        ],
+        "parameters": {"weight": 0.1},
+    }
+    # mergekit ignores a per-model weight of the methods that declare none
+    ignored_weight = {
+        method: {
+            "merge_method": method,
+            "base_model": b,
+            "models": [
+                {"model": b},
+                *({"model": p, "parameters": {"weight": 0.6}} for p in (p0, p1)[:count]),
+            ],
+            "parameters": extra,
+        }
+        for method, count, extra in (
+            ("sce", 2, {}),
+            ("ram", 2, {}),
+            ("ramplus_tl", 2, {}),
+            ("model_stock", 2, {}),
+            ("arcee_fusion", 1, {}),
+            ("nearswap", 1, {"t": 0.001}),
+            ("karcher", 2, {}),
+        )
+    }
     return {
+        "option_filter_star": linear  # mergekit's wildcard filter: every tensor
+        | {
+            "models": [
+                {"model": b, "parameters": {"weight": star}},
+                {"model": p0, "parameters": {"weight": 0.7}},
+            ]
+        },
+        "option_shifted_slices": shifted,
+        **{f"option_weight_ignored_{method}": data for method, data in ignored_weight.items()},
         "option_out_dtype": linear | {"dtype": "float32", "out_dtype": "bfloat16"},
         "option_ignored_task_arithmetic": task,
         "option_ignored_slerp": slerp,
