@@ -244,10 +244,13 @@ class MergeRecipe(_Frozen):
             raise ValueError("give 'tokenizer_source' or a 'tokenizer' block, not both")
         template = self.chat_template
         if template is not None and template != "auto" and "{" not in template:
-            raise ValueError(
-                f"chat_template {template!r} names one of mergekit's bundled templates, which evomerge "
-                f"does not ship; give the Jinja template text itself, or 'auto'"
-            )
+            from evomerge.merge.chat_templates import NAMED_TEMPLATES
+
+            if template not in NAMED_TEMPLATES:
+                raise ValueError(
+                    f"chat_template {template!r} is not a template evomerge ships (it ships "
+                    f"{', '.join(NAMED_TEMPLATES)}); give the Jinja template text itself, or 'auto'"
+                )
         _validate_parameters(self)
         return self
 

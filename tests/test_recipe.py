@@ -118,7 +118,7 @@ def test_precedence_slice_source_over_global() -> None:
         ({"dtype": "float8"}, "dtype"),
         ({"slices": []}, "exactly one of 'models' or 'slices'"),
         ({"out_dtype": "float8"}, "out_dtype"),
-        ({"chat_template": "chatml"}, "bundled templates.*Jinja template text"),
+        ({"chat_template": "exaone"}, "not a template evomerge ships.*Jinja template text"),
         ({"tokenizer": {"source": "base", "tokens": {"<x>": {}}}}, "tokenizer.tokens.*not supported"),
         (
             {"tokenizer": {"source": "base"}, "tokenizer_source": "base"},
@@ -231,3 +231,11 @@ def test_a_per_model_weight_is_accepted_where_mergekit_ignores_it(method: str) -
         }
     )
     assert recipe.models[0].parameters["weight"] == 0.6
+
+
+def test_named_chat_templates_as_mergekit_names_them() -> None:
+    linear = {"merge_method": "linear", "models": [{"model": "a", "parameters": {"weight": 1.0}}]}
+    for name in ("chatml", "llama3", "mistral"):
+        assert MergeRecipe.from_dict(linear | {"chat_template": name}).chat_template == name
+    with pytest.raises(ConfigError, match="chat_template 'alpaca' is not a template evomerge ships"):
+        MergeRecipe.from_dict(linear | {"chat_template": "alpaca"})

@@ -25,6 +25,7 @@ import torch
 from recipes import recipes, tied_recipes
 from tiny import MERGEKIT_BIN, load_tensors, make_family
 
+from evomerge.merge.chat_templates import NAMED_TEMPLATES
 from evomerge.merge.io import merge_to_directory, open_models, plan_for
 from evomerge.merge.methods import METHODS
 from evomerge.recipe import MergeRecipe, mergekit_ref
@@ -37,6 +38,19 @@ DETERMINISTIC = [
 ]
 TIED = list(tied_recipes(Path("b"), [Path("p0"), Path("p1")]))
 LOW_PRECISION = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+CONVERSATIONS = [  # (messages, add_generation_prompt): alternating turns, a system message, padding
+    ([{"role": "user", "content": "Hi"}], True),
+    ([{"role": "user", "content": " two\nlines \n"}, {"role": "assistant", "content": "ok "}], False),
+    (
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"},
+            {"role": "user", "content": "and 3+3?"},
+        ],
+        True,
+    ),
+]
 TEMPLATE = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
 
 
@@ -133,6 +147,7 @@ def option_recipes(base: Path, parents: list[Path]) -> dict[str, dict]:
         "option_ignored_slerp": slerp,
         "option_int8_mask_ties": ties,
         "option_chat_template": linear | {"chat_template": TEMPLATE},
+        **{f"option_chat_template_{name}": linear | {"chat_template": name} for name in NAMED_TEMPLATES},
         "option_tokenizer_union": linear | {"tokenizer_source": "union"},
         "option_tokenizer_model": linear | {"tokenizer_source": p0},
         "option_tokenizer_block": linear | {"tokenizer": {"source": p0}},
@@ -377,6 +392,16 @@ def test_options_as_mergekit(case: str, merged_by_both) -> None:
     tokenizers = [AutoTokenizer.from_pretrained(d) for d in (ours_dir, theirs_dir)]
     assert tokenizers[0].get_vocab() == tokenizers[1].get_vocab()
     assert tokenizers[0].special_tokens_map == tokenizers[1].special_tokens_map
+    if recipe.chat_template in NAMED_TEMPLATES:  # our own text: the same conversations rendered
+        for tokenizer in tokenizers:
+            tokenizer.bos_token, tokenizer.eos_token = "<|endoftext|>", "<|pad|>"
+        for messages, prompt in CONVERSATIONS:
+            rendered = [
+                t.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+                for t in tokenizers
+            ]
+            assert rendered[0] == rendered[1], (recipe.chat_template, messages)
+        return
     assert tokenizers[0].chat_template == tokenizers[1].chat_template
     if recipe.chat_template:
         assert tokenizers[0].chat_template == TEMPLATE
