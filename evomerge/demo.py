@@ -92,7 +92,7 @@ class DemoFamily(BaseModel):
         cache = Path(os.environ.get("EVOMERGE_CACHE", Path.home() / ".cache" / "evomerge"))
         tag = f"L{self.num_layers}-H{self.hidden}-P{self.n_parents}-n{self.noise}-s{self.seed}"
         if self.skills:
-            skills = "+".join(self.skills)
+            skills = "_".join(self.skills)  # no "+": mergekit reads "A+B" as model A with LoRA B
             tag = f"v{VERSION}-L{self.num_layers}-H{self.hidden}-{skills}-t{self.train_steps}-s{self.seed}"
         return cache / "demo-family" / tag
 

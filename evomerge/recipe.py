@@ -18,15 +18,75 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StrictBool,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 from evomerge.errors import ConfigError
 from evomerge.yamltext import parse_yaml
 
 Scalar = StrictBool | float
+_MERGEKIT_FORM = "mergekit_form"  # validation context: the data is a recipe as mergekit reads it
+
+
+def _read_ref(value: Any, info: ValidationInfo) -> Any:
+    """A model reference as mergekit reads it: a string (`A+B` is model A with LoRA B, `A@R`
+    revision R of A), or its structured form `{model: {path, revision}, lora, ...}`, which reads a
+    path that holds `+` or `@` as itself. LoRA adapters are refused: evomerge merges no adapters.
+    Strings are checked only in a recipe read from its mergekit form (`from_dict`): inside, a
+    path is a path."""
+    if isinstance(value, str) and (info.context or {}).get(_MERGEKIT_FORM):
+        if "+" in value:
+            raise ValueError(
+                f"{value!r}: mergekit reads 'A+B' as model A with LoRA adapter B; for a path that holds "
+                f"'+', write it as {{model: {{path: {value!r}}}}}, or merge the adapter into its model first"
+            )
+        if "@" in value and Path(value).exists():
+            raise ValueError(
+                f"{value!r}: mergekit reads 'A@R' as revision R of A; for a path that holds '@', write it "
+                f"as {{model: {{path: {value!r}}}}}"
+            )
+        return value
+    if not isinstance(value, dict):
+        return value  # pydantic names the wrong type
+    unknown = set(value) - {"model", "lora", "override_architecture"}
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(unknown)} of a model reference; give model (and only it)")
+    for key, what in (("lora", "LoRA adapter"), ("override_architecture", "override_architecture")):
+        if value.get(key) is not None:
+            raise ValueError(
+                f"{what} {value[key]!r} is not supported; merge it into its model first and name the result"
+            )
+    model = value.get("model")
+    if isinstance(model, dict):
+        if set(model) - {"path", "revision"} or not isinstance(model.get("path"), str):
+            raise ValueError(f"model {model!r}: give {{path: PATH}} and optionally revision")
+        revision = model.get("revision")
+        return f"{model['path']}@{revision}" if revision else model["path"]
+    return model
+
+
+def mergekit_ref(path: str) -> str | dict[str, Any]:
+    """How a recipe names `path` so that mergekit reads the same model: the structured form where a
+    plain string would be split (a `+`, or an `@` inside a local path), else the path itself."""
+    if "+" in path or ("@" in path and Path(path).exists()):
+        return {"model": {"path": path}}
+    return path
+
+
+# A model named in a recipe: the path (or hub id) as a string inside, mergekit's form when written.
+ModelRef = Annotated[str, BeforeValidator(_read_ref), PlainSerializer(mergekit_ref, when_used="json")]
 Gradient = list[float]
 
 
@@ -44,12 +104,12 @@ Params = dict[str, ParamValue]
 
 
 class ModelEntry(_Frozen):
-    model: str
+    model: ModelRef
     parameters: Params = Field(default_factory=dict)
 
 
 class SliceSource(_Frozen):
-    model: str
+    model: ModelRef
     layer_range: tuple[int, int]
     parameters: Params = Field(default_factory=dict)
 
@@ -65,6 +125,7 @@ class SliceSource(_Frozen):
 
 class Slice(_Frozen):
     sources: list[SliceSource]
+    parameters: Params = Field(default_factory=dict)  # below its sources', above the global ones
 
     @model_validator(mode="after")
     def _same_lengths(self) -> Slice:
@@ -108,7 +169,7 @@ def evaluate_value(value: ParamValue, tensor: str, t: float) -> float | bool | N
         return value
     if value and isinstance(value[0], FilterEntry):
         for entry in value:
-            if entry.filter is None or entry.filter in tensor:
+            if entry.filter is None or entry.filter == "*" or entry.filter in tensor:  # "*": mergekit's any
                 return evaluate_value(entry.value, tensor, t)
         return None
     return _interpolate(list(value), t)
@@ -127,11 +188,14 @@ def layer_position(layer: int | None, n_layers: int) -> float:
 
 Dtype = Literal["float32", "float16", "bfloat16"]
 # Parameters mergekit 0.1.5 accepts for a method and that change no tensor here: int8_mask only
-# sets the dtype of mergekit's internal sign mask; slerp reads no weight; task_arithmetic no density.
+# sets the dtype of mergekit's internal sign mask; the methods that declare no weight read none
+# (mergekit's own tests give every method per-model weights); task_arithmetic reads no density.
 _GTA = ("task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties")
 IGNORED_PARAMS: dict[str, frozenset[str]] = {
     "int8_mask": frozenset((*_GTA, "della", "della_linear")),
-    "weight": frozenset(("slerp",)),
+    "weight": frozenset(
+        ("slerp", "sce", "ram", "ramplus_tl", "model_stock", "arcee_fusion", "nearswap", "karcher")
+    ),
     "density": frozenset(("task_arithmetic",)),
 }
 
@@ -140,7 +204,7 @@ class TokenizerBlock(_Frozen):
     """mergekit's `tokenizer:` block; only `source` is supported (`tokens` and
     `pad_to_multiple_of` build new embedding rows, which evomerge does not)."""
 
-    source: str = "union"
+    source: ModelRef = "union"
     tokens: dict[str, Any] | None = None
     pad_to_multiple_of: int | None = None
 
@@ -159,11 +223,11 @@ class MergeRecipe(_Frozen):
     merge_method: str
     models: list[ModelEntry] | None = None
     slices: list[Slice] | None = None
-    base_model: str | None = None
+    base_model: ModelRef | None = None
     parameters: Params = Field(default_factory=dict)
     dtype: Dtype | None = None
     out_dtype: Dtype | None = None
-    tokenizer_source: str | None = None
+    tokenizer_source: ModelRef | None = None
     tokenizer: TokenizerBlock | None = None
     chat_template: str | None = None
     seed: int | None = None
@@ -180,10 +244,13 @@ class MergeRecipe(_Frozen):
             raise ValueError("give 'tokenizer_source' or a 'tokenizer' block, not both")
         template = self.chat_template
         if template is not None and template != "auto" and "{" not in template:
-            raise ValueError(
-                f"chat_template {template!r} names one of mergekit's bundled templates, which evomerge "
-                f"does not ship; give the Jinja template text itself, or 'auto'"
-            )
+            from evomerge.merge.chat_templates import NAMED_TEMPLATES
+
+            if template not in NAMED_TEMPLATES:
+                raise ValueError(
+                    f"chat_template {template!r} is not a template evomerge ships (it ships "
+                    f"{', '.join(NAMED_TEMPLATES)}); give the Jinja template text itself, or 'auto'"
+                )
         _validate_parameters(self)
         return self
 
@@ -201,7 +268,7 @@ class MergeRecipe(_Frozen):
         if not isinstance(data, dict):
             raise ConfigError(f"a recipe must be a mapping of mergekit keys, got {type(data).__name__}")
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(data, context={_MERGEKIT_FORM: True})
         except ValidationError as error:
             raise ConfigError(_describe(error)) from None
 
@@ -250,11 +317,13 @@ class MergeRecipe(_Frozen):
         layer: int | None,
         n_layers: int,
         source: SliceSource | None = None,
+        piece: Slice | None = None,
     ) -> float | bool | None:
         """The value of parameter `name` for `model` on `tensor` (layer index within its slice, or
         None for embeddings/norm/head), or None when no setting applies.
 
-        Precedence: the slice source's parameters, then the `models[]` entry, then the globals.
+        Precedence: the slice source's parameters (or the `models[]` entry), then the slice's
+        `parameters`, then the globals.
         """
         t = layer_position(layer, n_layers)
         scopes: list[Params] = []
@@ -262,6 +331,8 @@ class MergeRecipe(_Frozen):
             scopes.append(source.parameters)
         if model is not None and self.models is not None:
             scopes.extend(m.parameters for m in self.models if m.model == model)
+        if piece is not None:
+            scopes.append(piece.parameters)
         scopes.append(self.parameters)
         for scope in scopes:
             if name in scope:
@@ -310,23 +381,32 @@ def _validate_parameters(recipe: MergeRecipe) -> None:
                 spec.check(leaf, f"{where}.{key}")
 
     check(recipe.parameters, "parameters", None)
-    sources: list[tuple[str, Params, str]] = []
-    if recipe.models is not None:
-        sources = [(m.model, m.parameters, f"models.{i}.parameters") for i, m in enumerate(recipe.models)]
     for s_index, piece in enumerate(recipe.slices or []):
+        check(piece.parameters, f"slices.{s_index}.parameters", None)
+    # (model, its parameters, where, the parameter names set above it: its slice's and the globals)
+    sources: list[tuple[str, Params, str, set[str]]] = []
+    if recipe.models is not None:
+        sources = [
+            (m.model, m.parameters, f"models.{i}.parameters", set(recipe.parameters))
+            for i, m in enumerate(recipe.models)
+        ]
+    for s_index, piece in enumerate(recipe.slices or []):
+        above = set(piece.parameters) | set(recipe.parameters)
         for i, source in enumerate(piece.sources):
-            sources.append((source.model, source.parameters, f"slices.{s_index}.sources.{i}.parameters"))
-    for _, params, where in sources:
+            sources.append(
+                (source.model, source.parameters, f"slices.{s_index}.sources.{i}.parameters", above)
+            )
+    for _, params, where, _ in sources:
         check(params, where, "model")
     # A required per-model parameter must be set somewhere for every merged (non-base) model.
     for spec in method.params:
         if spec.default is not None or spec.scope != "model":
             continue
-        for model, params, where in sources:
+        for model, params, where, above in sources:
             if model == recipe.base_model and method.takes_base(recipe.base_model):
                 continue
-            if spec.name not in params and spec.name not in recipe.parameters:
+            if spec.name not in params and spec.name not in above:
                 raise ValueError(
                     f"{where}: {method.name!r} needs {spec.name!r} for model {model!r}; "
-                    f"set it there or under the global 'parameters'"
+                    f"set it there or in a 'parameters' above it (its slice's or the global one)"
                 )

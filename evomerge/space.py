@@ -34,6 +34,7 @@ from evomerge.demo import DemoFamily
 from evomerge.errors import ConfigError
 from evomerge.merge.architecture import architecture_of
 from evomerge.merge.hub import is_hub_id, resolve_model
+from evomerge.recipe import mergekit_ref
 from evomerge.yamltext import parse_yaml
 
 OTHER = "__other__"  # the filter group of tensors no filter names (norms, embeddings)
@@ -252,16 +253,16 @@ class SearchSpace:
                     global_params[spec.name] = param_value(spec.name, None)
             elif spec.name in self.spec.fixed:
                 global_params[spec.name] = self.spec.fixed[spec.name]
-        models = [{"model": p, "parameters": model_params[p]} for p in self.parents]
+        models = [{"model": mergekit_ref(p), "parameters": model_params[p]} for p in self.parents]
         if self._base_is_end_point:  # slerp, nearswap, arcee_fusion: the base is the other model
-            models.insert(0, {"model": self.base})
+            models.insert(0, {"model": mergekit_ref(self.base)})
         recipe: dict[str, Any] = {
             "merge_method": self.method.name,
             "models": models,
             "dtype": self.spec.dtype,
         }
         if self._recipe_names_base:
-            recipe["base_model"] = self.base
+            recipe["base_model"] = mergekit_ref(self.base)
         if global_params:
             recipe["parameters"] = global_params
         if self.method.random:
@@ -354,7 +355,7 @@ class SearchSpace:
                 self.parent_names[p],
                 {
                     "merge_method": "linear",
-                    "models": [{"model": p, "parameters": {"weight": 1.0}}],
+                    "models": [{"model": mergekit_ref(p), "parameters": {"weight": 1.0}}],
                     "dtype": self.spec.dtype,
                 },
             )
@@ -369,15 +370,13 @@ class SearchSpace:
                 recipe["parameters"] = {**recipe.get("parameters", {}), "t": 0.5}
             return f"uniform_{self.method.name}", recipe
         weight = round(1.0 / len(self.parents), 6)
+        models = [{"model": mergekit_ref(p), "parameters": {"weight": weight}} for p in self.parents]
         if self.base is None:  # no shared base: the uniform average of the parents
-            return "linear", {
-                **self.parent_recipes()[0][1],
-                "models": [{"model": p, "parameters": {"weight": weight}} for p in self.parents],
-            }
+            return "linear", {**self.parent_recipes()[0][1], "models": models}
         recipe = {
             "merge_method": "task_arithmetic",
-            "base_model": self.base,
-            "models": [{"model": p, "parameters": {"weight": weight}} for p in self.parents],
+            "base_model": mergekit_ref(self.base),
+            "models": models,
             "dtype": self.spec.dtype,
         }
         return "task_arithmetic", recipe

@@ -120,6 +120,7 @@ def test_the_readme_quickstart_knee_is_a_merge(cache: Path, tmp_path: Path) -> N
     recipe = MergeRecipe.from_yaml(store.study.trials[knee["number"]].user_attrs["recipe"])
     nonzero = [m for m in recipe.models if any(w > 0 for w in _weights(m.parameters["weight"]))]
     assert len(nonzero) >= 2
+    _exported_knee_runs_in_mergekit(run, env, tmp_path)
     assert all(v > ON for v in knee["estimates"].values()), knee
     for trial in store.trials():
         if trial.user_attrs.get("kind") == "parent":
@@ -131,3 +132,34 @@ def test_the_readme_quickstart_knee_is_a_merge(cache: Path, tmp_path: Path) -> N
 
 def _weights(value: object) -> list[float]:
     return [float(w) for w in value] if isinstance(value, list) else [float(value)]  # type: ignore[union-attr]
+
+
+def test_the_demo_family_folder_reads_as_one_model_in_mergekit(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("EVOMERGE_CACHE", str(tmp_path))
+    root = DemoFamily(**SPACE["demo_family"]).root()
+    assert "+" not in str(root) and "@" not in str(root)
+
+
+def _exported_knee_runs_in_mergekit(run: Path, env: dict[str, str], tmp_path: Path) -> None:
+    """`export --knee` writes a recipe that `mergekit-yaml` runs as it is, to evomerge's tensors."""
+    from tiny import MERGEKIT_BIN, load_tensors
+
+    mergekit = MERGEKIT_BIN
+    if not mergekit.is_file():
+        pytest.skip(f"MERGEKIT CHECK NOT RUN: {mergekit} not found (see the README's set-up)")
+    recipe, ours = tmp_path / "knee.yaml", tmp_path / "ours"
+    export = subprocess.run(
+        ["evomerge", "export", str(run), "--knee", "--out", str(recipe), "--materialize", str(ours)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert export.returncode == 0, export.stderr[-2000:]
+    theirs = tmp_path / "theirs"
+    merged = subprocess.run(
+        [str(mergekit), str(recipe), str(theirs)], capture_output=True, text=True, timeout=600
+    )
+    assert merged.returncode == 0, merged.stderr[-2000:]
+    expected = load_tensors(theirs)
+    got = load_tensors(ours)
+    assert set(got) == set(expected)
+    for name, tensor in expected.items():
+        assert (got[name].float() - tensor.float()).abs().max() <= 1e-5 * tensor.abs().max(), name

@@ -118,7 +118,7 @@ def test_precedence_slice_source_over_global() -> None:
         ({"dtype": "float8"}, "dtype"),
         ({"slices": []}, "exactly one of 'models' or 'slices'"),
         ({"out_dtype": "float8"}, "out_dtype"),
-        ({"chat_template": "chatml"}, "bundled templates.*Jinja template text"),
+        ({"chat_template": "exaone"}, "not a template evomerge ships.*Jinja template text"),
         ({"tokenizer": {"source": "base", "tokens": {"<x>": {}}}}, "tokenizer.tokens.*not supported"),
         (
             {"tokenizer": {"source": "base"}, "tokenizer_source": "base"},
@@ -150,3 +150,92 @@ def test_slerp_t_out_of_range_and_bad_layer_range() -> None:
 def test_from_yaml_missing_file(tmp_path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         MergeRecipe.from_yaml(tmp_path / "none.yaml")
+
+
+PLUS = "/models/vowels+digits/expert"  # a folder whose name holds "+"
+
+
+def test_a_path_with_plus_is_written_so_that_mergekit_reads_one_path() -> None:
+    """mergekit reads a plain 'A+B' as model A with LoRA B (and 'A@R' as revision R); its structured
+    form `{model: {path: ...}}` reads as the path itself, so evomerge writes that."""
+    recipe = MergeRecipe.from_dict(
+        {
+            "merge_method": "linear",
+            "parameters": {"weight": 1.0},
+            "models": [{"model": {"model": {"path": PLUS}}}, {"model": "b"}],
+        }
+    )
+    assert recipe.models[0].model == PLUS and recipe.model_paths() == [PLUS, "b"]
+    written = recipe.to_dict()
+    assert written["models"][0]["model"] == {"model": {"path": PLUS}}
+    assert written["models"][1]["model"] == "b"
+    assert MergeRecipe.from_yaml(recipe.to_yaml()) == recipe
+
+
+def test_a_plain_plus_reference_is_refused_with_its_fix() -> None:
+    with pytest.raises(ConfigError, match=r"models\.0\.model.*LoRA.*\{model: \{path:") as raised:
+        MergeRecipe.from_dict({"merge_method": "linear", "models": [{"model": PLUS}, {"model": "b"}]})
+    assert "\n" not in str(raised.value)
+
+
+def test_a_lora_reference_is_refused() -> None:
+    with pytest.raises(ConfigError, match="LoRA adapter"):
+        MergeRecipe.from_dict(
+            {"merge_method": "linear", "models": [{"model": {"model": {"path": "a"}, "lora": {"path": "l"}}}]}
+        )
+
+
+def test_the_space_writes_parents_whose_paths_hold_plus() -> None:
+    from evomerge.space import SearchSpace
+
+    space = SearchSpace.from_dict(
+        {"base": "/m/base+x", "parents": [PLUS, "/m/b"], "method": "task_arithmetic"}
+        | {"search": {"weight": {}}, "num_layers": 2}
+    )
+    recipe = space.decode([0.5] * space.dim)
+    assert recipe.base_model == "/m/base+x" and recipe.models[0].model == PLUS
+    assert "path: /m/base+x" in recipe.to_yaml()
+
+
+def test_a_star_filter_matches_every_tensor_as_in_mergekit() -> None:
+    recipe = MergeRecipe.from_dict(
+        TIES | {"parameters": {"weight": [{"filter": "mlp", "value": 0.9}, {"filter": "*", "value": 0.2}]}}
+    )
+    resolve = {"model": "c", "layer": 0, "n_layers": 2}
+    assert recipe.resolve_param("weight", tensor="model.layers.0.mlp.up_proj.weight", **resolve) == 0.9
+    assert recipe.resolve_param("weight", tensor="model.embed_tokens.weight", **resolve) == 0.2
+
+
+def test_slice_parameters_sit_between_the_sources_and_the_globals() -> None:
+    data = SLICES | {"slices": [SLICES["slices"][0] | {"parameters": {"weight": 0.8, "lambda": 0.5}}]}
+    recipe = MergeRecipe.from_dict(data)
+    piece = recipe.slices[0]
+    a, b = piece.sources[1], piece.sources[2]
+    where = {"tensor": "model.layers.0.mlp.up_proj.weight", "layer": 0, "n_layers": 3, "piece": piece}
+    assert recipe.resolve_param("weight", model="a", source=a, **where) == pytest.approx(0.1)
+    assert recipe.resolve_param("weight", model="b", source=b, **where) == 0.8  # not the global 0.5
+    assert recipe.resolve_param("lambda", model=None, **where) == 0.5
+
+
+@pytest.mark.parametrize(
+    "method", ["sce", "ram", "ramplus_tl", "model_stock", "arcee_fusion", "nearswap", "karcher"]
+)
+def test_a_per_model_weight_is_accepted_where_mergekit_ignores_it(method: str) -> None:
+    n = 1 if method in ("arcee_fusion", "nearswap") else 2
+    recipe = MergeRecipe.from_dict(
+        {
+            "merge_method": method,
+            "base_model": "base",
+            "models": [{"model": m, "parameters": {"weight": 0.6}} for m in ("a", "b")[:n]],
+            "parameters": {"t": 0.1} if method == "nearswap" else {},
+        }
+    )
+    assert recipe.models[0].parameters["weight"] == 0.6
+
+
+def test_named_chat_templates_as_mergekit_names_them() -> None:
+    linear = {"merge_method": "linear", "models": [{"model": "a", "parameters": {"weight": 1.0}}]}
+    for name in ("chatml", "llama3", "mistral"):
+        assert MergeRecipe.from_dict(linear | {"chat_template": name}).chat_template == name
+    with pytest.raises(ConfigError, match="chat_template 'alpaca' is not a template evomerge ships"):
+        MergeRecipe.from_dict(linear | {"chat_template": "alpaca"})

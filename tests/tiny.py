@@ -6,12 +6,20 @@ Hugging Face directories with safetensors weights and a tokenizer.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+# mergekit 0.1.5's `mergekit-yaml` (a test oracle in its own venv; README: set-up)
+MERGEKIT_BIN = Path(
+    os.environ.get(
+        "EVOMERGE_MERGEKIT_BIN",
+        Path(__file__).resolve().parents[1] / ".venv-mergekit" / "bin" / "mergekit-yaml",
+    )
+)
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>"]
 
 

@@ -26,6 +26,7 @@ from safetensors import SafetensorError, safe_open
 from evomerge.errors import ConfigError, ModelLoadError
 from evomerge.merge import kernels
 from evomerge.merge.architecture import architecture_of
+from evomerge.merge.chat_templates import NAMED_TEMPLATES
 from evomerge.merge.hub import resolve_model
 from evomerge.merge.methods import DeltaStats
 from evomerge.merge.plan import MergePlan, build_plan
@@ -375,7 +376,7 @@ def tokenizer_dir(recipe: MergeRecipe) -> Path:
 def _chat_template(recipe: MergeRecipe) -> str | None:
     """The recipe's template: its text, or for 'auto' the input models' most common one."""
     if recipe.chat_template != "auto":
-        return recipe.chat_template
+        return NAMED_TEMPLATES.get(recipe.chat_template, recipe.chat_template)  # a name, or the text
     from transformers import AutoTokenizer
 
     templates = []

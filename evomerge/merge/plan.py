@@ -18,7 +18,7 @@ import torch
 from evomerge.errors import ConfigError
 from evomerge.merge.architecture import Architecture
 from evomerge.merge.methods import METHODS, DeltaStats, MergeMethod, TensorInputs
-from evomerge.recipe import MergeRecipe, SliceSource
+from evomerge.recipe import MergeRecipe, Slice, SliceSource
 
 
 @dataclass(frozen=True)
@@ -93,12 +93,14 @@ def build_plan(
         )
     n_ref = layer_counts[recipe.model_paths()[0]]
     if recipe.slices is not None:
-        slices = [piece.sources for piece in recipe.slices]
+        pieces = list(recipe.slices)
     else:
-        slices = [[SliceSource(model=m.model, layer_range=(0, n_ref)) for m in recipe.models or []]]
-        listed = {source.model for source in slices[0]}
+        whole = [SliceSource(model=m.model, layer_range=(0, n_ref)) for m in recipe.models or []]
+        listed = {source.model for source in whole}
         if method.includes_base and recipe.base_model and recipe.base_model not in listed:
-            slices[0].append(SliceSource(model=recipe.base_model, layer_range=(0, n_ref)))
+            whole.append(SliceSource(model=recipe.base_model, layer_range=(0, n_ref)))
+        pieces = [Slice(sources=whole)]
+    slices = [piece.sources for piece in pieces]
     for s_index, sources in enumerate(slices):
         for source in sources:
             count = layer_counts[source.model]
@@ -122,21 +124,21 @@ def build_plan(
     post = [n for n in outer if not architecture.is_pre(n)]
     positions = architecture.module_positions(outer)
     for name in pre:
-        jobs.append(_job(recipe, method, name, name, slices[0], None, None, positions.get(name)))
+        jobs.append(_job(recipe, method, name, name, pieces[0], None, None, positions.get(name)))
     out_layer = 0
     heads = sorted({h for (h, _) in layer_templates})
-    for sources in slices:
-        length = sources[0].layer_range[1] - sources[0].layer_range[0]
+    for piece in pieces:
+        length = piece.num_layers
         for offset in range(length):
             for head in heads:
                 for tail in ref_layer0:
                     if (head, tail) not in layer_templates:
                         continue
                     out_name = f"{head}{out_layer}{tail}"
-                    jobs.append(_job(recipe, method, out_name, (head, tail), sources, offset, length))
+                    jobs.append(_job(recipe, method, out_name, (head, tail), piece, offset, length))
             out_layer += 1
     for name in post:
-        jobs.append(_job(recipe, method, name, name, slices[-1], None, None))
+        jobs.append(_job(recipe, method, name, name, pieces[-1], None, None))
     compute = getattr(torch, recipe.dtype) if recipe.dtype else None
     return MergePlan(method, tuple(jobs), out_layer, recipe.seed or 0, compute)
 
@@ -146,7 +148,7 @@ def _job(
     method: MergeMethod,
     out_name: str,
     source_name: str | tuple[str, str],
-    sources: list[SliceSource],
+    piece: Slice,
     offset: int | None,
     length: int | None,
     position: tuple[int, int] | None = None,
@@ -159,6 +161,7 @@ def _job(
         return f"{source_name[0]}{source.layer_range[0] + (offset or 0)}{source_name[1]}"
 
     layer, n_layers = position or (offset, length or 1)  # n_layers: unused at t = 0 (offset None)
+    sources = piece.sources
     base: tuple[str, str] | None = None
     merged = list(sources)
     if method.takes_base(recipe.base_model):
@@ -189,8 +192,15 @@ def _job(
         raise ConfigError(f"{method.name}: no model to merge besides base_model; add models")
 
     def resolve(spec_name: str, model: str | None, source: SliceSource | None) -> Any:
+        # as mergekit: a model's parameters filter on its input tensor's name, global ones on the output's
         return recipe.resolve_param(
-            spec_name, model=model, tensor=out_name, layer=layer, n_layers=n_layers, source=source
+            spec_name,
+            model=model,
+            tensor=input_name(source) if source is not None else out_name,
+            layer=layer,
+            n_layers=n_layers,
+            source=source,
+            piece=piece,
         )
 
     def value(spec: Any, model: str | None, source: SliceSource | None) -> Any:

@@ -15,7 +15,6 @@ exact count in position order. `test_tied_selections_as_mergekit` bounds it (see
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,16 +23,14 @@ import numpy as np
 import pytest
 import torch
 from recipes import recipes, tied_recipes
-from tiny import load_tensors, make_family
+from tiny import MERGEKIT_BIN, load_tensors, make_family
 
+from evomerge.merge.chat_templates import NAMED_TEMPLATES
 from evomerge.merge.io import merge_to_directory, open_models, plan_for
 from evomerge.merge.methods import METHODS
-from evomerge.recipe import MergeRecipe
+from evomerge.recipe import MergeRecipe, mergekit_ref
 
 REPO = Path(__file__).resolve().parents[2]
-MERGEKIT_BIN = Path(
-    os.environ.get("EVOMERGE_MERGEKIT_BIN", REPO / ".venv-mergekit" / "bin" / "mergekit-yaml")
-)
 DETERMINISTIC = [
     name
     for name, data in recipes(Path("b"), [Path("p0"), Path("p1")]).items()
@@ -41,6 +38,19 @@ DETERMINISTIC = [
 ]
 TIED = list(tied_recipes(Path("b"), [Path("p0"), Path("p1")]))
 LOW_PRECISION = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+CONVERSATIONS = [  # (messages, add_generation_prompt): alternating turns, a system message, padding
+    ([{"role": "user", "content": "Hi"}], True),
+    ([{"role": "user", "content": " two\nlines \n"}, {"role": "assistant", "content": "ok "}], False),
+    (
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"},
+            {"role": "user", "content": "and 3+3?"},
+        ],
+        True,
+    ),
+]
 TEMPLATE = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
 
 
@@ -75,12 +85,69 @@ def option_recipes(base: Path, parents: list[Path]) -> dict[str, dict]:
             {"model": p1, "parameters": {"weight": 0.5}},
         ],
     }
+    star = [{"filter": "mlp", "value": 0.9}, {"filter": "*", "value": 0.25}]
+    # a layer filter read on each model's input tensor, in slices whose input and output layers differ
+    layer_filter = [{"filter": "layers.3.", "value": 0.9}, {"value": 0.2}]
+    shifted = {
+        "merge_method": "task_arithmetic",
+        "base_model": b,
+        "slices": [
+            {
+                "sources": [
+                    {"model": b, "layer_range": [2, 4]},
+                    {"model": p0, "layer_range": [2, 4], "parameters": {"weight": layer_filter}},
+                    {"model": p1, "layer_range": [2, 4]},
+                ],
+                "parameters": {"weight": [0.3, 0.6]},  # slices[].parameters: under the sources'
+            },
+            {
+                "sources": [
+                    {"model": b, "layer_range": [0, 2]},
+                    {"model": p0, "layer_range": [0, 2]},
+                    {"model": p1, "layer_range": [0, 2]},
+                ],
+                "parameters": {"weight": 0.4, "lambda": 0.8},
+            },
+        ],
+        "parameters": {"weight": 0.1},
+    }
+    # mergekit ignores a per-model weight of the methods that declare none
+    ignored_weight = {
+        method: {
+            "merge_method": method,
+            "base_model": b,
+            "models": [
+                {"model": b},
+                *({"model": p, "parameters": {"weight": 0.6}} for p in (p0, p1)[:count]),
+            ],
+            "parameters": extra,
+        }
+        for method, count, extra in (
+            ("sce", 2, {}),
+            ("ram", 2, {}),
+            ("ramplus_tl", 2, {}),
+            ("model_stock", 2, {}),
+            ("arcee_fusion", 1, {}),
+            ("nearswap", 1, {"t": 0.001}),
+            ("karcher", 2, {}),
+        )
+    }
     return {
+        "option_filter_star": linear  # mergekit's wildcard filter: every tensor
+        | {
+            "models": [
+                {"model": b, "parameters": {"weight": star}},
+                {"model": p0, "parameters": {"weight": 0.7}},
+            ]
+        },
+        "option_shifted_slices": shifted,
+        **{f"option_weight_ignored_{method}": data for method, data in ignored_weight.items()},
         "option_out_dtype": linear | {"dtype": "float32", "out_dtype": "bfloat16"},
         "option_ignored_task_arithmetic": task,
         "option_ignored_slerp": slerp,
         "option_int8_mask_ties": ties,
         "option_chat_template": linear | {"chat_template": TEMPLATE},
+        **{f"option_chat_template_{name}": linear | {"chat_template": name} for name in NAMED_TEMPLATES},
         "option_tokenizer_union": linear | {"tokenizer_source": "union"},
         "option_tokenizer_model": linear | {"tokenizer_source": p0},
         "option_tokenizer_block": linear | {"tokenizer": {"source": p0}},
@@ -108,6 +175,15 @@ def search_recipes(base: Path, parents: list[Path]) -> dict[str, dict]:
             mode="json", exclude_none=True
         )
     return cases
+
+
+def plus_path_recipe(base: Path, parents: list[Path]) -> dict:
+    """Task arithmetic over models whose paths hold "+", named as evomerge writes them."""
+    return {
+        "merge_method": "task_arithmetic",
+        "base_model": mergekit_ref(str(base)),
+        "models": [{"model": mergekit_ref(str(p)), "parameters": {"weight": 0.5}} for p in parents],
+    }
 
 
 SEARCH = ["search_task_arithmetic", "search_ties"]  # search_recipes' cases (it reads the models)
@@ -149,6 +225,9 @@ def merged_by_both(tiny_family, tmp_path_factory: pytest.TempPathFactory) -> dic
         cases += [(family, name, data) for name, data in tied_recipes(base, parents).items()]
         if family == "bfloat16":
             cases += [(family, name, data) for name, data in search_recipes(base, parents).items()]
+    # a folder whose name holds "+" (as the demo family's did): mergekit must read one model, not A + LoRA B
+    plus_base, plus_parents = make_family(root / "vowels+digits")
+    cases.append(("float32", "plus_path", plus_path_recipe(plus_base, plus_parents)))
     jobs, pairs = [], {}
     for family, name, data in cases:
         config = root / f"{family}_{name}.yaml"
@@ -313,6 +392,26 @@ def test_options_as_mergekit(case: str, merged_by_both) -> None:
     tokenizers = [AutoTokenizer.from_pretrained(d) for d in (ours_dir, theirs_dir)]
     assert tokenizers[0].get_vocab() == tokenizers[1].get_vocab()
     assert tokenizers[0].special_tokens_map == tokenizers[1].special_tokens_map
+    if recipe.chat_template in NAMED_TEMPLATES:  # our own text: the same conversations rendered
+        for tokenizer in tokenizers:
+            tokenizer.bos_token, tokenizer.eos_token = "<|endoftext|>", "<|pad|>"
+        for messages, prompt in CONVERSATIONS:
+            rendered = [
+                t.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+                for t in tokenizers
+            ]
+            assert rendered[0] == rendered[1], (recipe.chat_template, messages)
+        return
     assert tokenizers[0].chat_template == tokenizers[1].chat_template
     if recipe.chat_template:
         assert tokenizers[0].chat_template == TEMPLATE
+
+
+def test_a_path_with_plus_as_mergekit(merged_by_both) -> None:
+    """evomerge writes a '+' path in mergekit's structured form; mergekit reads it as one model."""
+    ours_dir, theirs_dir, recipe = merged_by_both[("float32", "plus_path")]
+    assert "+" in recipe.base_model and "path:" in recipe.to_yaml()
+    ours, theirs = load_tensors(ours_dir), load_tensors(theirs_dir)
+    assert set(ours) == set(theirs)
+    for name, expected in theirs.items():
+        _assert_close(ours[name], expected, f"plus_path: {name}")

@@ -71,6 +71,8 @@ def test_kill_9_then_resume(tmp_path, tiny_family) -> None:
         capture_output=True, text=True, timeout=500, start_new_session=True,
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # at once: the killed driver's lease is still live, but its process is provably gone
+    assert "took over the lease of a killed driver" in " ".join((resumed.stdout + resumed.stderr).split())
     trials = open_run(run_dir).trials()
     search = [t for t in trials if t.user_attrs["kind"] == "search"]
     complete = [t.user_attrs["candidate"] for t in search if t.state == TrialState.COMPLETE]
