@@ -36,8 +36,8 @@ BASELINES = {"ties": "ties3", "task_arithmetic": "task_arithmetic3"}
 EXPERTS = ["base", "arithmetic", "reasoning", "logic"]
 
 
-def pick_name(optimizer: str, seed: int) -> str:
-    return f"round4_{optimizer}_s{seed}"
+def pick_name(optimizer: str, seed: int, prefix: str = "round4") -> str:
+    return f"{prefix}_{optimizer}_s{seed}"
 
 
 def paired_mean(first: dict[str, int], second: dict[str, int], test_ids: dict[str, list[str]]) -> dict:
@@ -69,12 +69,13 @@ def main() -> None:
     parser.add_argument(
         "--reference-tag", help="result tag to read the experts and baselines from where --tag lacks them"
     )
+    parser.add_argument("--prefix", default="round4", help="the runs' name prefix (round5 for round 5)")
     parser.add_argument("--out", default="round4_summary.json")
     parser.add_argument("--print", action="store_true", help="print a table too")
     args = parser.parse_args()
     tag = args.tag
     runs = [(o, int(s), n) for o, s, n in (r.split(",") for r in args.run)] or [
-        (opt, seed, pick_name(opt, seed)) for seed in SEEDS for opt in OPTIMIZERS
+        (opt, seed, pick_name(opt, seed, args.prefix)) for seed in SEEDS for opt in OPTIMIZERS
     ]
     suite = FitnessSuite.load(HERE / "suite_round4.yaml")
     test_ids = suite.test_ids

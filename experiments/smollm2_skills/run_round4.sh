@@ -8,9 +8,11 @@
 # configs); float32 on a CPU without bfloat16 units, where bfloat16 scores ~5x slower.
 # Run from the repository root: bash experiments/smollm2_skills/run_round4.sh [STEP...]
 # STEP: calibration, searches, picks, experts, summary (default: all five, in this order).
-# ROUND4_DEADLINE (epoch seconds): searches not started by then are skipped (the picks step takes
+# ROUND_DEADLINE (epoch seconds): searches not started by then are skipped (the picks step takes
 # the runs there are).
 set -uo pipefail
+# ROUND (default 4): round 5 runs search_OPT_round5.yaml into runs/round5_OPT_sSEED (6000 items each).
+ROUND=${ROUND:-4}
 HERE=experiments/smollm2_skills
 export EVOMERGE_THREADS=2
 ROOT=${EVOMERGE_SMOLLM2_ROOT:-$HOME/.cache/evomerge/smollm2_skills}
@@ -35,13 +37,13 @@ for step in $steps; do
     searches)
       for seed in 0 1 2; do
         for opt in cma nsga2 random; do
-          name=round4_${opt}_s$seed
-          if [ -n "${ROUND4_DEADLINE:-}" ] && [ "$(date +%s)" -ge "$ROUND4_DEADLINE" ]; then
-            stamp "search $name: not started (past ROUND4_DEADLINE)"; continue
+          name=round${ROUND}_${opt}_s$seed
+          if [ -n "${ROUND_DEADLINE:-}" ] && [ "$(date +%s)" -ge "$ROUND_DEADLINE" ]; then
+            stamp "search $name: not started (past ROUND_DEADLINE)"; continue
           fi
           [ -f runs/$name/run.json ] && resume=--resume || resume=
           start=$(date +%s)
-          OMP_NUM_THREADS=1 nice -n 5 evomerge search $HERE/search_${opt}_round4.yaml --seed $seed \
+          OMP_NUM_THREADS=1 nice -n 5 evomerge search $HERE/search_${opt}_round${ROUND}.yaml --seed $seed \
             --run-dir runs/$name $resume > $HERE/logs/search_$name.out 2>&1
           stamp "search $name: rc=$? wall $(( $(date +%s) - start )) s" | tee -a $HERE/logs/search_$name.out
         done
@@ -51,7 +53,7 @@ for step in $steps; do
       recipes=()
       for seed in 0 1 2; do
         for opt in cma nsga2 random; do
-          name=round4_${opt}_s$seed
+          name=round${ROUND}_${opt}_s$seed
           [ -d runs/$name ] || continue
           evomerge export runs/$name --incumbent --out runs/$name/incumbent.yaml --force -q &&
             recipes+=(--recipe $name=runs/$name/incumbent.yaml)
@@ -62,7 +64,8 @@ for step in $steps; do
         --baselines --suffix 3 "${recipes[@]}"
       ;;
     summary)
-      python $HERE/round4.py --tag $TAG --reference-tag test-bfloat16 --print
+      python $HERE/round4.py --prefix round$ROUND --out round${ROUND}_summary.json --tag $TAG \
+        --reference-tag test-bfloat16 --print
       ;;
   esac
 done
