@@ -1,60 +1,72 @@
-"""One-shot GPU check of the live merger at 7B shape: seconds per candidate, memory, scoring.
+"""One-shot GPU check of the live merger at 7B shape: seconds per candidate, memory, the real scorer.
 
-    bash benchmarks/gpu_check.sh            # on a GPU machine (H100/H200): nvidia-smi, then this
-    python benchmarks/gpu_check.py [--layers 32] [--disk-layers 4] [--placements device,host,disk]
+    # here: bash benchmarks/gpu_wheels.sh; on the GPU machine (README, "GPU check"):
+    python3 -m pip install -q --no-index --no-deps --target .whl/site .whl/*.whl
+    PYTHONPATH=$PWD/.whl/site bash benchmarks/gpu_check.sh [--placements device,host,disk]
     python benchmarks/gpu_check.py --dry-run   # CPU, tiny shapes: checks that it runs end to end
+
+Every row is printed and appended to `--jsonl` ($OUT/gpu_check.jsonl, else ./gpu_check.jsonl),
+flushed and fsynced, the moment it is measured; the final table is built from that file, so a run
+stopped at its limit keeps every row it finished. Stages, cheapest and most wanted first (a stage
+that fails writes an `error` row and the next one runs): bandwidths; the device tier; the real
+scorer on it; CUDA against CPU on a small family; the CUDA test subset; the host tier; the disk
+tier (only with `--placements ...,disk`: it writes a real family to disk).
 
 The family is a llama with the real 7B shapes (hidden 4096, intermediate 11008, 32 heads, 32 KV
 heads, vocabulary 32000, untied head), `--layers` layers, bf16, base + `--parents` parents (base +
-seeded noise, `--noise` times each tensor's std), per-layer TIES over all of them.
+seeded noise, `--noise` times each tensor's std), generated on the GPU. Device and host tiers: the
+family is never written to disk. One *sparse* safetensors file holds only the header (the data
+section is a hole), hard-linked into base/ and each parent_k/; LiveMerger loads it in its placement,
+then the real values are written into its resident tensors in place (`fill_resident`: LiveMerger's
+private `_resident`, since the public API takes directories and 4 x 13.5 GB of files would not fit
+the disk). Disk tier: a `--disk-layers` family written to local disk and dropped from the page cache
+before its first (cold) candidate; its seconds are also scaled to `--layers` by bytes read.
 
-Device and host tiers: the 32-layer family is never written to disk. One *sparse* safetensors file
-holds only the header (the data section is a hole: a few KB on disk), hard-linked into base/ and
-each parent_k/ (distinct paths, so LiveMerger holds them as distinct models; one inode, so the page
-cache holds its zero pages once). LiveMerger loads that family in its placement (GPU HBM, or pinned
-host memory), then the benchmark generates the real values on the GPU and writes them into the
-merger's resident tensors in place, before any candidate is applied (the magnitude indexes are
-built from them on the first apply). That touches LiveMerger's private `_resident` dict: the
-public API takes model directories only, and 4 x 13.5 GB of real files would not fit the disk.
-Disk tier: the placement reads the files per candidate, so they must hold the real values: a
-`--disk-layers` family is written to local disk (4 layers: ~8.6 GB) and dropped from the page cache
-(posix_fadvise DONTNEED on our own files) before the first candidate, which is timed cold; the
-median is over the following (warm) candidates. Its per-candidate seconds are also scaled to
-`--layers` by bytes read. Scratch files go to `--workdir`, $GPU_CHECK_TMP, or /var/tmp or /tmp
-(whichever is not a tmpfs), and are removed at the end.
+Per tier x method (`--methods`, per-layer TIES and task arithmetic by default, float32 compute):
+the first apply (compilation, magnitude indexes), the median of `--repeats` applies after it, the
+HBM floor (bytes every held model weighs / device-copy GB/s) and the tier's link floor (pinned or
+pageable host-to-device GB/s), peak allocated and reserved device memory over the models' bytes,
+host memory held (RssAnon + RssShmem growth, and the CUDA pinned allocator's bytes). A profile row
+lists the kernels of one device-tier TIES candidate by device time.
 
-Measured per placement: load s; first apply s (kernel compilation, magnitude indexes); median
-apply s over `--repeats`; the HBM floor = bytes read per candidate (every held model once) / HBM
-bandwidth (a device-to-device copy of a 4 GiB tensor, bytes read + written, best of 5), and for the
-host and disk tiers the link floor = the same bytes / host-to-device copy GB/s (pinned for host,
-pageable for disk); torch.cuda.max_memory_allocated over load + applies + scoring, against the
-models' bytes; host memory held (RssAnon + RssShmem growth, and the bytes of the CUDA pinned
-allocator, which rounds every block up to a power of two); scoring: a
-bf16 forward (SDPA, inference_mode) of the live model over `--items` random-token sequences of
-`--seq` tokens in one batch, log-probs of the last quarter of each sequence (a multiple-choice
-continuation), median of 3 after a warm-up; candidates per GPU-hour = 3600 / (apply s + score s).
+The scorer row: `evomerge.fitness.scoring.Scorer` as a search worker builds it (batch size 16, the
+GPU token budget of `runtime.preflight`, shared prompt prefix) on `--items` synthetic 4-choice items
+(prompts 60-160 words, choices 1-6 words, seeded) with a word-level tokenizer made in-process (no
+network), scoring the device tier's live model (random weights: the speed is the point, not the
+answers); median of 3 after a warm-up. Candidates per GPU-hour = 3600 / (apply s + score s).
 
-Goals printed beside the numbers: device tier <= 0.5 s per candidate, and >= 50% of the HBM
-bandwidth (bytes read / apply s); host tier <= 2 s; >= 1500 candidates per GPU-hour at 100 items;
-device-tier memory <= 1.3x base + parents; host-tier device memory <= 1.2x (one model + one
-layer of every held model).
+Correctness: base + parents of a small family (the tiny llama shape, bf16), each method applied by
+a LiveMerger on the GPU (compiled kernels) and on the CPU (eager), live models in float32: equal
+when bit-identical, else within the documented bound |cuda - cpu| <= 1e-6 * max |cpu| (float32
+rounding of fused multiply-adds; TIES selects the same entries, so its mask adds nothing).
+
+CUDA tests: `pytest tests/merge/test_cuda.py -k CUDA_TESTS` in a subprocess, kernels eager
+(EVOMERGE_COMPILE=0: compiling every structure would not fit), at most `--tests-timeout` seconds.
+
+Goals: device tier <= 0.5 s per TIES candidate; >= 1500 candidates per GPU-hour at 100 items;
+device-tier memory <= 1.3x base + parents; host-tier device memory <= 1.2x one model.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -241,30 +253,40 @@ def bandwidths(device: torch.device, n_bytes: int) -> dict[str, float]:
     return result
 
 
-# --- one tier ------------------------------------------------------------------------------------
+# --- one tier ---
 
 
-def score(model: Any, items: int, seq: int, vocab: int, device: torch.device) -> float:
-    """Median seconds of one batched forward + continuation log-probs over `items` sequences."""
-    generator = torch.Generator(device=device).manual_seed(0)
-    ids = torch.randint(0, vocab, (items, seq), generator=generator, device=device)
-    tail = max(1, seq // 4)
+class Rows:
+    """The run's rows: each one appended to the JSONL file (flushed, fsynced) and printed as measured."""
 
-    def once() -> None:
-        with torch.inference_mode():
-            logits = model(input_ids=ids, use_cache=False).logits[:, -tail - 1 : -1]
-            logprobs = logits.float().log_softmax(-1).gather(-1, ids[:, -tail:, None]).sum()
-            float(logprobs)
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")  # one run per file: the table reads every row in it
 
-    once()
-    times = []
-    for _ in range(3):
-        sync(device)
-        start = time.perf_counter()
-        once()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    def add(self, kind: str, **values: Any) -> dict[str, Any]:
+        row = {"row": kind, **values}
+        line = json.dumps(row, default=str)
+        with open(self.path, "a") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        print(line, flush=True)
+        return row
+
+
+def stage(rows: Rows, name: str, fn: Callable[[], Any]) -> Any:
+    """Run one stage; a failure is an `error` row (its last lines of traceback), not the end of the run."""
+    try:
+        return fn()
+    except Exception as error:  # a one-shot machine: every later stage is still worth its rows
+        tail = traceback.format_exc().strip().splitlines()[-6:]
+        rows.add("error", stage=name, error=f"{type(error).__name__}: {error}"[:500], traceback=tail)
+        return None
+    finally:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def host_bytes() -> int:
@@ -281,173 +303,408 @@ def pinned_bytes() -> int:
     return int(stats().get("allocated_bytes.current", 0))
 
 
-def run_tier(placement: str, args: argparse.Namespace, config: Any, base: Path, parents: list[Path],
-             device: torch.device, fill: bool, cold_first: bool) -> dict[str, Any]:  # fmt: skip
+def device_peaks(device: torch.device) -> tuple[int, int]:
+    """(max allocated, max reserved) device bytes since the last reset; 0 on a CPU."""
+    if device.type != "cuda":
+        return 0, 0
+    return torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
+
+
+def reset_peaks(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+# --- the scorer ----------------------------------------------------------------------------------
+
+
+def word_tokenizer(words: list[str]) -> Any:
+    """A word-level tokenizer over `words` (+ unknown, padding and begin tokens), made in-process:
+    the lent machine reaches no hub."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<pad>", "<s>"]
+    vocab = {token: index for index, token in enumerate(specials + words)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", bos_token="<s>"
+    )
+
+
+def mc_items(count: int, words: list[str], seed: int) -> list[Any]:
+    """`count` 4-choice items: prompts of 60-160 words, choices of 1-6 words, seeded."""
+    import random
+
+    from evomerge.fitness.items import Item
+
+    rng = random.Random(seed)
+
+    def text(low: int, high: int) -> str:
+        return " ".join(rng.choice(words) for _ in range(rng.randint(low, high)))
+
+    return [
+        Item(
+            id=f"mc{i}",
+            task="synthetic",
+            prompt=text(60, 160) + " Answer:",
+            choices=tuple(text(1, 6) for _ in range(4)),
+            answer=rng.randrange(4),
+            target_delimiter=" ",
+        )
+        for i in range(count)
+    ]
+
+
+def score_row(rows: Rows, model: Any, args: argparse.Namespace, device: torch.device) -> float:
+    """The real Scorer, as a search worker builds it, on `args.items` items: median s of 3 after a warm-up."""
+    from evomerge.fitness.scoring import Scorer
+    from evomerge.runtime.preflight import GPU_TOKEN_BUDGET
+
+    vocab = model.config.vocab_size
+    words = [f"w{i}" for i in range(min(vocab - 4, 5000))] + ["Answer:"]  # + 3 specials: ids < vocab
+    scorer = Scorer(
+        word_tokenizer(words),
+        batch_size=16,  # workers.batch_size's default (evomerge/experiment.py)
+        token_budget=GPU_TOKEN_BUDGET if device.type == "cuda" else None,
+        share_prefix=True,
+    )
+    items = mc_items(args.items, words, seed=0)
+    reset_peaks(device)
+    result = scorer.score(model, items)  # warm-up (and the tokenization, cached per item)
+    times = [timed(lambda: scorer.score(model, items), device) for _ in range(3)]
+    seconds = statistics.median(times)
+    peak_alloc, peak_reserved = device_peaks(device)
+    rows.add(
+        "score",
+        items=len(items),
+        times=times,
+        score_s=seconds,
+        items_per_s=len(items) / seconds,
+        tokens=result.n_tokens,
+        tokens_per_s=result.n_tokens / seconds,
+        batch_size=scorer.batch_size,
+        token_budget=scorer.token_budget,
+        share_prefix=scorer.share_prefix,
+        peak_alloc=peak_alloc,
+        peak_reserved=peak_reserved,
+        tokenizer="word-level, made in-process",
+        model="the device tier's live model (random weights)",
+    )
+    return seconds
+
+
+# --- one tier ------------------------------------------------------------------------------------
+
+
+def profile_row(rows: Rows, merger: Any, recipe: Any, device: torch.device, top: int = 12) -> None:
+    """The kernels of one candidate by device time (CPU time on a CPU), the `top` largest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        merger.apply(recipe)
+        sync(device)
+
+    def device_us(event: Any) -> float:
+        if device.type != "cuda":
+            return event.self_cpu_time_total
+        return getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0.0))
+
+    events = sorted(prof.key_averages(), key=device_us, reverse=True)[:top]
+    kernels = [{"name": e.key[:120], "calls": e.count, "ms": device_us(e) / 1e3} for e in events]
+    rows.add("profile", method=recipe.merge_method, placement=merger.placement, kernels=kernels)
+
+
+def run_tier(
+    placement: str,
+    args: argparse.Namespace,
+    config: Any,
+    base: Path,
+    parents: list[Path],
+    device: torch.device,
+    rows: Rows,
+    bw: dict[str, float],
+    fill: bool,
+    cold_first: bool,
+) -> Any:
+    """Load the family in `placement`, then time every method: one row each; returns the merger."""
+    from evomerge.merge import kernels
     from evomerge.merge.live import LiveMerger
     from evomerge.recipe import MergeRecipe
 
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peaks(device)
     host_before, pinned_before = host_bytes(), pinned_bytes()
     start = time.perf_counter()
     merger = LiveMerger(base, parents, device=device, placement=placement)
     sync(device)
     load_s = time.perf_counter() - start
-    load_alloc = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-    host_held = host_bytes() - host_before
-    pinned_held = pinned_bytes() - pinned_before
-    fill_s = 0.0
-    if fill:
-        start = time.perf_counter()
-        fill_resident(merger, base, parents, args.noise, device)
-        fill_s = time.perf_counter() - start
-        if device.type == "cuda":  # the fill's temporaries are the benchmark's, not the merger's
-            torch.cuda.reset_peak_memory_stats(device)
-    if cold_first:
-        drop_page_cache([base, *parents])
-    recipe = MergeRecipe.from_dict(bm.recipe_for("ties", base, parents, config.num_hidden_layers))
-    start = time.perf_counter()
-    merger.apply(recipe)
-    sync(device)
-    first_s = time.perf_counter() - start
-    print(
-        f"  {placement}: load {load_s:.1f} s (+ fill {fill_s:.1f} s), first apply {first_s:.2f} s", flush=True
-    )
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        merger.apply(recipe)
-        sync(device)
-        times.append(time.perf_counter() - start)
-    score_s = score(merger.model, args.items, args.seq, config.vocab_size, device)
+    load_alloc, load_reserved = device_peaks(device)
+    host_held, pinned_held = host_bytes() - host_before, pinned_bytes() - pinned_before
+    fill_s = timed(lambda: fill_resident(merger, base, parents, args.noise, device), device) if fill else 0.0
+    reset_peaks(device)  # the fill's temporaries are the benchmark's, not the merger's
     plan = merger.memory
-    resident = merger.resident_bytes()
-    layer_bytes = plan.models_bytes - (  # one layer of every held model: total minus the non-layer tensors
-        sum(math.prod(s) * 2 for n, s in bm.parameter_shapes(config).items() if ".layers." not in n)
-        * plan.n_models
+    one_model = plan.models_bytes // plan.n_models
+    rows.add(
+        "load",
+        placement=placement,
+        layers=config.num_hidden_layers,
+        models_bytes=plan.models_bytes,
+        one_model_bytes=one_model,
+        live_bytes=plan.live_bytes,
+        load_s=load_s,
+        fill_s=fill_s,
+        load_peak_alloc=load_alloc,
+        load_peak_reserved=load_reserved,
+        host_held=host_held,
+        pinned_held=pinned_held,
+        attn=getattr(merger.model.config, "_attn_implementation", None),
     )
-    layer_bytes //= max(config.num_hidden_layers, 1)
+    link = {"device": bw["device_copy"], "host": bw["h2d_pinned"], "disk": bw["h2d_pageable"]}[placement]
+    for method in args.methods:
+        recipe = MergeRecipe.from_dict(bm.recipe_for(method, base, parents, config.num_hidden_layers))
+        if cold_first:
+            drop_page_cache([base, *parents])
+        candidate = functools.partial(merger.apply, recipe)
+        first_s = timed(candidate, device)
+        times = [timed(candidate, device) for _ in range(args.repeats)]
+        apply_s = statistics.median(times)
+        peak_alloc, peak_reserved = device_peaks(device)
+        read = plan.read_bytes_per_candidate
+        hbm_floor, link_floor = read / (bw["device_copy"] * GB), read / (link * GB)
+        rows.add(
+            "apply",
+            placement=placement,
+            method=method,
+            layers=config.num_hidden_layers,
+            first_s=first_s,
+            times=times,
+            apply_s=apply_s,
+            read_bytes=read,
+            hbm_floor_s=hbm_floor,
+            x_hbm_floor=apply_s / hbm_floor,
+            link_floor_s=link_floor,
+            x_link_floor=apply_s / link_floor,
+            peak_alloc=max(peak_alloc, load_alloc),
+            peak_reserved=max(peak_reserved, load_reserved),
+            alloc_over_models=max(peak_alloc, load_alloc) / plan.models_bytes,
+            reserved_over_models=max(peak_reserved, load_reserved) / plan.models_bytes,
+            alloc_over_one_model=max(peak_alloc, load_alloc) / one_model,
+            host_held=host_bytes() - host_before,
+            compile_broken=kernels._Kernel.broken,
+        )
+    if placement == "device" and "ties" in args.methods:
+        ties = MergeRecipe.from_dict(bm.recipe_for("ties", base, parents, config.num_hidden_layers))
+        profile_row(rows, merger, ties, device)
+    return merger
+
+
+# --- correctness and the CUDA tests ----------------------------------------------------------------
+
+BOUND = 1e-6  # |cuda - cpu| <= BOUND * max |cpu| (float32 rounding of fused multiply-adds)
+
+
+def correctness_rows(rows: Rows, args: argparse.Namespace, workdir: Path, device: torch.device) -> None:
+    """Each method's merge of a small bf16 family on `device` (compiled) against the CPU's (eager)."""
     from evomerge.merge import kernels
+    from evomerge.merge.live import LiveMerger
+    from evomerge.recipe import MergeRecipe
 
-    result = {
-        "placement": placement,
-        "device": device.type,
-        "layers": config.num_hidden_layers,
-        "models_bytes": plan.models_bytes,
-        "live_bytes": plan.live_bytes,
-        "layer_bytes": layer_bytes,
-        "read_bytes": plan.read_bytes_per_candidate,
-        "plan_device_bytes": plan.device_bytes,
-        "resident": resident,
-        "load_s": load_s,
-        "fill_s": fill_s,
-        "first_s": first_s,
-        "times": times,
-        "apply_s": statistics.median(times) if times else first_s,
-        "score_s": score_s,
-        "load_max_alloc": load_alloc,
-        "max_alloc": max(load_alloc, torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0),
-        "host_held": host_held,
-        "pinned_held": pinned_held,
-        "compile_broken": kernels._Kernel.broken,
-        "attn": getattr(merger.model.config, "_attn_implementation", None),
-    }
-    del merger
-    gc.collect()
-    return result
+    config = bm.llama_config(2, bm.TINY)
+    base, parents = bm.family_paths(workdir / "small", args.parents)
+    bm.make_family(workdir / "small", config, args.parents, args.noise)
+    merged = {}
+    for where in (device, torch.device("cpu")):
+        live = LiveMerger(base, parents, device=where, placement="device", model_dtype=torch.float32)
+        with kernels.compiling(where.type != "cpu"):
+            for method in args.methods:
+                recipe = MergeRecipe.from_dict(bm.recipe_for(method, base, parents, 2))
+                state = live.apply(recipe).state_dict()
+                merged[(where.type, method)] = {name: t.detach().cpu().clone() for name, t in state.items()}
+        del live
+    for method in args.methods:
+        ours, cpu = merged[(device.type, method)], merged[("cpu", method)]
+        differing = sum(int((ours[n] != cpu[n]).sum()) for n in cpu)
+        max_abs = max(float((ours[n] - cpu[n]).abs().max()) for n in cpu)
+        scale = max(float(t.abs().max()) for t in cpu.values())
+        rows.add(
+            "correctness",
+            method=method,
+            against=f"{device.type} (compiled) vs cpu (eager)",
+            entries=sum(t.numel() for t in cpu.values()),
+            differing=differing,
+            max_abs=max_abs,
+            bound=BOUND * scale,
+            identical=differing == 0,
+            ok=max_abs <= BOUND * scale,
+        )
 
 
-# --- report ----------------------------------------------------------------------------------------
+CUDA_TESTS = "ties or task_arithmetic or off_the_device"
+
+
+def cuda_tests_row(rows: Rows, args: argparse.Namespace) -> None:
+    """The CUDA test subset in a subprocess (eager kernels), its counts parsed from pytest's summary."""
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "tests/merge/test_cuda.py",
+        "-k",
+        CUDA_TESTS,
+    ]
+    environment = {**os.environ, "EVOMERGE_COMPILE": "0"}
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=args.tests_timeout, env=environment
+        )
+        output, rc = done.stdout + done.stderr, done.returncode
+    except subprocess.TimeoutExpired as expired:
+        output, rc = f"{expired.stdout or ''}{expired.stderr or ''}", "timeout"
+        output = output if isinstance(output, str) else output.decode(errors="replace")
+    counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", output)}
+    rows.add(
+        "cuda_tests",
+        selection=CUDA_TESTS,
+        eager=True,
+        rc=rc,
+        seconds=time.perf_counter() - start,
+        passed=counts.get("passed", 0),
+        failed=counts.get("failed", 0),
+        skipped=counts.get("skipped", 0),
+        errors=counts.get("error", 0) + counts.get("errors", 0),
+        deselected=counts.get("deselected", 0),
+        tail=output.strip().splitlines()[-8:],
+    )
+
+
+# --- report (from the JSONL file) --------------------------------------------------------------------
 
 
 def verdict(ok: bool, measured: bool = True) -> str:
     if not measured:
-        return "n/a (no CUDA memory statistics on a CPU run)"
+        return "n/a (a CPU run: the goals are a GPU's)"
     return "PASS" if ok else "FAIL"
 
 
-def report(
-    rows: list[dict[str, Any]], bw: dict[str, float], args: argparse.Namespace, full_read: int
-) -> None:
-    print()
-    print(
-        f"bandwidth: device copy {bw['device_copy']:.0f} GB/s (read + write), host-to-device pinned "
-        f"{bw['h2d_pinned']:.1f} GB/s, pageable {bw['h2d_pageable']:.1f} GB/s"
-    )
-    print(
-        f"per-layer TIES over base + {args.parents} parents, bf16 storage, float32 compute, live model bf16;"
-    )
-    print(
-        f"scoring: {args.items} sequences x {args.seq} tokens, one batch, bf16 forward under inference_mode"
-    )
-    print()
+def report(path: Path, full_layers: int) -> int:
+    """The tables and goals, from every row the file holds (a cut run's too); the number of stages
+    that failed."""
+    table = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for row in table:
+        by_kind.setdefault(row["row"], []).append(row)
+    start = (by_kind.get("start") or [{}])[0]
+    on_cuda = start.get("device_type") == "cuda"
+    score = (by_kind.get("score") or [None])[0]
+    loads = {row["placement"]: row for row in by_kind.get("load", [])}
+    print(f"\n== gpu_check: {start.get('device_name', '?')}, torch {start.get('torch', '?')} ({path})")
     header = [
-        "placement", "layers", "models GB", "load s", "1st apply s", "apply s", "HBM floor s", "x HBM floor",
-        "link floor s", "x link", "max alloc GB", "alloc / models", "host held GB", "score s", "tokens/s",
+        "tier",
+        "method",
+        "layers",
+        "models GB",
+        "1st s",
+        "apply s",
+        "x HBM floor",
+        "x link floor",
+        "alloc / models",
+        "reserved / models",
+        "alloc / one model",
+        "host GB",
         "cand/GPU-h",
-    ]  # fmt: skip
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    link = {"device": bw["device_copy"], "host": bw["h2d_pinned"], "disk": bw["h2d_pageable"]}
+    ]
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     goals = []
-    for r in rows:
-        hbm_floor = r["read_bytes"] / (bw["device_copy"] * GB)
-        link_floor = r["read_bytes"] / (link[r["placement"]] * GB)
-        per_hour = 3600 / (r["apply_s"] + r["score_s"])
-        tokens = args.items * args.seq / r["score_s"]
+    for r in by_kind.get("apply", []):
+        per_hour = 3600 / (r["apply_s"] + score["score_s"]) if score else math.nan
         cells = [
-            r["placement"], str(r["layers"]), f"{r['models_bytes'] / GB:.1f}",
-            f"{r['load_s'] + r['fill_s']:.1f}", f"{r['first_s']:.2f}", f"{r['apply_s']:.3f}",
-            f"{hbm_floor:.4f}", f"{r['apply_s'] / hbm_floor:.1f}",
-            f"{link_floor:.3f}", f"{r['apply_s'] / link_floor:.2f}", f"{r['max_alloc'] / GB:.2f}",
-            f"{r['max_alloc'] / r['models_bytes']:.2f}", f"{r['host_held'] / GB:.2f}", f"{r['score_s']:.3f}",
-            f"{tokens:.0f}", f"{per_hour:.0f}",
-        ]  # fmt: skip
+            r["placement"],
+            r["method"],
+            str(r["layers"]),
+            f"{loads[r['placement']]['models_bytes'] / GB:.1f}",
+            f"{r['first_s']:.2f}",
+            f"{r['apply_s']:.3f}",
+            f"{r['x_hbm_floor']:.1f}",
+            f"{r['x_link_floor']:.2f}",
+            f"{r['alloc_over_models']:.2f}",
+            f"{r['reserved_over_models']:.2f}",
+            f"{r['alloc_over_one_model']:.2f}",
+            f"{r['host_held'] / GB:.2f}",
+            f"{per_hour:.0f}",
+        ]
         print("| " + " | ".join(cells) + " |")
+        if r["placement"] == "device" and r["method"] == "ties":
+            scaled = r["apply_s"] * full_layers / r["layers"]
+            goals.append(
+                f"device tier <= 0.5 s per 7B TIES candidate: {verdict(scaled <= 0.5, on_cuda)} "
+                f"({scaled:.3f} s)"
+            )
+            goals.append(
+                f">= 1500 candidates per GPU-hour (TIES, {score['items'] if score else '?'} items): "
+                f"{verdict(per_hour >= 1500, on_cuda)} ({per_hour:.0f})"
+            )
         if r["placement"] == "device":
-            fraction = r["read_bytes"] / r["apply_s"] / (bw["device_copy"] * GB)
+            ratio = r["alloc_over_models"]
             goals.append(
-                f"device tier <= 0.5 s per candidate: {verdict(r['apply_s'] <= 0.5)} ({r['apply_s']:.3f} s)"
+                f"device tier memory <= 1.3x models ({r['method']}): {verdict(ratio <= 1.3, on_cuda)} "
+                f"({ratio:.2f}x allocated, {r['reserved_over_models']:.2f}x reserved)"
             )
+        if r["placement"] == "host":
+            ratio = r["alloc_over_one_model"]
             goals.append(
-                f"device tier >= 50% of HBM bandwidth: {verdict(fraction >= 0.5)} ({100 * fraction:.1f}%)"
+                f"host tier device memory <= 1.2x one model ({r['method']}): "
+                f"{verdict(ratio <= 1.2, on_cuda)} ({ratio:.2f}x)"
             )
-            goals.append(
-                f">= 1500 candidates per GPU-hour at {args.items} items (device tier): "
-                f"{verdict(per_hour >= 1500)} ({per_hour:.0f})"
-            )
-            ratio = r["max_alloc"] / r["models_bytes"]
-            memory = verdict(ratio <= 1.3, r["device"] == "cuda")
-            goals.append(f"device tier memory <= 1.3x base + parents: {memory} ({ratio:.2f}x)")
-        elif r["placement"] == "host":
-            goals.append(
-                f"host tier <= 2 s per candidate: {verdict(r['apply_s'] <= 2)} ({r['apply_s']:.3f} s)"
-            )
-            allowed = 1.2 * (r["live_bytes"] + r["layer_bytes"])
-            goals.append(
-                f"host tier device memory <= 1.2x (one model + one layer of every held model) = "
-                f"{allowed / GB:.2f} GB: {verdict(r['max_alloc'] <= allowed, r['device'] == 'cuda')} "
-                f"({r['max_alloc'] / GB:.2f} GB); host memory held {r['host_held'] / GB:.2f} GB "
-                f"(pinned allocator {r['pinned_held'] / GB:.2f} GB) "
-                f"for {r['models_bytes'] / GB:.2f} GB of models"
-            )
-        else:
-            scaled = r["apply_s"] * full_read / r["read_bytes"]
-            goals.append(
-                f"disk tier (no goal): first candidate (cold files) {r['first_s']:.2f} s, warm median "
-                f"{r['apply_s']:.3f} s at {r['layers']} layers, ~{scaled:.2f} s scaled to "
-                f"{args.layers} layers by bytes read"
-            )
+    if score:
+        print(
+            f"\nscorer: {score['items']} items in {score['score_s']:.3f} s ({score['items_per_s']:.0f} "
+            f"items/s, {score['tokens_per_s']:.0f} tokens/s), batch {score['batch_size']}, "
+            f"budget {score['token_budget']}"
+        )
+    for row in by_kind.get("profile", []):
+        top = ", ".join(f"{k['name'][:40]} {k['ms']:.1f} ms x{k['calls']}" for k in row["kernels"][:5])
+        print(f"profile ({row['placement']} {row['method']}): {top}")
+    for row in by_kind.get("correctness", []):
+        state = (
+            "bit-identical"
+            if row["identical"]
+            else f"{row['differing']} entries differ, max {row['max_abs']:.2e}"
+        )
+        print(
+            f"correctness {row['method']} ({row['against']}): {verdict(row['ok'])} "
+            f"({state}; bound {row['bound']:.2e})"
+        )
+    for row in by_kind.get("cuda_tests", []):
+        print(
+            f"CUDA tests (-k '{row['selection']}', eager): {row['passed']} passed, {row['failed']} failed, "
+            f"{row['skipped']} skipped, {row['errors']} errors in {row['seconds']:.0f} s (rc {row['rc']})"
+        )
+    for row in by_kind.get("error", []):
+        print(f"ERROR in {row['stage']}: {row['error']}")
     print()
     for line in goals:
         print(line)
-    for r in rows:
-        if r["compile_broken"]:
-            print("WARNING: torch.compile failed, the kernels ran eagerly (install triton)")
-            break
-    print(f"attention implementation of the live model: {rows[0]['attn'] if rows else '?'}")
+    return len(by_kind.get("error", []))
+
+
+# --- main ------------------------------------------------------------------------------------------
 
 
 def main() -> None:
@@ -456,71 +713,87 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--disk-layers", type=int, default=4, help="layers of the real on-disk family")
     parser.add_argument("--parents", type=int, default=3)
-    parser.add_argument("--placements", default="device,host,disk")
+    parser.add_argument("--placements", default="device,host", help="of device,host,disk")
+    parser.add_argument("--methods", default="ties,task_arithmetic")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--items", type=int, default=100)
-    parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--noise", type=float, default=0.01)
+    parser.add_argument("--tests-timeout", type=float, default=90.0, help="seconds for the CUDA test subset")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes instead of the 7B ones")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, 2 layers, a few items")
     parser.add_argument("--workdir", type=Path, help="where the families go (default: a temp dir)")
-    parser.add_argument(
-        "--json", type=Path, help="also write the results here (default: $OUT/gpu_check.json)"
-    )
+    parser.add_argument("--jsonl", type=Path, help="the rows (default: $OUT/gpu_check.jsonl, else ./)")
     args = parser.parse_args()
+    args.methods = [m for m in args.methods.split(",") if m]
     # `timeout` sends SIGTERM: leave through the `finally` below, so the scratch files are removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
     if args.dry_run:
         args.device, args.tiny, args.layers, args.disk_layers = "cpu", True, 2, 2
-        args.items, args.seq, args.repeats = 8, 16, 1
+        args.items, args.repeats = 8, 1
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device visible to torch; use --dry-run (or --device cpu) to check on a CPU")
+    path = args.jsonl or Path(os.environ.get("OUT") or ".") / "gpu_check.jsonl"
+    rows = Rows(path)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    rows.add("start", torch=torch.__version__, device_type=device.type, device_name=name, args=vars(args))
     shape = bm.TINY if args.tiny else bm.WIDE
-    name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
-    print(f"torch {torch.__version__}, device {device}{name}", flush=True)
     placements = [p for p in args.placements.split(",") if p]
     workdir = Path(tempfile.mkdtemp(prefix="gpu_check_", dir=args.workdir or scratch_root()))
-    print(f"scratch directory: {workdir}", flush=True)
-    rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     try:
-        bw = bandwidths(device, (4 if device.type == "cuda" else 1) * 1024**3 // (64 if args.tiny else 1))
-        print(f"bandwidths (GB/s): {json.dumps({k: round(v, 1) for k, v in bw.items()})}", flush=True)
+        size = (4 if device.type == "cuda" else 1) * 1024**3 // (64 if args.tiny else 1)
+        bw = bandwidths(device, size)
+        rows.add("bandwidth", **bw)
         config = bm.llama_config(args.layers, shape)
-        full_read = 0
-        if {"device", "host"} & set(placements):
-            base, parents = sparse_family(workdir / "sparse", config, args.parents)
-            for placement in [p for p in ("device", "host") if p in placements]:
-                rows.append(
-                    run_tier(placement, args, config, base, parents, device, fill=True, cold_first=False)
-                )
-                full_read = rows[-1]["read_bytes"]
-                print("  " + json.dumps({k: v for k, v in rows[-1].items() if k != "resident"}), flush=True)
+        sparse = (
+            sparse_family(workdir / "sparse", config, args.parents)
+            if {"device", "host"} & set(placements)
+            else None
+        )
+        if "device" in placements and sparse:
+            merger = stage(
+                rows,
+                "device tier",
+                lambda: run_tier(
+                    "device", args, config, *sparse, device, rows, bw, fill=True, cold_first=False
+                ),
+            )
+            if merger is not None:
+                stage(rows, "scorer", lambda: score_row(rows, merger.model, args, device))
+            del merger
+            gc.collect()
+        stage(rows, "correctness", lambda: correctness_rows(rows, args, workdir, device))
+        stage(rows, "cuda tests", lambda: cuda_tests_row(rows, args))
+        if "host" in placements and sparse:
+            stage(
+                rows,
+                "host tier",
+                lambda: run_tier(
+                    "host", args, config, *sparse, device, rows, bw, fill=True, cold_first=False
+                ),
+            )
         if "disk" in placements:
             disk_config = bm.llama_config(args.disk_layers, shape)
-            start = time.perf_counter()
-            base, parents = real_family(workdir / "disk", disk_config, args.parents, args.noise, device)
-            print(
-                f"  disk family ({args.disk_layers} layers) written in {time.perf_counter() - start:.0f} s",
-                flush=True,
+            family = stage(
+                rows,
+                "disk family",
+                lambda: real_family(workdir / "disk", disk_config, args.parents, args.noise, device),
             )
-            rows.append(
-                run_tier("disk", args, disk_config, base, parents, device, fill=False, cold_first=True)
-            )
-            print("  " + json.dumps({k: v for k, v in rows[-1].items() if k != "resident"}), flush=True)
-            if not full_read:
-                full_read = rows[-1]["read_bytes"] * args.layers // max(args.disk_layers, 1)
+            if family is not None:
+                stage(
+                    rows,
+                    "disk tier",
+                    lambda: run_tier(
+                        "disk", args, disk_config, *family, device, rows, bw, fill=False, cold_first=True
+                    ),
+                )
+        rows.add("end", total_s=time.perf_counter() - started)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    report(rows, bw, args, full_read)
-    print(f"total {time.perf_counter() - started:.0f} s")
-    target = args.json or (Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else None)
-    if target is not None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(
-            json.dumps({"bandwidth": bw, "rows": rows, "args": vars(args)}, default=str, indent=1)
-        )
+        failed = report(path, args.layers)
+    if failed:
+        raise SystemExit(f"{failed} stage(s) failed: see the error rows in {path}")
 
 
 if __name__ == "__main__":

@@ -339,6 +339,11 @@ def _band_kernel(tensor: Tensor, base: Tensor, bounds: Tensor, compute: torch.dt
     return torch.stack([inside.to(torch.float64).sum(), total])
 
 
+def _equal_kernel(equal: Tensor, tensor: Tensor, base: Tensor, value: Tensor, compute: torch.dtype) -> None:
+    """Whether |tensor - base| in `compute` equals value[0] (one pass)."""
+    equal.copy_((tensor.to(compute) - base.to(compute)).abs() == value[0])
+
+
 _task_vector = _Kernel(_task_vector_kernel)
 _weighted_sum = _Kernel(_weighted_sum_kernel)
 _scaled = _Kernel(_scaled_kernel)
@@ -348,28 +353,39 @@ _masked = _Kernel(_masked_kernel)
 _ram = _Kernel(_ram_kernel)
 _bracket = _Kernel(_bracket_kernel)
 _band = _Kernel(_band_kernel)
+_equal = _Kernel(_equal_kernel)
 
 
-def between(tensor: Tensor, base: Tensor, low: float, high: float, compute: torch.dtype) -> Tensor:
-    """The magnitudes |tensor - base| (flat chunks of equal shape) with low < |.| < high."""
+def on_device(values: Any, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A small tensor of `values` on `device`, queued without a host sync: a plain host-to-device
+    copy (`torch.tensor(..., device=cuda)`) waits for every kernel queued before it, a copy from
+    pinned memory is queued behind them."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+def between(tensor: Tensor, base: Tensor, bounds: Tensor, compute: torch.dtype) -> Tensor:
+    """The magnitudes |tensor - base| (flat chunks of equal shape) with bounds[0] < |.| < bounds[1]."""
     magnitude = torch.empty(tensor.shape, dtype=compute, device=tensor.device)
     inside = torch.empty(tensor.shape, dtype=torch.bool, device=tensor.device)
-    _bracket(
-        magnitude,
-        inside,
-        tensor,
-        base,
-        torch.tensor([low, high], dtype=compute, device=tensor.device),
-        compute,
-    )
+    _bracket(magnitude, inside, tensor, base, bounds, compute)
     return magnitude[inside]
 
 
-def band(tensor: Tensor, base: Tensor, low: float, high: float, compute: torch.dtype) -> tuple[int, float]:
-    """(How many, sum) of |tensor - base| over low <= |.| <= high, the sum in float64."""
-    bounds = torch.tensor([low, high], dtype=compute, device=tensor.device)
-    count, total = _band(tensor, base, bounds, compute).tolist()
-    return int(count), total
+def band(tensor: Tensor, base: Tensor, bounds: Tensor, compute: torch.dtype) -> Tensor:
+    """[how many, sum] of |tensor - base| over bounds[0] <= |.| <= bounds[1], float64, left on the
+    tensor's device (a caller sums its chunks there and reads the total once)."""
+    return _band(tensor, base, bounds, compute)
+
+
+def equal_counts(tensor: Tensor, base: Tensor, value: Tensor, compute: torch.dtype) -> Tensor:
+    """The running count of the entries with |tensor - base| == value[0] (flat chunks), on their
+    device: where it first reaches k is the k-th such entry. int32: a chunk holds < 2^31 entries."""
+    equal = torch.empty(tensor.shape, dtype=torch.bool, device=tensor.device)
+    _equal(equal, tensor, base, value, compute)
+    return equal.cumsum(0, dtype=torch.int32)
 
 
 def chunk_entries(row_width: int, device: torch.device) -> int:
@@ -397,7 +413,7 @@ def run(out: Tensor, call: KernelCall) -> Tensor:
     tensor."""
     reference = call.base if call.base is not None else call.operands[0]
     compute = call.compute_dtype or reference.dtype
-    rows = torch.tensor(call.rows, dtype=compute, device=reference.device)
+    rows = on_device(call.rows, compute, reference.device)
     target = out if out.is_contiguous() else torch.empty(out.shape, dtype=out.dtype, device=out.device)
     flat_out = target.view(-1)
     operands = [t.reshape(-1) for t in call.operands]
@@ -405,11 +421,10 @@ def run(out: Tensor, call: KernelCall) -> Tensor:
     width = reference.shape[-1] if reference.dim() > 1 else max(reference.numel(), 1)
     step = chunk_entries(width, reference.device)
     seeds = call.seeds or [None] * len(operands)
-    keys = torch.tensor(
-        [draw_key(seed) if seed is not None else 0 for seed in seeds], device=reference.device
-    )
-    cuts = torch.tensor(call.cuts or [NO_CUTS] * len(operands), dtype=torch.int64, device=reference.device)
-    divisor = torch.tensor(call.divisor, dtype=compute, device=reference.device)
+    device = reference.device
+    keys = on_device([draw_key(seed) if seed is not None else 0 for seed in seeds], torch.int64, device)
+    cuts = on_device(call.cuts or [NO_CUTS] * len(operands), torch.int64, device)
+    divisor = on_device(call.divisor, compute, device)
     if call.form != SUM:
         _run_form(flat_out, base, operands, call, rows, width, step, compute)
         return out if target is out else out.copy_(target)
@@ -427,7 +442,7 @@ def run(out: Tensor, call: KernelCall) -> Tensor:
             ranks.append(
                 row_ranks(operand[part].to(compute) - base[part].to(compute), width) if ranked else None
             )
-        offset = torch.tensor(start, device=reference.device)
+        offset = on_device(start, torch.int64, device)
         _task_vector(
             flat_out[part], base[part], [t[part] for t in operands], call.kinds, rows, offset, keys, cuts,
             ranks, call.consensus, call.normalize, compute,
@@ -449,7 +464,7 @@ def _run_form(
     device = flat_out.device
     scales = None if call.scales is None else call.scales.to(device=device, dtype=compute)
     mask = None if call.mask is None else call.mask.reshape(-1).to(device)
-    t = torch.tensor(call.t, dtype=compute, device=device)
+    t = on_device(call.t, compute, device)
     for start in range(0, max(flat_out.numel(), 1), step):
         part = slice(start, start + step)
         chunk_base = None if base is None else base[part]

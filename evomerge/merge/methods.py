@@ -60,7 +60,8 @@ class ParamSpec:
 class MagnitudeIndex:
     """A few KB that make an exact magnitude selection cheap, instead of a sorted copy of |delta|.
 
-    `edges` are <= 257 ascending values of |delta| (quantiles of a strided sample, edges[0] = 0);
+    `edges` are <= 257 ascending values of |delta| (quantiles of a strided sample, edges[0] = 0),
+    held as host floats like the counts, so a cut reads them without waiting for the device;
     `below[j]` counts the entries with |delta| < edges[j] and `upto[j]` those with |delta| <= edges[j]
     (below[-1] = upto[-1] = all entries), from one pass over the tensor. The entry at a rank then
     either sits on an edge (answered from the counts, no pass: in bf16, where a few values hold most
@@ -71,7 +72,9 @@ class MagnitudeIndex:
     BUCKETS = 256
     SAMPLE = 1 << 16
 
-    def __init__(self, edges: Tensor, below: list[int], upto: list[int], total_l1: float, nans: int) -> None:
+    def __init__(
+        self, edges: list[float], below: list[int], upto: list[int], total_l1: float, nans: int
+    ) -> None:
         self.edges = edges
         self.below = below
         self.upto = upto
@@ -93,9 +96,11 @@ class MagnitudeIndex:
         size = edges.numel() + 1
         strictly = torch.zeros(size, dtype=torch.int64, device=edges.device)
         at_most = torch.zeros(size, dtype=torch.int64, device=edges.device)
-        total, nans = 0.0, 0
+        # summed on the device, chunk by chunk, and read once with the counts below
+        total = torch.zeros((), dtype=torch.float64, device=edges.device)
+        nans = torch.zeros((), dtype=torch.int64, device=edges.device)
         for magnitude in stats.magnitudes():
-            nans += int(magnitude.isnan().sum())
+            nans += magnitude.isnan().sum()
             # below = number of edges < x, so x <= edges[j] exactly when it is <= j; the number of
             # edges <= x is one more where x sits on an edge, so x < edges[j] exactly when that is
             # <= j (one search instead of a second bucketize(right=True): ~1.4x faster here)
@@ -103,21 +108,24 @@ class MagnitudeIndex:
             on_edge = (edges[below.clamp(max=edges.numel() - 1)] == magnitude) & (below < edges.numel())
             strictly += torch.bincount(below + on_edge, minlength=size)
             at_most += torch.bincount(below, minlength=size)
-            total += float(magnitude.double().sum())
+            total += magnitude.double().sum()
         edge_count = edges.numel()
-        below = strictly.cumsum(0)[:edge_count].tolist() + [stats.numel]
-        upto = at_most.cumsum(0)[:edge_count].tolist() + [stats.numel]
-        return cls(edges, below, upto, total, nans)
+        # one read of everything, in float64: exact for the edges and for counts below 2^53
+        cumulative = [counts.cumsum(0)[:edge_count].double() for counts in (strictly, at_most)]
+        read = torch.cat([edges.double(), *cumulative, total.view(1), nans.double().view(1)]).tolist()
+        below = [int(v) for v in read[edge_count : 2 * edge_count]] + [stats.numel]
+        upto = [int(v) for v in read[2 * edge_count : 3 * edge_count]] + [stats.numel]
+        return cls(read[:edge_count], below, upto, read[-2], int(read[-1]))
 
     @property
     def nbytes(self) -> int:
-        return self.edges.numel() * self.edges.element_size() + 8 * (len(self.below) + len(self.upto))
+        return 8 * (len(self.edges) + len(self.below) + len(self.upto))
 
     @classmethod
     def bytes_for(cls, numel: int) -> int:
-        """At most what the index of a tensor of `numel` entries weighs (float32 edges)."""
+        """At most what the index of a tensor of `numel` entries weighs (8 B per edge and count)."""
         edges = min(cls.BUCKETS, numel // 1024) + 1
-        return 4 * edges + 16 * (edges + 1)
+        return 8 * edges + 16 * (edges + 1)
 
 
 @dataclass(frozen=True)
@@ -167,11 +175,17 @@ class DeltaStats:
     def numel(self) -> int:
         return self.tensor.numel()
 
+    @property
+    def chunk(self) -> int:
+        """Entries per pass step: the kernels' chunk on the tensor's device (~4 M on CPU, ~32 M on a
+        GPU, where fewer steps mean fewer kernel launches)."""
+        return kernels.chunk_entries(1, self.tensor.device)
+
     def chunks(self) -> Iterator[tuple[Tensor, Tensor]]:
         """(tensor, base) as flat chunks in their storage dtype."""
         flat_tensor, flat_base = self.tensor.reshape(-1), self.base.reshape(-1)
-        for start in range(0, flat_tensor.numel(), self.CHUNK):
-            part = slice(start, start + self.CHUNK)
+        for start in range(0, flat_tensor.numel(), self.chunk):
+            part = slice(start, start + self.chunk)
             yield flat_tensor[part], flat_base[part]
 
     def magnitudes(self) -> Iterator[Tensor]:
@@ -197,12 +211,19 @@ class DeltaStats:
                 "exists; the model or the base holds NaN weights, repair or drop it"
             )
 
+    @staticmethod
+    def _kth(values: Tensor, rank: int, offset: int) -> Cut:
+        """The Cut at 0-based `rank` of `values` (every magnitude of its tensor from rank `offset`
+        on, in any order), read from the device once."""
+        value = values.kthvalue(rank - offset + 1).values
+        counts = [(values < value).sum(), (values == value).sum()]
+        found, below, ties = torch.stack([value.double(), *(c.double() for c in counts)]).tolist()
+        return Cut(found, rank - offset - int(below), int(ties))
+
     def _direct_cut(self, rank: int) -> Cut:
         magnitudes = self._flat_magnitudes()
         self._nan_check(int(magnitudes.isnan().sum()))
-        value = magnitudes.kthvalue(rank + 1).values
-        below = int((magnitudes < value).sum())
-        return Cut(float(value), rank - below, int((magnitudes == value).sum()))
+        return self._kth(magnitudes, rank, 0)
 
     @property
     def index(self) -> MagnitudeIndex:
@@ -213,7 +234,9 @@ class DeltaStats:
         return self._index
 
     def cut_at(self, rank: int) -> Cut:
-        """The entry at 0-based `rank` of |delta| sorted ascending, ties in position order, exactly."""
+        """The entry at 0-based `rank` of |delta| sorted ascending, ties in position order, exactly.
+        On an edge of the index nothing is read from the device; in a bracket, one fused pass per
+        chunk selects it (a read of its size each) and one read gives the cut."""
         if self.one_shot:
             return self._direct_cut(rank)
         index = self.index
@@ -221,32 +244,54 @@ class DeltaStats:
         bucket = bisect.bisect_right(index.below, rank) - 1
         if rank < index.upto[bucket]:  # on the edge itself: the counts answer it
             below = index.below[bucket]
-            return Cut(float(index.edges[bucket]), rank - below, index.upto[bucket] - below)
-        low = float(index.edges[bucket])
-        high = float(index.edges[bucket + 1]) if bucket + 1 < index.edges.numel() else math.inf
-        values = torch.cat([kernels.between(t, b, low, high, self.compute) for t, b in self.chunks()])
-        value = values.kthvalue(rank - index.upto[bucket] + 1).values
-        below = index.upto[bucket] + int((values < value).sum())
-        return Cut(float(value), rank - below, int((values == value).sum()))
+            return Cut(index.edges[bucket], rank - below, index.upto[bucket] - below)
+        high = index.edges[bucket + 1] if bucket + 1 < len(index.edges) else math.inf
+        bounds = kernels.on_device([index.edges[bucket], high], self.compute, self.tensor.device)
+        values = torch.cat([kernels.between(t, b, bounds, self.compute) for t, b in self.chunks()])
+        return self._kth(values, rank, index.upto[bucket])
 
     def tie_position(self, cut: Cut) -> int:
-        """The position in the flat tensor of the `cut.tie`-th entry (0-based) of magnitude `cut.value`."""
-        seen = 0
-        for start, (tensor, base) in zip(range(0, self.numel, self.CHUNK), self.chunks(), strict=True):
-            count, _ = kernels.band(tensor, base, cut.value, cut.value, self.compute)  # one fused pass
-            if seen + count > cut.tie:  # the chunk that holds it: find it there
-                equal = (tensor.to(self.compute) - base.to(self.compute)).abs() == cut.value
-                return start + int(equal.nonzero()[cut.tie - seen])
-            seen += count
-        raise AssertionError(f"no entry {cut.tie} of magnitude {cut.value}: the index is stale")
+        """The position in the flat tensor of the `cut.tie`-th entry (0-based) of magnitude `cut.value`:
+        one pass, the running count of equal entries kept on the device, one read at the end."""
+        device = self.tensor.device
+        value = kernels.on_device([cut.value], self.compute, device)
+        seen = torch.zeros((), dtype=torch.int64, device=device)
+        position = torch.zeros((), dtype=torch.int64, device=device)
+        found = torch.zeros((), dtype=torch.int64, device=device)
+        for start, (tensor, base) in zip(range(0, self.numel, self.chunk), self.chunks(), strict=True):
+            running = kernels.equal_counts(tensor, base, value, self.compute)  # non-decreasing
+            # the wanted entry is this chunk's (tie - seen)-th equal one, where it has that many:
+            # the first position whose running count reaches it
+            wanted = (cut.tie + 1 - seen).clamp(0, running.numel() + 1).to(running.dtype)
+            here = (wanted >= 1) & (wanted <= running[-1])
+            local = torch.searchsorted(running, wanted.view(1))[0]
+            position += torch.where(here, start + local, 0)
+            found += here
+            seen += running[-1]
+        hits, where = torch.stack([found, position]).tolist()
+        if hits != 1:
+            raise AssertionError(f"no entry {cut.tie} of magnitude {cut.value}: the index is stale")
+        return where
 
     def l1_between(self, low: float, high: float) -> tuple[float, float]:
-        """(L1 norm of the entries with low <= |delta| <= high, L1 norm of all entries), in float64."""
-        kept = sum(kernels.band(t, b, low, high, self.compute)[1] for t, b in self.chunks())
+        """(L1 norm of the entries with low <= |delta| <= high, L1 norm of all entries), in float64,
+        summed chunk by chunk on the device and read once."""
+        bounds = kernels.on_device([low, high], self.compute, self.tensor.device)
+        kept = _in_order([kernels.band(t, b, bounds, self.compute)[1] for t, b in self.chunks()])
         if self.one_shot:  # summed chunk by chunk as the index sums it: the same float64 total
-            chunks = self._flat_magnitudes().split(self.CHUNK)
-            return kept, sum(float(chunk.double().sum()) for chunk in chunks)
-        return kept, self.index.total_l1
+            chunks = self._flat_magnitudes().split(self.chunk)
+            total = _in_order([chunk.double().sum() for chunk in chunks])
+            kept_l1, total_l1 = torch.stack([kept, total]).tolist()
+            return kept_l1, total_l1
+        return float(kept), self.index.total_l1
+
+
+def _in_order(terms: list[Tensor]) -> Tensor:
+    """((t0 + t1) + t2) + ...: the float64 order in which the index sums its chunks."""
+    total = torch.zeros((), dtype=torch.float64, device=terms[0].device if terms else None)
+    for term in terms:
+        total = total + term
+    return total
 
 
 @dataclass

@@ -59,3 +59,26 @@ def test_streamed_placements_keep_the_models_off_the_device(placement: str, fami
         buffers = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in held_tensors}
         assert len(buffers) == len(live._resident)
         assert sum(buffers.values()) <= live.resident_bytes()["models"] + 64 * len(held_tensors)
+
+
+def test_a_warm_ties_candidate_syncs_at_most_a_few_times_per_tensor(family) -> None:
+    """Host syncs of one warm TIES candidate on the device tier, counted by CUDA's sync debug mode:
+    per parent tensor at most a bracket's selection and read, and the tie search's one read; the
+    kernels' scalars are queued from pinned memory (a blocking copy per chunk synced before)."""
+    import warnings
+
+    base, parents = family
+    recipe = MergeRecipe.from_dict({**recipes(base, parents)["ties"], "dtype": "float32"})
+    live = LiveMerger(base, parents, device="cuda", placement="device")
+    live.apply(recipe)  # builds the indexes, compiles the kernels
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            live.apply(recipe)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    tensors = len(live.state_dict())
+    assert len(syncs) <= 3 * tensors * len(parents), f"{len(syncs)} syncs for {tensors} tensors"

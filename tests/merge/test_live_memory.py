@@ -282,3 +282,87 @@ def test_a_nan_task_vector_is_a_candidate_error_naming_the_tensor(path) -> None:
     stats = _stats(parent, base, path, label="p0: layers.0.w")
     with pytest.raises(CandidateError, match=r"task vector of p0: layers.0.w has 10 NaN entries"):
         stats.cut_at(100)
+
+
+# --- host reads: on a GPU each read of a device value waits for every queued kernel ----------------
+# On a CPU nothing waits, but the same Python calls (tolist, item, int(), float(), bool()) are what
+# would: counted here, they bound the host syncs of a candidate's selections on a GPU.
+HOST_READS = ("tolist", "item", "__int__", "__float__", "__bool__", "__index__")
+
+
+@pytest.fixture
+def host_reads(monkeypatch) -> list[str]:
+    reads: list[str] = []
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return reads
+
+
+SMALL_CHUNK = 1000  # entries per pass step: the 21,000-entry pair below spans 21 chunks
+
+
+@pytest.fixture
+def small_chunks(monkeypatch) -> None:
+    from evomerge.merge import kernels
+
+    monkeypatch.setattr(kernels, "chunk_entries", lambda width, device: SMALL_CHUNK)
+
+
+@pytest.mark.parametrize("path", SELECTION_PATHS)
+def test_tie_search_reads_the_device_once_per_tensor(path, small_chunks, host_reads) -> None:
+    """The tie at a cut is found in one pass with the running count kept on the device: one read
+    for the whole tensor, where it was one per chunk (~3,500 per 7B TIES candidate)."""
+    parent, base = _tied_pair(torch.bfloat16)
+    stats = _stats(parent, base, path)
+    assert stats.chunk == SMALL_CHUNK and stats.numel > 20 * SMALL_CHUNK
+    magnitudes = (parent.float() - base.float()).abs().flatten()
+    reference = magnitudes.sort(stable=True)
+    value = reference.values[stats.numel // 2]  # a magnitude thousands of entries share
+    equal = int((magnitudes == value).sum())
+    rank = int((magnitudes < value).sum()) + equal - 2  # its next-to-last entry: in the last chunks
+    cut = stats.cut_at(rank)
+    assert 0 < cut.tie < cut.ties - 1  # inside a run of equal magnitudes: the search is needed
+    assert reference.indices[rank] > 15 * SMALL_CHUNK
+    host_reads.clear()
+    assert stats.tie_position(cut) == reference.indices[rank].tolist()
+    assert host_reads.count("tolist") == 2  # the search's one read, and the reference's above
+    assert len(host_reads) == 2
+
+
+def test_an_edge_cut_reads_nothing_and_a_bracket_cut_once(small_chunks, host_reads) -> None:
+    """The index keeps its edges on the host: a rank on an edge is answered without touching the
+    device (it read a device-resident edge before), one inside a bracket with one read."""
+    parent, base = _tied_pair(torch.bfloat16)
+    stats = _stats(parent, base, "indexed")
+    index = stats.index
+    on_edge = next(b for b, u in zip(index.below[1:-1], index.upto[1:-1], strict=True) if u > b)
+    in_bracket = next(u for u, b in zip(index.upto[:-1], index.below[1:], strict=True) if b > u)
+    host_reads.clear()
+    stats.cut_at(on_edge)
+    assert host_reads == []
+    stats.cut_at(in_bracket)
+    assert host_reads == ["tolist"]
+
+
+@pytest.mark.parametrize("path", SELECTION_PATHS)
+def test_index_and_l1_norms_read_the_device_once(path, small_chunks, host_reads) -> None:
+    """The index's counts, NaN count and L1 total, and a band's L1 norm, are summed over the
+    chunks on the device and read once (they were read chunk by chunk)."""
+    parent, base = _tied_pair(torch.float32)
+    stats = _stats(parent, base, path)
+    if path == "indexed":
+        host_reads.clear()
+        assert stats.index.below[-1] == stats.numel
+        assert host_reads == ["tolist"]
+    host_reads.clear()
+    kept, total = stats.l1_between(0.01, math.inf)
+    assert len(host_reads) == 1
+    magnitudes = (parent.float() - base.float()).abs().flatten().double()
+    assert kept == pytest.approx(magnitudes[magnitudes >= 0.01].sum().tolist(), rel=1e-12)
+    assert total == pytest.approx(magnitudes.sum().tolist(), rel=1e-12)
