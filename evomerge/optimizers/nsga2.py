@@ -22,6 +22,7 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, ClassVar
@@ -47,6 +48,24 @@ class _FixedGenes:
 
     def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, BaseDistribution]:
         return dict(self._genes)
+
+    # Optuna >= 5.1 guards the GA samplers' generation cache with a threading.Lock, which does not
+    # pickle: the checkpoint leaves every lock out and the unpickled sampler gets fresh ones.
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_lock_names"] = [name for name, value in state.items() if isinstance(value, _LOCK_TYPE)]
+        for name in state["_lock_names"]:
+            del state[name]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        for name in state.pop("_lock_names", []):
+            state[name] = threading.Lock()
+        self.__dict__.update(state)
+
+
+_LOCK_TYPE = type(threading.Lock())
 
 
 class GeneNSGAIISampler(_FixedGenes, optuna.samplers.NSGAIISampler):
