@@ -22,7 +22,10 @@ Rules compared, each on the same simulated runs:
 - `lcb`: `front --lcb`'s pick among the top-rung trials (the best sum of the tasks' lower
   interval ends);
 - `oracle`: the best true accuracy among the trials that reached the top rung (what a perfect
-  test would pick among the same trials).
+  test would pick among the same trials);
+- `race R`: `first` in a search with the final race on its last fraction R of the budget (`--race`,
+  the same trials and answers): from there no new trial starts while a challenger (a trial whose
+  estimate at its rung beats the incumbent's there) is left, and challengers go up to the top rung.
 
 It prints, per budget (items scored), each rule's pick against the baseline (true mean accuracy,
 points; comparable across settings), its regret against the best true trial the search evaluated,
@@ -30,12 +33,14 @@ how often its pick is below the baseline's true accuracy, and how optimistic its
 top rung is (estimate - truth, points).
 
     python benchmarks/bench_promotion.py [--runs 200] [--budgets 1000 3000 6000] [--rungs 40 139]
+        [--race 0.1 0.2 0.3]
 """
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -87,47 +92,72 @@ def crowned_after(promoter: Promoter, arrivals: list[int], m: int, lower: dict[i
     return incumbent
 
 
-def simulate(
-    rng: np.random.Generator, budget: int, rungs: list[int], alpha: float, eta: float, share: float
-) -> dict[str, tuple]:
-    """One search; for each rule (true mean of its pick, true best, baseline's true mean, estimate)."""
-    items, truth_items = Items.draw(rng, EVAL_ITEMS), Items.draw(rng, TRUTH_ITEMS)
-    ids = {t: [f"{t}/{j}" for j in range(EVAL_ITEMS)] for t in TASKS}
-    anchors = {t: ids[t][:ANCHORS] for t in TASKS}
-    plan = plan_rungs(ids, anchors, rungs, seed=int(rng.integers(1 << 30)))
-    promoter = Promoter(AttrsInMemory(), TASKS, plan, eta=eta, share=share, alpha=alpha)
-    thetas = abilities(rng, budget)
-    # every answer a trial would give, drawn once: its anchors, its rungs, alike for every rule
-    answers = [(rng.random(items.a.shape) < items.p_correct(th)).astype(int) for th in thetas]
+@dataclass
+class World:
+    """One simulated search's trials: their abilities and every answer they would give (drawn
+    once, alike for every rule and every race)."""
 
-    def bits(trial: int, item_ids: tuple[str, ...] | list[str]) -> dict[str, int]:
+    thetas: list[np.ndarray]
+    answers: list[np.ndarray]  # per trial, (tasks, eval items) 0/1
+    anchors: dict[str, list[str]]
+    plan: Any
+
+    def bits(self, trial: int, item_ids: tuple[str, ...] | list[str]) -> dict[str, int]:
         out = {}
         for item in item_ids:
             task, j = item.split("/")
-            out[item] = int(answers[trial][TASKS.index(task), int(j)])
+            out[item] = int(self.answers[trial][TASKS.index(task), int(j)])
         return out
 
+
+def search(world: World, budget: int, alpha: float, eta: float, share: float, race: float) -> tuple:
+    """The promoter after a search of `budget` items, and the number of search trials it ran; the
+    jobs handed out as `evomerge/runtime/loop.py` hands them out to one worker."""
+    promoter = Promoter(AttrsInMemory(), TASKS, world.plan, eta=eta, share=share, alpha=alpha, race=race)
     items_done, trial = 0, 0
     while True:
-        job = promoter.next_job() if promoter.under_share(items_done) else None
-        if job is not None and len(job[1].items) <= budget - items_done:
+        left = budget - items_done
+        racing = race > 0 and left <= race * budget
+        job = promoter.next_job(racing, left) if racing or promoter.under_share(items_done) else None
+        if job is not None and len(job[1].items) <= left:
             key, rescore = job
-            promoter.record(key, WorkerResult(ok=True, answers=bits(key.trial, rescore.items)))
+            promoter.record(key, WorkerResult(ok=True, answers=world.bits(key.trial, rescore.items)))
             items_done += len(rescore.items)
             continue
         if job is not None:
             promoter.cancel(job[0])
-        if budget - items_done < ANCHORS * len(TASKS) or trial >= len(thetas):
+        if left < ANCHORS * len(TASKS) or trial >= len(world.thetas):
             break
-        got = bits(trial, [i for t in TASKS for i in anchors[t]])
-        estimates = {t: float(np.mean([got[i] for i in anchors[t]])) for t in TASKS}
+        got = world.bits(trial, [i for t in TASKS for i in world.anchors[t]])
+        estimates = {t: float(np.mean([got[i] for i in world.anchors[t]])) for t in TASKS}
         result = WorkerResult(
             ok=True, estimates=estimates, intervals={t: interval(e, ANCHORS) for t, e in estimates.items()}
         )
         promoter.completed(trial, f"trial {trial}", result)
         items_done += ANCHORS * len(TASKS)
         trial += 1
+    return promoter, trial
 
+
+def simulate(
+    rng: np.random.Generator,
+    budget: int,
+    rungs: list[int],
+    alpha: float,
+    eta: float,
+    share: float,
+    races: list[float],
+) -> dict[str, tuple]:
+    """One search; for each rule (true mean of its pick, true best, baseline's true mean, estimate)."""
+    items, truth_items = Items.draw(rng, EVAL_ITEMS), Items.draw(rng, TRUTH_ITEMS)
+    ids = {t: [f"{t}/{j}" for j in range(EVAL_ITEMS)] for t in TASKS}
+    anchors = {t: ids[t][:ANCHORS] for t in TASKS}
+    plan = plan_rungs(ids, anchors, rungs, seed=int(rng.integers(1 << 30)))
+    thetas = abilities(rng, budget)
+    answers = [(rng.random(items.a.shape) < items.p_correct(th)).astype(int) for th in thetas]
+    world = World(thetas, answers, anchors, plan)
+    promoter, trial = search(world, budget, alpha, eta, share, race=0.0)
+    raced = {race: search(world, budget, alpha, eta, share, race) for race in races}
     true_mean = [float(truth_items.p_correct(th).mean()) for th in thetas[:trial]]
     top = [s for s in promoter.standings.values() if s.rung == promoter.top]
     estimate = {s.trial: float(np.mean(list(s.levels[promoter.top].values()))) for s in top}
@@ -144,11 +174,18 @@ def simulate(
         "oracle": max(estimate, key=lambda t: true_mean[t]) if estimate else None,
     }
     best, baseline = max(true_mean), true_mean[3]
-    return {
+    outcomes = {
         rule: (true_mean[pick], best, baseline, estimate[pick])
         for rule, pick in picks.items()
         if pick is not None
     }
+    for race, (raced_promoter, raced_trials) in raced.items():
+        pick = raced_promoter.incumbent
+        if pick is not None:
+            top_mean = np.mean(list(raced_promoter.standings[pick].levels[raced_promoter.top].values()))
+            true_raced = [float(truth_items.p_correct(th).mean()) for th in thetas[:raced_trials]]
+            outcomes[f"race {race:g}"] = (true_raced[pick], max(true_raced), baseline, float(top_mean))
+    return outcomes
 
 
 def main() -> None:
@@ -159,6 +196,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=Promotion.model_fields["alpha"].default)
     parser.add_argument("--eta", type=float, default=3.0)
     parser.add_argument("--share", type=float, default=0.4)
+    parser.add_argument("--race", type=float, nargs="*", default=[0.1, 0.2, 0.3])
     args = parser.parse_args()
     print(
         f"{args.runs} simulated searches per budget; rungs {args.rungs} items per task; alpha {args.alpha}; "
@@ -173,7 +211,8 @@ def main() -> None:
         rng = np.random.default_rng(budget)
         outcomes: dict[str, list[tuple]] = {}
         for _ in range(args.runs):
-            for rule, outcome in simulate(rng, budget, args.rungs, args.alpha, args.eta, args.share).items():
+            run = simulate(rng, budget, args.rungs, args.alpha, args.eta, args.share, args.race)
+            for rule, outcome in run.items():
                 outcomes.setdefault(rule, []).append(outcome)
         if not outcomes:
             print(f"| {budget} | (no trial reached the top rung) | | | | |")

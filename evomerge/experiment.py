@@ -96,6 +96,10 @@ class Promotion(_Strict):
     # the first trial to reach the top rung held on, and the pick was 1.3 points above the baseline
     # (28% of runs below it); at 0.3, 2.4 points (19%); no test at all, 2.6 points (17%).
     alpha: float = Field(default=0.3, gt=0, lt=0.5)
+    # The final race: once the items (or minutes) left fall to this fraction of the budget, no new
+    # trial starts while a challenger is left; the rest takes challengers (trials whose estimate at
+    # their rung beats the incumbent's there) up to the top rung, past `share` and eta. 0: no race.
+    race: float = Field(default=0.0, ge=0, lt=1)
     # Task weights of the incumbent's weighted mean accuracy (all 1 by default).
     weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
 

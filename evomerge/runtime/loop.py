@@ -5,6 +5,8 @@ Work is handed out before results are recorded, so a freed worker starts its nex
 are trials of any kind (`TrialKind`) and promotions (`RungKey`, from the `Promoter`: first in line
 while they hold under their share of the items scored); only search trials count against
 `budget.trials` and come from the optimizer; `budget.items` counts the items every job scores.
+In the promoter's final race (the end of the budget) challengers' promotions go first, and no new
+trial starts while one is left or running.
 """
 
 from __future__ import annotations
@@ -164,9 +166,26 @@ class SearchLoop:
     def _items_left(self) -> int | None:
         return None if self.budget.items is None else self.budget.items - self.items_total()
 
+    def racing(self) -> bool:
+        """Within the promoter's final race: what is left of the item or time budget is at most its
+        `race` fraction."""
+        race = self.promoter.race if self.promoter is not None else 0.0
+        if race <= 0:
+            return False
+        left = self._items_left()
+        if left is not None and left <= race * self.budget.items:
+            return True
+        return (
+            self.deadline is not None
+            and self.deadline - time.perf_counter() <= race * 60 * self.budget.minutes
+        )
+
     def _hand_out(self) -> None:
         room = self.scheduler.idle_workers if self.stopped == "budget" else 0
-        room -= self._hand_out_promotions(room)
+        racing = self.racing()
+        room -= self._hand_out_promotions(room, racing)
+        if racing and self._race_goes_on():
+            return
         if self.budget.trials is not None:
             room = min(room, self.budget.trials - self.done - self.in_flight_search)
         left = self._items_left()
@@ -180,15 +199,26 @@ class SearchLoop:
             self.in_flight_search += 1
             self.scheduler.submit(job.trial, job.recipe_yaml)
 
-    def _hand_out_promotions(self, room: int) -> int:
-        """Promotions for up to `room` free workers, while under their share and the item budget;
-        how many were handed out."""
+    def _race_goes_on(self) -> bool:
+        """A challenger is running (ended ones are recorded after the hand-out), or one that fits
+        the items left is waiting for a worker."""
+        assert self.promoter is not None
+        running = set(self.promoter.running) - {key for key, _ in self.finished}
+        return bool(running) or bool(self.promoter.challengers(self._items_left()))
+
+    def _hand_out_promotions(self, room: int, racing: bool) -> int:
+        """Promotions for up to `room` free workers, while under their share (in the final race:
+        challengers, past the share) and the item budget; how many were handed out."""
         given = 0
-        while self.promoter is not None and given < room and self.promoter.under_share(self.items_total()):
+        while (
+            self.promoter is not None
+            and given < room
+            and (racing or self.promoter.under_share(self.items_total()))
+        ):
             left = self._items_left()
             if left is not None and left <= 0:
                 break
-            job = self.promoter.next_job()
+            job = self.promoter.next_job(racing, left)
             if job is None:
                 break
             key, rescore = job

@@ -19,6 +19,13 @@ the trial; rung k+1 adds items rung k did not have). The optimizer is not told t
 CMA-ES has updated its generation by the time a promotion ends, and an Optuna trial's values are
 final once it completes; the rungs change what is picked, not how the search moves.
 
+The final race (`race`, a fraction of the budget): once what is left of the budget falls to it, the
+search loop starts no new trial while a challenger is left and hands out challengers' promotions
+instead, past `share` and eta: a challenger is a trial below the top rung, not ruled out, whose
+estimate at its rung beats the incumbent's at that rung (every trial until one is crowned), the
+highest rung first and the largest lead first within it. The end of a budget then goes to the
+paired tests that decide the pick, not to trials that could never reach them.
+
 At the top rung, a trial replaces the incumbent (the run's pick) only if a paired test on their
 per-item answers says it is better: the weighted mean of the per-task paired differences over its
 standard error (each task's from Agresti's dependent-proportions variance, `fitness/paired.py`;
@@ -94,9 +101,10 @@ class Promoter:
         alpha: float,
         weights: Mapping[str, float] | None = None,
         settings: Mapping[str, Any] | None = None,
+        race: float = 0.0,
     ) -> None:
         self.store, self.tasks, self.plan = store, tasks, plan
-        self.eta, self.share, self.alpha = eta, share, alpha
+        self.eta, self.share, self.alpha, self.race = eta, share, alpha, race
         self.weights = np.array([float((weights or {}).get(t, 1.0)) for t in tasks])
         self.top = len(plan.rungs)
         self.standings: dict[int, Standing] = {}
@@ -187,13 +195,33 @@ class Promoter:
                     chosen.append(standing)
         return chosen
 
+    def challengers(self, limit: int | None = None) -> list[Standing]:
+        """The final race's trials to promote now, in order (see the module docstring); with
+        `limit`, only those whose next rung fits in that many items."""
+        busy = {key.trial for key in self.running}
+        incumbent = self.standings.get(self.incumbent) if self.incumbent is not None else None
+        chosen = []
+        for standing in self.standings.values():
+            rung = standing.rung
+            if rung == self.top or standing.trial in busy or self._ruled_out(standing):
+                continue
+            if limit is not None and len(self.plan.new_ids(rung + 1)) > limit:
+                continue
+            lead = self._mean(standing.levels[rung]) - (
+                self._mean(incumbent.levels[rung]) if incumbent else 0.0
+            )
+            if incumbent is None or lead > 0:
+                chosen.append((-rung, -lead, standing.trial, standing))
+        return [entry[-1] for entry in sorted(chosen, key=lambda entry: entry[:3])]
+
     def under_share(self, items_total: int) -> bool:
         """Promotions (finished and running) hold under `share` of the items scored so far."""
         return self.items_promoted + self.items_running < self.share * max(items_total, 1)
 
-    def next_job(self) -> tuple[RungKey, Rescore] | None:
-        """The first candidate's promotion, counted as running until `record` or `cancel`."""
-        candidates = self.candidates()
+    def next_job(self, racing: bool = False, limit: int | None = None) -> tuple[RungKey, Rescore] | None:
+        """The first candidate's promotion (the first challenger's in the final race, one that fits
+        in `limit` items), counted as running until `record` or `cancel`."""
+        candidates = self.challengers(limit) if racing else self.candidates()
         if not candidates:
             return None
         key = RungKey(candidates[0].trial, candidates[0].rung + 1)
@@ -334,6 +362,7 @@ def open_promotion(experiment: Any, suite: Any, store: Any) -> tuple[Promoter | 
         spec.alpha,
         spec.weights,
         settings=spec.model_dump(mode="json"),
+        race=spec.race,
     )
     promoter.load(complete)
     return promoter, items_per_trial, items_done + promoter.items_promoted

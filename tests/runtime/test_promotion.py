@@ -269,3 +269,49 @@ def test_front_shows_the_rungs_and_export_writes_the_incumbent(tmp_path, tiny_fa
     assert exported.exit_code == 0, exported.output
     view = RunView.from_store(open_run(tmp_path / "run"))
     assert out.read_text() == view.trial(view.incumbent).recipe
+
+
+def test_final_race_challengers_beat_the_incumbent_at_their_rung_highest_rung_first() -> None:
+    ids = [f"t/{i:03d}" for i in range(65)]
+    plan = plan_rungs({"t": ids}, {"t": ids[:5]}, [20, "all"], seed=0)
+    promoter = Promoter(AttrsInMemory(), ["t"], plan, eta=3, share=0.5, alpha=0.3, race=0.2)
+    for trial, (rung0, rung1) in enumerate([(0.6, 0.6), (0.7, 0.65), (0.8, 0.5), (0.9, None), (0.5, None)]):
+        promoter.add(trial, f"r{trial}", {"estimates": {"t": rung0}, "intervals": {"t": [0.0, 1.0]}})
+        if rung1 is not None:
+            promoter.standings[trial].levels[1] = {"t": rung1}
+            promoter.standings[trial].intervals[1] = {"t": (0.0, 1.0)}
+    assert [s.trial for s in promoter.challengers()] == [1, 0, 2, 3, 4]  # no incumbent: every trial
+    promoter.standings[0].levels[2] = {"t": 0.6}
+    promoter.standings[0].intervals[2] = {"t": (0.5, 0.7)}
+    promoter.incumbent = 0
+    # trial 1 leads the incumbent at rung 1 (0.65 > 0.6), trial 2 does not (0.5); at rung 0,
+    # trial 3 leads (0.9 > 0.6) and trial 4 does not (0.5): the rung-1 challenger goes first
+    assert [s.trial for s in promoter.challengers()] == [1, 3]
+    # 20 items left: trial 1's top rung adds 40, trial 3's rung 1 adds 20
+    assert [s.trial for s in promoter.challengers(limit=20)] == [3]
+    key, work = promoter.next_job(racing=True)
+    assert key == RungKey(1, 2) and len(work.items) == 40
+    assert [s.trial for s in promoter.challengers()] == [3]  # a running one is not handed out twice
+
+
+def test_final_race_spends_the_end_of_the_budget_on_challengers(tmp_path, tiny_family) -> None:
+    budget, race, share = 900, 0.4, 0.2
+    for name, promotion in [("plain", {}), ("race", {"race": race})]:
+        PromotingScheduler.submitted = []
+        spec = {"rungs": RUNGS, "share": share, "eta": 3, **promotion}
+        path = experiment(tmp_path / name, tiny_family, {"items": budget}, spec)
+        summary = run(path, tmp_path / name / "run")
+        costs = [len(p.items) if isinstance(p, Rescore) else 16 for _, p in PromotingScheduler.submitted]
+        # the budget is spent to within one job: the race does not end the search with items left
+        assert budget - max(costs) < summary.items <= budget, (name, summary.items)
+        if name == "race":
+            # past the share promotions go on only in the race (the last `race` of the budget)
+            total = promoted = past_share = 0
+            for (key, _), cost in zip(PromotingScheduler.submitted, costs, strict=True):
+                if isinstance(key, RungKey):
+                    if promoted >= share * total:
+                        assert total >= (1 - race) * budget - max(costs), (key, total)
+                        past_share += 1
+                    promoted += cost
+                total += cost
+            assert past_share > 0
