@@ -99,7 +99,10 @@ class Promotion(_Strict):
     # The final race: once the items (or minutes) left fall to this fraction of the budget, no new
     # trial starts while a challenger is left; the rest takes challengers (trials whose estimate at
     # their rung beats the incumbent's there) up to the top rung, past `share` and eta. 0: no race.
-    race: float = Field(default=0.0, ge=0, lt=1)
+    # benchmarks/bench_promotion.py (300 simulated searches, rungs 30 and 139 items per task): at 6000
+    # items the pick is 2.93 points above the baseline with the race on the last 0.1 (16% of runs
+    # below it), 2.59 at 0.2, 2.53 at 0.3 and 2.13 without (22%); at 3000, -1.45 with 0.1 and without.
+    race: float = Field(default=0.1, ge=0, lt=1)
     # Task weights of the incumbent's weighted mean accuracy (all 1 by default).
     weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
 

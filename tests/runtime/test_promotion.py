@@ -133,8 +133,9 @@ def test_promoted_trials_were_the_best_of_their_rung_and_the_view_reads_the_high
 
 
 def test_item_budget_counts_every_job_and_promotions_hold_their_share(tmp_path, tiny_family) -> None:
-    budget, share = 900, 0.4
-    path = experiment(tmp_path, tiny_family, {"items": budget}, {"rungs": RUNGS, "share": share})
+    budget, share = 900, 0.4  # no final race: promotions hold their share to the end
+    spec = {"rungs": RUNGS, "share": share, "race": 0}
+    path = experiment(tmp_path, tiny_family, {"items": budget}, spec)
     summary = run(path, tmp_path / "run")
     store = open_run(tmp_path / "run")
     trials = store.trials()
@@ -296,7 +297,7 @@ def test_final_race_challengers_beat_the_incumbent_at_their_rung_highest_rung_fi
 
 def test_final_race_spends_the_end_of_the_budget_on_challengers(tmp_path, tiny_family) -> None:
     budget, race, share = 900, 0.4, 0.2
-    for name, promotion in [("plain", {}), ("race", {"race": race})]:
+    for name, promotion in [("plain", {"race": 0}), ("race", {"race": race})]:
         PromotingScheduler.submitted = []
         spec = {"rungs": RUNGS, "share": share, "eta": 3, **promotion}
         path = experiment(tmp_path / name, tiny_family, {"items": budget}, spec)
