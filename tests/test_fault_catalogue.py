@@ -129,7 +129,9 @@ class Ctx:
         self.request.addfinalizer(lambda: ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__]))
         remote = ray.remote(cls).options(num_cpus=0, max_restarts=0)
         self.monkeypatch.setattr(
-            evomerge.runtime.driver, "actor_factory", lambda experiment, space: lambda i: remote.remote()
+            evomerge.runtime.driver,
+            "actor_factory",
+            lambda experiment, space, plan: lambda i: remote.remote(),
         )
 
 

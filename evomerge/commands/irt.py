@@ -99,7 +99,12 @@ def estimate(
     responses: Path = typer.Option(
         ..., "--responses", help="CSV of the subjects' answers (subject, item ids...)."
     ),
-    estimator: str = typer.Option("gpirt", "--estimator", help="mean, anchor, pirt, gpirt, mpirt, gmpirt."),
+    estimator: str = typer.Option(
+        "auto",
+        "--estimator",
+        help="auto (the lowest leave-subjects-out error on the calibration at these anchors: mean, pirt or "
+        "gpirt), mean, anchor, pirt, gpirt, mpirt, gmpirt.",
+    ),
     parent: list[str] = typer.Option([], "--parent", help="Calibration subject that is a parent (mp-IRT)."),
 ) -> None:
     """Print JSON: per subject and task, estimate, interval (low, high), anchors_answered, estimator.
@@ -111,9 +116,13 @@ def estimate(
     from evomerge.fitness.anchors import AnchorSet
     from evomerge.fitness.calibration import Calibration, read_responses_csv
     from evomerge.fitness.estimators import ESTIMATORS, EstimationContext, interval
+    from evomerge.fitness.fidelity import choose_estimator
 
     calibration = Calibration.load(calib)
     chosen = AnchorSet.load(anchors_path, calibration)
+    if estimator == "auto":
+        counts = {task: len(ids) for task, ids in chosen.ids.items()}
+        estimator = choose_estimator(calibration, counts, chosen.seed).estimator
     estimate_fn = ESTIMATORS.get(estimator)
     subjects, item_ids, matrix = read_responses_csv(responses)
     unknown = [i for i in item_ids if i not in calibration.item_index]

@@ -24,8 +24,13 @@ def plan_payload(experiment_path: Path, device: str | None, free_gib: float | No
     from evomerge.fitness.suite import FitnessSuite
     from evomerge.merge.memory import PLACEMENTS, choose_placement, free_bytes, plan_memory, storage_dtype
     from evomerge.merge.memory import reader_bytes as weigh
-    from evomerge.runtime.preflight import live_dtype, local_worker_device, model_readers, workers_per_device
-    from evomerge.runtime.promotion import fitness_plan
+    from evomerge.runtime.preflight import (
+        live_dtype,
+        local_worker_device,
+        model_readers,
+        search_plan,
+        workers_per_device,
+    )
     from evomerge.space import SearchSpace
 
     experiment = Experiment.load(experiment_path)
@@ -52,7 +57,8 @@ def plan_payload(experiment_path: Path, device: str | None, free_gib: float | No
             }
         )
     chosen = choose_placement(readers, workers.placement, device, dtype, free, sharing)
-    items_per_trial, rungs = fitness_plan(experiment, FitnessSuite.load(experiment.suite_path))
+    evaluation = search_plan(experiment, FitnessSuite.load(experiment.suite_path))
+    rungs = evaluation.rung_plan()
     budget, promotion = experiment.spec.budget, experiment.spec.promotion
     return {
         "experiment": experiment.name,
@@ -71,7 +77,9 @@ def plan_payload(experiment_path: Path, device: str | None, free_gib: float | No
         "chosen": chosen.placement,
         "refusal": chosen.refusal(free, sharing),
         "fitness": {
-            "items_per_trial": items_per_trial,  # the anchors every candidate is scored on
+            "estimator": evaluation.estimator,  # the suite's, or what `auto` chose
+            "evaluation": evaluation.describe(),
+            "items_per_trial": evaluation.items_per_trial,  # the anchors every candidate is scored on
             "rung_items": rungs.sizes() if rungs else [],  # items per promoted trial, rung by rung
             "promotion_share": promotion.share if promotion else 0.0,
             "budget_items": budget.items,
@@ -131,6 +139,7 @@ def plan(
     if fitness["budget_items"]:
         line += f"; budget {fitness['budget_items']} items"
     console.print(line, soft_wrap=True)
+    console.print(f"evaluation: {fitness['evaluation']}", soft_wrap=True)
     if data["refusal"]:
         console.print(data["refusal"], soft_wrap=True)
 

@@ -72,17 +72,24 @@ class AnchorSet:
         data = read_json(path, "anchors")
         if data.get("format") != FORMAT:
             raise ConfigError(f"{path}: not an evomerge anchors file (make one with `evomerge irt anchors`)")
+        return cls.from_dict(data, calibration, f"anchors {path}")
+
+    @classmethod
+    def from_dict(
+        cls, data: dict[str, Any], calibration: Calibration | None = None, where: str = "the anchors"
+    ) -> AnchorSet:
+        """The anchors `to_dict` wrote; refused when selected on another calibration than `calibration`."""
         anchors = cls(
             method=data["method"],
             seed=data["seed"],
-            ids={t: v["ids"] for t, v in data["tasks"].items()},
-            weights={t: v["weights"] for t, v in data["tasks"].items()},
+            ids={t: list(v["ids"]) for t, v in data["tasks"].items()},
+            weights={t: list(v["weights"]) for t, v in data["tasks"].items()},
             gp_lambda={t: v["gp_lambda"] for t, v in data["tasks"].items() if v.get("gp_lambda") is not None},
             calibration_sha=data.get("calibration_sha256"),
         )
         if calibration is not None and anchors.calibration_sha not in (None, calibration.sha256()):
             raise ConfigError(
-                f"anchors {path} were selected on another calibration than {calibration.path}; "
+                f"{where} were selected on another calibration than {calibration.path}; "
                 "re-run evomerge irt anchors on this calibration"
             )
         return anchors

@@ -1,10 +1,9 @@
 """FitnessEvaluator: what a search worker calls to turn a model into per-task estimates.
 
-The anchors are chosen once, at construction: k-means anchors from the calibration when one is
-given (or a stored anchor file), else a seeded stratified random sample of the suite's eval
-items. Every candidate is then scored on the same anchors (a paired design: comparisons between
-candidates are much less noisy than with independent random subsets), and the suite's
-estimator (or the one given) turns the answers into estimates.
+What it scores and how comes from an evaluation plan (`fitness/plan.py`): a search's workers get
+the driver's; made here otherwise, from the arguments. Every candidate is scored on the same
+anchors (a paired design: comparisons between candidates are much less noisy than with independent
+random subsets), and the plan's estimator turns the answers into estimates.
 
 mp-IRT needs the parents' abilities: pass `parents`, the parents' names or model paths as
 calibration subjects (`evomerge calibrate ... --subjects BASE PARENT_1 ...`), or their
@@ -25,12 +24,12 @@ import numpy as np
 import torch
 
 from evomerge.errors import ConfigError
-from evomerge.fitness.anchors import AnchorSet, select_for_suite
+from evomerge.fitness.anchors import AnchorSet
 from evomerge.fitness.calibration import Calibration
 from evomerge.fitness.code import STOP_SEQUENCES, cut_at_stop, run_completions
-from evomerge.fitness.estimators import ESTIMATORS, NEEDS_IRT, NEEDS_PARENTS, EstimationContext, interval
-from evomerge.fitness.fidelity import choose_estimator
+from evomerge.fitness.estimators import ESTIMATORS, NEEDS_PARENTS, EstimationContext, interval
 from evomerge.fitness.items import Item
+from evomerge.fitness.plan import EvaluationPlan, make_plan
 from evomerge.fitness.sandbox import Sandbox
 from evomerge.fitness.scoring import Scorer, ScoreResult
 from evomerge.fitness.suite import FitnessSuite
@@ -69,31 +68,28 @@ class FitnessEvaluator:
         estimator: str | None = None,
         parents: Sequence[str | Path] | None = None,
         parent_thetas: np.ndarray | None = None,
+        plan: EvaluationPlan | None = None,
     ) -> None:
+        """`plan`: what to score and how, decided by a search's driver (seed, anchors and estimator
+        then come from it); without one, `make_plan` decides from the arguments."""
         self.suite = suite if isinstance(suite, FitnessSuite) else FitnessSuite.load(suite)
         self.device = device
         if isinstance(calibration, str | Path):
             calibration = Calibration.load(calibration)
         self.calibration = calibration
-        requested = estimator or self.suite.estimator
-        if calibration is not None:
-            calibration.check_suite(self.suite)
-        elif requested in NEEDS_IRT or requested == "auto":
-            raise ConfigError(
-                f"estimator {requested!r} of suite {self.suite.name!r} needs a calibration: run "
-                f"`evomerge calibrate {self.suite.source} --subjects BASE PARENTS... --out CALIB` and "
-                "pass it, or choose estimator 'mean'"
-            )
-        self.seed = self.suite.seed if seed is None else seed
-        # `auto`: chosen on the calibration by leave-subjects-out error (fidelity.choose_estimator)
-        self.estimator_choice = (
-            choose_estimator(calibration, anchor_counts(self.suite), self.seed)
-            if requested == "auto" and calibration is not None
-            else None
-        )
-        self.estimator = self.estimator_choice.estimator if self.estimator_choice else requested
+        if plan is None:
+            if isinstance(anchors, str | Path):
+                anchors = AnchorSet.load(anchors, calibration)
+            plan = make_plan(self.suite, calibration, seed, estimator=estimator, anchors=anchors)
+        elif (seed, anchors, estimator) != (None, None, None):
+            raise TypeError("give seed, anchors and estimator through the plan, not beside it")
+        else:
+            plan.check_inputs(self.suite, calibration, f"suite {self.suite.name!r}")
+        self.plan = plan
+        self.seed = plan.seed
+        self.estimator = plan.estimator
         self._estimate = ESTIMATORS.get(self.estimator)
-        self.anchors = self._anchors(anchors, self.seed)
+        self.anchors = plan.anchor_set(calibration)
         self.anchor_ids: dict[str, list[str]] = {
             task: list(self.anchors.ids[task]) for task in self.suite.tasks
         }
@@ -121,20 +117,6 @@ class FitnessEvaluator:
             return None
         config = self.suite.spec.sandbox
         return Sandbox(config.limits(), allow_network=config.network == "allow")
-
-    def _anchors(self, anchors: AnchorSet | str | Path | None, seed: int) -> AnchorSet:
-        if isinstance(anchors, str | Path):
-            anchors = AnchorSet.load(anchors, self.calibration)
-        if anchors is None:
-            anchors = default_anchors(self.suite, self.calibration, seed, self.estimator)
-        for task in self.suite.tasks:
-            unknown = [i for i in anchors.ids.get(task, []) if i not in self.suite.items]
-            if task not in anchors.ids or unknown:
-                raise ConfigError(
-                    f"anchors do not match suite {self.suite.name!r}: task {task!r} "
-                    + (f"has unknown items {unknown[:3]}" if unknown else "is missing")
-                )
-        return anchors
 
     def _parent_thetas(
         self, parents: Sequence[str | Path] | None, parent_thetas: np.ndarray | None
@@ -214,24 +196,6 @@ class FitnessEvaluator:
             )
         items = [self.suite.items[i] for task_ids in ids.values() for i in task_ids]
         return self._score(model, items).correct
-
-
-def anchor_counts(suite: FitnessSuite) -> dict[str, int]:
-    return {task: suite.n_anchors(task) for task in suite.tasks}
-
-
-def default_anchors(
-    suite: FitnessSuite, calibration: Calibration | None, seed: int, estimator: str | None = None
-) -> AnchorSet:
-    """The anchors a search scores every candidate on: k-means on the calibration's IRT
-    parameters when there is one, else a seeded stratified sample of the eval items. `estimator`:
-    the one in use; where the suite's `auto` chose the mean, the anchors are the random sample
-    its check measured. (None: resolve the suite's own.)"""
-    if suite.estimator == "auto" and calibration is not None:
-        chosen = estimator or choose_estimator(calibration, anchor_counts(suite), seed).estimator
-        calibration = None if chosen == "mean" else calibration
-    groups = {i.id: i.group or "" for i in suite.items.values()}
-    return select_for_suite(suite.eval_ids, anchor_counts(suite), groups, calibration, seed)
 
 
 def accuracy(ids: dict[str, list[str]], answers: dict[str, int]) -> dict[str, float]:

@@ -198,30 +198,11 @@ def choose_estimator(
     """`estimator: auto`: the candidate with the lowest leave-subjects-out MAE at the suite's
     anchors per task (the calibration's subjects in `folds` folds; the IRT model refit without
     each fold at the calibration's dimension). The subsample mean is a candidate, so the choice
-    never loses to it on this check. Cached under EVOMERGE_CACHE by calibration, anchors and seed:
-    the driver's preflight computes it once and the workers read it."""
-    import hashlib
-    import json
-    import os
-    from pathlib import Path
-
-    key = hashlib.sha256(json.dumps([calibration.sha256(), n, seed, folds]).encode()).hexdigest()[:24]
-    cache = Path(os.environ.get("EVOMERGE_CACHE", Path.home() / ".cache" / "evomerge")) / "estimators"
-    path = cache / f"{key}.json"
-    if path.is_file():
-        data = json.loads(path.read_text())
-        return EstimatorChoice(data["estimator"], [FidelityRow(**r) for r in data["rows"]], data["heldout"])
+    never loses to it on this check. Made once per search, by its evaluation plan (`plan.py`)."""
     leave_out = max(1, round(len(calibration.subjects) / folds))
     dims = (calibration.thetas.shape[1],)
     rows, heldout = cross_validate(
         calibration, [n], AUTO_CANDIDATES, leave_out=leave_out, dims=dims, seed=seed
     )
     best = min(rows, key=lambda row: (row.mae, AUTO_CANDIDATES.index(row.estimator)))
-    choice = EstimatorChoice(best.estimator, rows, heldout)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(
-        json.dumps({"estimator": best.estimator, "rows": [r.__dict__ for r in rows], "heldout": heldout})
-    )
-    tmp.replace(path)
-    return choice
+    return EstimatorChoice(best.estimator, rows, heldout)

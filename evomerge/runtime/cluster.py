@@ -37,10 +37,11 @@ def worker_gpus(workers: Any, resources: dict[str, float]) -> float:
     return 1.0 if resources.get("GPU", 0) > 0 else 0.0
 
 
-def actor_factory(experiment: Experiment, space: SearchSpace) -> Callable[[int], Any]:
+def actor_factory(experiment: Experiment, space: SearchSpace, plan: Any) -> Callable[[int], Any]:
+    """Worker actors, each made from one WorkerSpec holding the run's evaluation plan `plan`."""
     import ray
 
-    from evomerge.runtime.worker import Worker
+    from evomerge.runtime.worker import Worker, WorkerSpec
 
     workers = experiment.spec.workers
     gpus = worker_gpus(workers, ray.cluster_resources())
@@ -53,20 +54,21 @@ def actor_factory(experiment: Experiment, space: SearchSpace) -> Callable[[int],
         runtime_env={"env_vars": {"OMP_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}},
     )
 
+    spec = WorkerSpec(
+        base=space.base,
+        parents=list(space.parents),
+        suite=str(experiment.suite_path),
+        plan=plan,
+        calibration=str(experiment.calibration_path) if experiment.calibration_path else None,
+        device="cuda" if gpus > 0 else "cpu",
+        batch_size=workers.batch_size,
+        dtype=workers.dtype,
+        placement=workers.placement,
+        token_budget=workers.token_budget,
+    )
+
     def make(index: int) -> Any:
-        return remote.remote(
-            f"worker-{index}",
-            space.base,
-            space.parents,
-            str(experiment.suite_path),
-            str(experiment.calibration_path) if experiment.calibration_path else None,
-            "cuda" if gpus > 0 else "cpu",
-            workers.batch_size,
-            experiment.spec.seed,
-            workers.dtype,
-            workers.placement,
-            workers.token_budget,
-        )
+        return remote.remote(f"worker-{index}", spec)
 
     return make
 

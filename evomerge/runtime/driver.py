@@ -32,13 +32,20 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.experiment import Experiment
+from evomerge.fitness.suite import FitnessSuite
 from evomerge.runtime.cluster import actor_factory, fit_workers
 from evomerge.runtime.cluster import init_ray as _init_ray
 from evomerge.runtime.interrupt import StopRequest
 from evomerge.runtime.lease import DriverLease
 from evomerge.runtime.loop import SearchLoop, SearchProgress
-from evomerge.runtime.opening import open_search, reconcile
-from evomerge.runtime.preflight import check_fitness, check_worker_memory, dtype_warning, local_worker_device
+from evomerge.runtime.opening import open_search, reconcile, run_plan
+from evomerge.runtime.preflight import (
+    check_fitness,
+    check_worker_memory,
+    dtype_warning,
+    local_worker_device,
+    search_plan,
+)
 from evomerge.runtime.promotion import open_promotion
 from evomerge.runtime.recorder import FAILURE_LOG, INTERRUPTED, Recorder
 from evomerge.space import SearchSpace
@@ -93,8 +100,13 @@ class SearchDriver:
         if make_actor is None and not (ray_address or os.environ.get("RAY_ADDRESS")):
             device = local_worker_device(experiment.spec.workers.gpus_per_worker)
             self.memory = check_worker_memory(experiment, self.space, device)
-        self.suite = check_fitness(experiment, self.space)  # what every worker would fail on
+        self.suite = FitnessSuite.load(experiment.suite_path)
         self.tasks = self.suite.tasks
+        # The evaluation plan, decided once here for a new run (a resumed run's is in its study),
+        # and the evaluator every worker builds on it: what every worker would fail on.
+        made = None if resume else search_plan(experiment, self.suite)
+        if made is not None:
+            check_fitness(experiment, self.space, self.suite, made)
         self._make_actor = make_actor
         # Cut short, the opening leaves no run, or one that resumes (see opening.py).
         with stop.interruptible() if stop else contextlib.nullcontext():
@@ -108,6 +120,9 @@ class SearchDriver:
                 seed_override=seed,
             )
         self.experiment, self.optimizer, self.store = opened.experiment, opened.optimizer, opened.store
+        self.plan = run_plan(self.store, self.experiment, self.suite, made)
+        if made is None:
+            check_fitness(self.experiment, self.space, self.suite, self.plan)
         self.budget = self.experiment.spec.budget
         self.messages = opened.messages  # said to the user with the summary
         slow = dtype_warning(self.experiment.spec.workers.dtype, self.memory.device if self.memory else "")
@@ -143,12 +158,14 @@ class SearchDriver:
             with stop.interruptible():  # half a minute on a busy machine; safe to cut short
                 started_ray = _init_ray(self.experiment, self.ray_address)
         try:
-            make_actor = self._make_actor or actor_factory(self.experiment, self.space)
+            make_actor = self._make_actor or actor_factory(self.experiment, self.space, self.plan)
             n_workers = self.experiment.spec.workers.count
             if self._make_actor is None and ray.is_initialized():
                 n_workers = self._fit_workers(n_workers)
             first_jobs, done, failed = reconcile(self.recorder, self.space)
-            promoter, items_per_trial, items_done = open_promotion(self.experiment, self.suite, self.store)
+            promoter, items_per_trial, items_done = open_promotion(
+                self.experiment, self.plan, self.tasks, self.store
+            )
             timeout = self.experiment.spec.workers.evaluation_timeout_s
             scheduler = Scheduler(make_actor, n_workers, timeout, self.recorder.lost_worker)
             try:

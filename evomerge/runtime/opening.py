@@ -2,7 +2,8 @@
 checkpoint, checked against the experiment), and what a session starts with (`reconcile`).
 
 A new run's optimizer is checkpointed as soon as its study exists; a run stopped before that (its
-study holds no trial yet and no checkpoint) resumes as the new run would have started.
+study holds no trial yet and no checkpoint) resumes as the new run would have started. The run's
+evaluation plan (fitness/plan.py) is stored in its study; a resumed run scores on the stored one.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from evomerge.errors import ConfigError, StorageError
 from evomerge.experiment import Experiment
+from evomerge.fitness.plan import EvaluationPlan
 from evomerge.optimizers import OPTIMIZERS, Optimizer, load_checkpoint, make_optimizer, optimizer_from_bytes
 from evomerge.runtime.recorder import INTERRUPTED, Checkpointer, Recorder, recipe_yaml
 from evomerge.runtime.work import Job, TrialKind
@@ -224,3 +227,33 @@ def reconcile(recorder: Recorder, space: SearchSpace) -> tuple[list[Job], int, i
     recorder.checkpoint()
     failed = sum(t.state == TrialState.FAIL for t in search)
     return jobs, len(search), failed
+
+
+PLAN_ATTR = "evaluation_plan"  # the study attribute holding the run's EvaluationPlan
+
+
+def run_plan(
+    store: RunStore, experiment: Experiment, suite: Any, made: EvaluationPlan | None
+) -> EvaluationPlan:
+    """The run's evaluation plan: the stored one, checked against the suite, calibration and rungs
+    given now; a new run's (`made`, by the driver's preflight) is stored. A run from before plans
+    were stored gets one made now (on its seed, as its workers made it)."""
+    from evomerge.fitness.calibration import Calibration
+    from evomerge.runtime.preflight import search_plan
+
+    stored = store.read_study_attr(PLAN_ATTR)
+    if stored is None:
+        plan = made or search_plan(experiment, suite)
+        store.write_study_attr(PLAN_ATTR, plan.model_dump(mode="json"))
+        return plan
+    plan = EvaluationPlan.model_validate(stored)
+    path = experiment.calibration_path
+    plan.check_inputs(suite, Calibration.load(path) if path else None, "--resume")
+    promotion = experiment.spec.promotion
+    rungs = tuple(promotion.rungs) if promotion is not None else None
+    if plan.rung_spec is not None and rungs is not None and rungs != plan.rung_spec:
+        raise ConfigError(
+            f"--resume: the promotion rungs {list(rungs)} differ from the run's {list(plan.rung_spec)}; "
+            "resume with the run's experiment (experiment.yaml in its directory)"
+        )
+    return plan

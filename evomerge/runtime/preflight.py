@@ -1,8 +1,8 @@
 """What a search checks before any worker starts: its fitness, and each worker's memory.
 
-The fitness check builds the evaluator every worker builds (suite and banks, estimator,
-calibration, anchors, the tokenizer the workers score with), so what would stop every worker at
-its start is refused in one line before a run exists. The memory check's bytes come from the
+The fitness check builds the evaluator every worker builds, on the run's evaluation plan (suite and
+banks, estimator, calibration, anchors, the tokenizer the workers score with), so what would stop
+every worker at its start is refused in one line before a run exists. The memory check's bytes come from the
 checkpoints' safetensors headers (nothing is loaded; see `evomerge/merge/memory.py`). A local run
 checks the driver's own devices; a worker on a cluster checks its device again when it starts
 (LiveMerger refuses in one line before loading).
@@ -87,20 +87,33 @@ def check_worker_memory(experiment: Any, space: Any, device: str, free: int | No
     return plan
 
 
+def search_plan(experiment: Any, suite: Any) -> Any:
+    """The run's evaluation plan (fitness/plan.py), made once by the driver for a new run: the
+    estimator (`auto` checked on the calibration), the anchors, and the promotion rungs."""
+    from evomerge.fitness.calibration import Calibration
+    from evomerge.fitness.plan import make_plan
+
+    calibration = Calibration.load(experiment.calibration_path) if experiment.calibration_path else None
+    promotion = experiment.spec.promotion
+    return make_plan(
+        suite, calibration, experiment.spec.seed, rungs=promotion.rungs if promotion is not None else None
+    )
+
+
 def search_evaluator(
     suite: Any,
     tokenizer: Any,
     base: str | None,
     parents: list[str],
+    plan: Any,
     *,
     calibration: str | Path | None = None,
     device: str = "cpu",
     batch_size: int = 16,
-    seed: int = 0,
     token_budget: int | None = None,
 ) -> Any:
-    """The fitness evaluator a search worker scores its candidates with (`suite`: a FitnessSuite or
-    its path; `tokenizer`: a tokenizer or its directory)."""
+    """The fitness evaluator a search worker scores its candidates with, on the run's `plan`
+    (`suite`: a FitnessSuite or its path; `tokenizer`: a tokenizer or its directory)."""
     from evomerge.fitness.estimators import NEEDS_PARENTS, merge_endpoints
     from evomerge.fitness.evaluator import FitnessEvaluator
     from evomerge.fitness.suite import FitnessSuite
@@ -113,21 +126,19 @@ def search_evaluator(
         device=device,
         batch_size=batch_size,
         token_budget=token_budget or (GPU_TOKEN_BUDGET if device.startswith("cuda") else None),
-        seed=seed,
-        parents=merge_endpoints(base, parents) if suite.estimator in NEEDS_PARENTS else None,
+        parents=merge_endpoints(base, parents) if plan.estimator in NEEDS_PARENTS else None,
+        plan=plan,
     )
 
 
-def check_fitness(experiment: Any, space: Any) -> Any:
-    """The experiment's FitnessSuite, after building the workers' evaluator once here; a fault
-    any worker would hit at its start is a ConfigError (one line) instead."""
+def check_fitness(experiment: Any, space: Any, suite: Any, plan: Any) -> None:
+    """Build the workers' evaluator once here, on the run's `plan`: a fault any worker would hit at
+    its start is a ConfigError (one line) instead."""
     from evomerge.fitness.evaluator import load_tokenizer
-    from evomerge.fitness.suite import FitnessSuite
 
-    suite = FitnessSuite.load(experiment.suite_path)
     source = Path(space.base or space.parents[0])  # the workers' tokenizer: their reference model's
     if not source.is_dir():  # models only on a cluster's nodes: their workers check them at start
-        return suite
+        return
     try:
         tokenizer = load_tokenizer(source)
     except Exception as error:  # transformers raises OSError, ValueError, ... for a missing tokenizer
@@ -147,8 +158,7 @@ def check_fitness(experiment: Any, space: Any) -> Any:
         tokenizer,
         space.base,
         space.parents,
+        plan,
         calibration=experiment.calibration_path,
         batch_size=experiment.spec.workers.batch_size,
-        seed=experiment.spec.seed,
     )
-    return suite

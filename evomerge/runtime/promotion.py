@@ -325,29 +325,15 @@ class Promoter:
         return f"promotion: {rungs}; {self.items_promoted} items scored by promotions; incumbent: {who}"
 
 
-def fitness_plan(experiment: Any, suite: Any) -> tuple[int, RungPlan | None]:
-    """The items a search trial scores (its anchors) and the promotion rungs (None without a
-    `promotion` block), from the suite, the calibration and the seed alone (nothing is scored)."""
-    from evomerge.fitness.calibration import Calibration
-    from evomerge.fitness.evaluator import default_anchors
-    from evomerge.fitness.rungs import plan_rungs
-
-    calibration = Calibration.load(experiment.calibration_path) if experiment.calibration_path else None
-    anchors = default_anchors(suite, calibration, experiment.spec.seed)
-    items_per_trial = sum(len(anchors.ids[task]) for task in suite.tasks)
-    spec = experiment.spec.promotion
-    if spec is None:
-        return items_per_trial, None
-    groups = {item.id: item.group or "" for item in suite.items.values()}
-    return items_per_trial, plan_rungs(suite.eval_ids, anchors.ids, spec.rungs, experiment.spec.seed, groups)
-
-
-def open_promotion(experiment: Any, suite: Any, store: Any) -> tuple[Promoter | None, int, int]:
-    """The run's promoter (None without a `promotion` block), the items a search trial scores (its
-    anchors) and the items the run's finished jobs scored so far (a resumed run's earlier sessions)."""
+def open_promotion(
+    experiment: Any, evaluation: Any, tasks: list[str], store: Any
+) -> tuple[Promoter | None, int, int]:
+    """The run's promoter on the rungs of its evaluation plan `evaluation` (None without a
+    `promotion` block), the items a search trial scores (its anchors) and the items the run's
+    finished jobs scored so far (a resumed run's earlier sessions)."""
     from evomerge.store import TrialState
 
-    items_per_trial, plan = fitness_plan(experiment, suite)
+    items_per_trial, plan = evaluation.items_per_trial, evaluation.rung_plan()
     complete = store.trials([TrialState.COMPLETE])
     items_done = sum(int(t.user_attrs.get("n_items") or 0) for t in complete)
     spec = experiment.spec.promotion
@@ -355,7 +341,7 @@ def open_promotion(experiment: Any, suite: Any, store: Any) -> tuple[Promoter | 
         return None, items_per_trial, items_done
     promoter = Promoter(
         store,
-        suite.tasks,
+        tasks,
         plan,
         spec.eta,
         spec.share,

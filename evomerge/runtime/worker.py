@@ -13,25 +13,31 @@ import os
 import socket
 import time
 import traceback
+from dataclasses import dataclass
+from typing import Any
 
 from evomerge.runtime.work import Rescore, WorkerResult
 
 
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker is made from, decided by the driver: the models, the suite and
+    calibration files (the same on every node), the device settings, and the evaluation plan."""
+
+    base: str | None
+    parents: list[str]
+    suite: str  # the suite file
+    plan: Any  # the run's EvaluationPlan (fitness/plan.py): estimator, anchors, seed
+    calibration: str | None = None
+    device: str = "cpu"
+    batch_size: int = 16
+    dtype: str = "auto"
+    placement: str = "auto"
+    token_budget: int | None = None
+
+
 class Worker:
-    def __init__(
-        self,
-        worker_id: str,
-        base: str | None,
-        parents: list[str],
-        suite: str,
-        calibration: str | None = None,
-        device: str = "cpu",
-        batch_size: int = 16,
-        seed: int = 0,
-        dtype: str = "auto",
-        placement: str = "auto",
-        token_budget: int | None = None,
-    ) -> None:
+    def __init__(self, worker_id: str, spec: WorkerSpec) -> None:
         import torch
 
         from evomerge.merge.live import LiveMerger
@@ -43,18 +49,22 @@ class Worker:
         node = ray.get_runtime_context().get_node_id()[:8] if ray.is_initialized() else "local"
         self.worker_id = f"{worker_id}@{socket.gethostname()}:{os.getpid()}/node-{node}"
         self.merger = LiveMerger(
-            base, parents, device=device, model_dtype=live_dtype(dtype, device), placement=placement
+            spec.base,
+            spec.parents,
+            device=spec.device,
+            model_dtype=live_dtype(spec.dtype, spec.device),
+            placement=spec.placement,
         )
         self.evaluator = search_evaluator(
-            suite,
+            spec.suite,
             self.merger.tokenizer_dir,
-            base,
-            parents,
-            calibration=calibration,
-            device=device,
-            batch_size=batch_size,
-            seed=seed,
-            token_budget=token_budget,
+            spec.base,
+            spec.parents,
+            spec.plan,
+            calibration=spec.calibration,
+            device=spec.device,
+            batch_size=spec.batch_size,
+            token_budget=spec.token_budget,
         )
 
     def ping(self) -> str:

@@ -17,6 +17,7 @@ from evomerge.fitness.answer_cache import AnswerCache
 from evomerge.fitness.calibration import Calibration, read_responses_csv
 from evomerge.fitness.evaluator import FitnessEvaluator, FitnessResult
 from evomerge.fitness.items import load_bank, write_bank
+from evomerge.fitness.plan import make_plan
 from evomerge.fitness.population import calibrate_suite
 from evomerge.fitness.suite import FitnessSuite
 
@@ -75,25 +76,29 @@ def test_evaluator_contract_with_calibration(
 
 
 def test_estimator_auto_is_resolved_on_the_calibration(
-    calibrated: tuple[Path, Path], tiny_family: tuple[Path, list[Path]], tmp_path, monkeypatch
+    calibrated: tuple[Path, Path], tiny_family: tuple[Path, list[Path]]
 ) -> None:
-    from evomerge.fitness.evaluator import default_anchors
-
-    monkeypatch.setenv("EVOMERGE_CACHE", str(tmp_path))
     suite_path, calib_path = calibrated
     suite = FitnessSuite.load(suite_path)
     auto = FitnessSuite.from_dict({**suite.spec.model_dump(), "estimator": "auto"}, root=suite.root)
     evaluator = FitnessEvaluator(auto, tiny_family[0], calibration=calib_path, batch_size=3)
-    choice = evaluator.estimator_choice
-    assert choice is not None and evaluator.estimator == choice.estimator
-    assert choice.estimator == min(choice.rows, key=lambda r: r.mae).estimator
+    plan = evaluator.plan
+    assert plan.requested == "auto" and evaluator.estimator == plan.estimator
+    assert [c.estimator for c in plan.checks] == ["mean", "pirt", "gpirt"]
+    assert plan.estimator == min(plan.checks, key=lambda c: c.mae).estimator
     model = AutoModelForCausalLM.from_pretrained(tiny_family[1][0]).eval()
-    assert evaluator.evaluate(model).estimator == choice.estimator
-    # the driver's promoter finds the same anchors without building an evaluator
+    assert evaluator.evaluate(model).estimator == plan.estimator
+    # the driver's plan for the same suite, calibration and seed: the same anchors and estimator
     calibration = Calibration.load(calib_path)
-    assert default_anchors(auto, calibration, auto.seed).ids == evaluator.anchors.ids
-    with pytest.raises(ConfigError, match="'auto' .* needs a calibration"):
-        FitnessEvaluator(auto, tiny_family[0])
+    assert make_plan(auto, calibration, auto.seed) == plan
+    # without a calibration there is nothing to check an IRT estimator on: the subsample mean
+    bare = FitnessEvaluator(auto, tiny_family[0]).plan
+    assert (bare.requested, bare.estimator, bare.checks, bare.anchors["method"]) == (
+        "auto",
+        "mean",
+        (),
+        "random",
+    )
 
 
 def test_stale_calibration_is_detected(

@@ -66,7 +66,9 @@ class FailingScheduler:
 def failing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(evomerge.runtime.scheduler, "Scheduler", FailingScheduler)
     monkeypatch.setattr(evomerge.runtime.driver, "_init_ray", lambda experiment, address: False)
-    monkeypatch.setattr(evomerge.runtime.driver, "actor_factory", lambda experiment, space: lambda i: None)
+    monkeypatch.setattr(
+        evomerge.runtime.driver, "actor_factory", lambda experiment, space, plan: lambda i: None
+    )
 
 
 def with_limit(path, limit: int):

@@ -32,7 +32,9 @@ def ctrl_c() -> None:
 def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(evomerge.runtime.scheduler, "Scheduler", InlineScheduler)
     monkeypatch.setattr(evomerge.runtime.driver, "_init_ray", lambda experiment, address: False)
-    monkeypatch.setattr(evomerge.runtime.driver, "actor_factory", lambda experiment, space: lambda i: None)
+    monkeypatch.setattr(
+        evomerge.runtime.driver, "actor_factory", lambda experiment, space, plan: lambda i: None
+    )
 
 
 def search(path, run_dir, *extra: str) -> Any:

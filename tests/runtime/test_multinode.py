@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import yaml
@@ -193,3 +194,90 @@ def test_a_lost_worker_node_costs_nothing(tmp_path, tiny_family) -> None:
     retried = next(t for t in trials if t.number == int(lost[0]))
     assert retried.user_attrs["worker"].endswith(f"/node-{head_node[:8]}")
     assert any(f"trial {lost[0]}: its worker" in m and "was lost" in m for m in summary["messages"])
+
+
+def write_auto_experiment(root: Path, family: Any) -> Path:
+    """The tiny family's search on a calibrated two-task suite whose estimator is `auto`."""
+    from evomerge.fitness.items import load_bank, write_bank
+    from evomerge.fitness.population import calibrate_suite
+    from evomerge.fitness.suite import FitnessSuite
+
+    fitness = Path(__file__).parents[2] / "fitness"
+    for name, bank in [("arith", "bigbench_arithmetic"), ("dates", "bigbench_date_understanding")]:
+        write_bank(
+            [i for i in load_bank(fitness / f"{bank}.jsonl") if i.split == "eval"][:10],
+            root / f"{name}.jsonl",
+        )
+    suite = {
+        "name": "mini_auto",
+        "banks": {"arith": {"path": "arith.jsonl"}, "dates": {"path": "dates.jsonl", "normalization": "sum"}},
+        "tasks": {
+            "arithmetic": {"banks": ["arith"], "anchors": 4},
+            "dates": {"banks": ["dates"], "anchors": 4},
+        },
+        "estimator": "auto",
+    }
+    (root / "suite.yaml").write_text(yaml.safe_dump(suite))
+    base, parents = family
+    calibrate_suite(FitnessSuite.load(root / "suite.yaml"), [base, *parents], dims=(1,)).save(
+        root / "calib.json"
+    )
+    path = write_experiment(root, family, trials=2, workers=1)
+    experiment = yaml.safe_load(path.read_text())
+    experiment.update(suite=str(root / "suite.yaml"), calibration=str(root / "calib.json"))
+    experiment["workers"]["resources"] = {RESOURCE: 1}  # only the worker node carries it
+    path.write_text(yaml.safe_dump(experiment))
+    return path
+
+
+def test_workers_on_another_node_score_on_the_drivers_plan(tmp_path, tiny_family) -> None:
+    """The worker node has an empty home and cache: its worker scores with the estimator and
+    anchors of the plan the driver stored in the study, and decides nothing (its cache stays empty)."""
+    path = write_auto_experiment(tmp_path / "exp", tiny_family)
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    env.pop("RAY_ADDRESS", None)
+    node_home = tmp_path / "node_home"
+    node_home.mkdir()
+    node_env = {**env, "HOME": str(node_home), "EVOMERGE_CACHE": str(node_home / ".cache" / "evomerge")}
+    root = Path(tempfile.mkdtemp(prefix="evomerge-ray-", dir="/tmp"))  # short: Ray's socket paths
+    port = free_port()
+    nodes: list[RayNode] = []
+    try:
+        head = RayNode(
+            root / "head.log", env, "--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0",
+            f"--temp-dir={root}", "--include-dashboard=false", f"--dashboard-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
+        )  # fmt: skip
+        nodes.append(head)
+        worker = RayNode(
+            root / "worker.log", {**node_env, "RAY_gcs_server_port_wait_time_s": "120"},
+            f"--address=127.0.0.1:{port}", "--num-cpus=1", "--num-gpus=0",
+            f"--resources={json.dumps({RESOURCE: 1})}",
+        )  # fmt: skip
+        nodes.append(worker)
+        head.wait_started()
+        worker.wait_started()
+        worker_node = worker.node_id()
+        search = subprocess.run(
+            [sys.executable, "-m", "evomerge.cli", "search", str(path), "--run-dir", str(run_dir),
+             "--ray-address", f"127.0.0.1:{port}", "--quiet", "--format", "json"],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        for node in reversed(nodes):
+            node.kill()
+        shutil.rmtree(root, ignore_errors=True)
+    assert search.returncode == 0, search.stderr[-3000:]
+    store = open_run(run_dir)
+    plan = store.read_study_attr("evaluation_plan")
+    assert plan["requested"] == "auto" and plan["estimator"] in ("mean", "pirt", "gpirt")
+    assert [check["estimator"] for check in plan["checks"]] == ["mean", "pirt", "gpirt"]
+    anchors = {i for task in plan["anchors"]["tasks"].values() for i in task["ids"]}
+    trials = store.trials()
+    assert len(trials) == 5 and all(t.state == TrialState.COMPLETE for t in trials)
+    for trial in trials:
+        assert trial.user_attrs["worker"].endswith(f"/node-{worker_node[:8]}")
+        assert trial.user_attrs["estimator"] == plan["estimator"]
+        assert set(trial.user_attrs["answers"]) == anchors
+    assert not [p for p in node_home.rglob("*") if p.is_file()], "the worker node decided something itself"

@@ -19,7 +19,7 @@ from test_resume_exact import InlineScheduler, numbers, score, stop_after
 import evomerge.runtime.scheduler
 from evomerge.errors import ConfigError
 from evomerge.experiment import Experiment
-from evomerge.fitness.evaluator import default_anchors
+from evomerge.fitness.plan import default_anchors
 from evomerge.fitness.rungs import plan_rungs
 from evomerge.fitness.suite import FitnessSuite
 from evomerge.runtime.driver import SearchDriver

@@ -250,7 +250,9 @@ def test_search_cli_json_summary(tmp_path, tiny_family, monkeypatch) -> None:
     from evomerge.cli import app
 
     monkeypatch.setattr(evomerge.runtime.driver, "_init_ray", lambda experiment, address: False)
-    monkeypatch.setattr(evomerge.runtime.driver, "actor_factory", lambda experiment, space: lambda i: None)
+    monkeypatch.setattr(
+        evomerge.runtime.driver, "actor_factory", lambda experiment, space, plan: lambda i: None
+    )
     path = write_experiment(tmp_path / "exp", tiny_family, trials=5)
     args = ["search", str(path), "--run-dir", str(tmp_path / "run"), "--format", "json", "--quiet"]
     result = CliRunner().invoke(app, args)
@@ -340,7 +342,9 @@ def test_storage_outage_stops_cleanly_and_resumes(tmp_path, tiny_family, monkeyp
     from evomerge.store import RunStore
 
     monkeypatch.setattr(evomerge.runtime.driver, "_init_ray", lambda experiment, address: False)
-    monkeypatch.setattr(evomerge.runtime.driver, "actor_factory", lambda experiment, space: lambda i: None)
+    monkeypatch.setattr(
+        evomerge.runtime.driver, "actor_factory", lambda experiment, space, plan: lambda i: None
+    )
     complete_trial, written = RunStore.complete_trial, []
 
     def outage_after_five(self, number, result):

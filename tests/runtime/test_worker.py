@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from evomerge.errors import CandidateError
+from evomerge.fitness.plan import make_plan
+from evomerge.fitness.suite import FitnessSuite
 from evomerge.runtime.work import Rescore, WorkerResult
-from evomerge.runtime.worker import Worker
+from evomerge.runtime.worker import Worker, WorkerSpec
 from evomerge.space import SearchSpace
 
 SUITE = Path(__file__).parents[2] / "fitness" / "quickstart.yaml"
@@ -22,7 +24,9 @@ def worker_and_space(tiny_family):
     space = SearchSpace.from_dict(
         {"base": str(base), "parents": [str(p) for p in parents], "method": "ties", "search": {"weight": {}}}
     )
-    return Worker("w0", space.base, space.parents, str(SUITE), batch_size=8), space
+    plan = make_plan(FitnessSuite.load(SUITE))
+    spec = WorkerSpec(space.base, space.parents, str(SUITE), plan, batch_size=8)
+    return Worker("w0", spec), space
 
 
 def test_evaluate_returns_estimates_answers_and_timings(worker_and_space) -> None:
