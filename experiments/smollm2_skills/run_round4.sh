@@ -11,9 +11,12 @@
 # ROUND_DEADLINE (epoch seconds): searches not started by then are skipped (the picks step takes
 # the runs there are).
 set -uo pipefail
-# ROUND (default 4): round 5 runs search_OPT_round5.yaml into runs/round5_OPT_sSEED (6000 items each).
+# ROUND (default 4): round 5 runs search_OPT_round5.yaml into RUNS/round5_OPT_sSEED (6000 items each).
+# RUNS: where the runs live: runs/ (ignored) for round 4; from round 5 $HERE/round5_runs, committed
+# after each search, so a session that ends mid-search leaves a run the next one resumes.
 ROUND=${ROUND:-4}
 HERE=experiments/smollm2_skills
+RUNS=${RUNS:-$([ "$ROUND" -ge 5 ] && echo $HERE/round${ROUND}_runs || echo runs)}
 export EVOMERGE_THREADS=2
 ROOT=${EVOMERGE_SMOLLM2_ROOT:-$HOME/.cache/evomerge/smollm2_skills}
 steps=${*:-calibration searches picks experts summary}
@@ -41,10 +44,10 @@ for step in $steps; do
           if [ -n "${ROUND_DEADLINE:-}" ] && [ "$(date +%s)" -ge "$ROUND_DEADLINE" ]; then
             stamp "search $name: not started (past ROUND_DEADLINE)"; continue
           fi
-          [ -f runs/$name/run.json ] && resume=--resume || resume=
+          [ -f $RUNS/$name/run.json ] && resume=--resume || resume=
           start=$(date +%s)
           OMP_NUM_THREADS=1 nice -n 5 evomerge search $HERE/search_${opt}_round${ROUND}.yaml --seed $seed \
-            --run-dir runs/$name $resume > $HERE/logs/search_$name.out 2>&1
+            --run-dir $RUNS/$name $resume > $HERE/logs/search_$name.out 2>&1
           stamp "search $name: rc=$? wall $(( $(date +%s) - start )) s" | tee -a $HERE/logs/search_$name.out
         done
       done
@@ -54,9 +57,9 @@ for step in $steps; do
       for seed in 0 1 2; do
         for opt in cma nsga2 random; do
           name=round${ROUND}_${opt}_s$seed
-          [ -d runs/$name ] || continue
-          evomerge export runs/$name --incumbent --out runs/$name/incumbent.yaml --force -q &&
-            recipes+=(--recipe $name=runs/$name/incumbent.yaml)
+          [ -d $RUNS/$name ] || continue
+          evomerge export $RUNS/$name --incumbent --out $RUNS/$name/incumbent.yaml --force -q &&
+            recipes+=(--recipe $name=$RUNS/$name/incumbent.yaml)
         done
       done
       stamp "picks: ${recipes[*]}"
@@ -64,7 +67,7 @@ for step in $steps; do
         --baselines --suffix 3 "${recipes[@]}"
       ;;
     summary)
-      python $HERE/round4.py --prefix round$ROUND --out round${ROUND}_summary.json --tag $TAG \
+      python $HERE/round4.py --runs $RUNS --prefix round$ROUND --out round${ROUND}_summary.json --tag $TAG \
         --reference-tag test-bfloat16 --print
       ;;
   esac
