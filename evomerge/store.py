@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import optuna
 from optuna.trial import TrialState
 
+from evomerge.atomic import write_json_atomic
 from evomerge.errors import ConfigError, RunNotFoundError, StorageError
 
 if TYPE_CHECKING:
@@ -342,9 +343,7 @@ def create_run(
         raise
     # The run's own SQLite file is recorded as null: the run directory can be moved or copied and
     # still finds (only) its own database. A given URL is kept as it is.
-    tmp = run_dir / f".{RUN_FILE}.tmp"
-    tmp.write_text(json.dumps({"storage": storage, "study": study_name}, indent=2))
-    tmp.replace(run_dir / RUN_FILE)
+    write_json_atomic({"storage": storage, "study": study_name}, run_dir / RUN_FILE, indent=2)
     return RunStore(study, list(objectives), run_dir, url)
 
 

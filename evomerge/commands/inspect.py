@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from evomerge.atomic import write_atomic
 from evomerge.errors import ConfigError
 from evomerge.units import CSV_SUFFIX, JSON_UNIT, pct
 
@@ -388,13 +389,9 @@ def _choose(
 
 def _write_atomic(path: Path, text: str) -> None:
     """Write through a temporary sibling and rename: a reader never sees half a recipe."""
-    temporary = path.with_name(f".{path.name}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(text, encoding="utf-8")
-        temporary.replace(path)
+        write_atomic(path, text)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
         raise ConfigError(f"cannot write {str(path)!r} ({error.strerror}); choose a writable path") from None
 
 

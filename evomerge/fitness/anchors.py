@@ -26,8 +26,9 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 
+from evomerge.atomic import write_json_atomic
 from evomerge.errors import ConfigError
-from evomerge.fitness.calibration import Calibration, read_json, write_json_atomic
+from evomerge.fitness.calibration import Calibration, read_json
 from evomerge.fitness.irt import estimate_ability
 
 FORMAT = "evomerge-anchors/1"

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from evomerge.fitness.calibration import write_json_atomic
+from evomerge.atomic import write_json_atomic
 
 FORMAT = "evomerge-answers/1"
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from evomerge.atomic import write_json_atomic
 from evomerge.errors import ConfigError
 from evomerge.fitness.irt import IRTModel, check_responses, choose_dim, fit_2pl
 from evomerge.fitness.items import file_sha256
@@ -227,19 +226,6 @@ def subject_sha256(model_dir: Path) -> str:
             digest.update(file.name.encode())
             digest.update(file_sha256(file).encode())
     return digest.hexdigest()
-
-
-def write_json_atomic(data: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:

@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evomerge.atomic import write_atomic
 from evomerge.errors import ConfigError
 
 SPLITS = ("train", "eval", "test")
@@ -236,17 +235,8 @@ def write_bank(items: Iterable[Item], path: str | Path) -> Path:
     items = list(items)
     path = Path(path)
     check_unique(items, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for item in items:
-                handle.write(json.dumps(item.to_dict(), ensure_ascii=False, sort_keys=True) + "\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; banks are ordinary data files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    lines = [json.dumps(item.to_dict(), ensure_ascii=False, sort_keys=True) + "\n" for item in items]
+    write_atomic(path, "".join(lines))
     return path
 
 

@@ -9,9 +9,7 @@ continues from exactly the state of the last checkpoint.
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from evomerge.atomic import write_atomic
 from evomerge.errors import ConfigError, StorageError
 from evomerge.registry import Registry
 
@@ -200,16 +199,8 @@ def optimizer_from_bytes(data: bytes, where: str) -> Optimizer:
 
 
 def save_checkpoint(optimizer: Optimizer, path: Path) -> None:
-    """Pickle the optimizer atomically (write a temporary file, then rename over the old one)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".optimizer-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(checkpoint_bytes(optimizer))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Pickle the optimizer atomically (its owner's alone: a pickle is code to whoever loads it)."""
+    write_atomic(path, checkpoint_bytes(optimizer), mode=0o600)
 
 
 def load_checkpoint(path: Path) -> Optimizer:
