@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from evomerge.errors import ConfigError
+from evomerge.merge.catalog import CATALOG
 from evomerge.yamltext import parse_yaml
 
 Scalar = StrictBool | float
@@ -360,9 +361,7 @@ def _describe(error: ValidationError) -> str:
 
 def _validate_parameters(recipe: MergeRecipe) -> None:
     """Method known, parameter names and scopes declared by the method, values in range."""
-    from evomerge.merge.methods import METHODS
-
-    method = METHODS.get(recipe.merge_method)
+    method = CATALOG.get(recipe.merge_method)
     specs = {spec.name: spec for spec in method.params}
     if method.needs_base and not recipe.base_model:
         raise ValueError(f"merge_method {method.name!r} needs 'base_model'; add the model the parents share")

@@ -10,9 +10,9 @@
       density: {}
     fixed: {normalize: true}          # everything else: fixed here, or the method's default
 
-The genes are the method's declared parameters (`METHODS[method].params`): one per parent for
-per-model parameters, one per filter group and per layer group. A gene g in [0, 1] maps linearly
-to low + g (high - low); the bounds policy is to clip genes into [0, 1] (decode) and values into
+The genes are the method's declared parameters (merge/catalog.py: `CATALOG[method].params`): one
+per parent for per-model parameters, one per filter group and per layer group. A gene g in [0, 1]
+maps linearly to low + g (high - low); the bounds policy is to clip genes into [0, 1] (decode) and values into
 the bounds (encode). Per-layer values are written as mergekit per-layer lists (one entry per layer,
 so every layer reads its own value exactly; groups repeat their value).
 """
@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from evomerge.demo import DemoFamily
 from evomerge.errors import ConfigError
 from evomerge.merge.architecture import architecture_of
+from evomerge.merge.catalog import CATALOG
 from evomerge.merge.hub import is_hub_id, resolve_model
 from evomerge.recipe import mergekit_ref
 from evomerge.yamltext import parse_yaml
@@ -80,11 +81,9 @@ class Gene:
 
 class SearchSpace:
     def __init__(self, spec: SpaceSpec, root: Path = Path("."), source: str = "<dict>") -> None:
-        from evomerge.merge.methods import METHODS
-
         self.spec = spec
         self.source = source
-        self.method = METHODS.get(spec.method)
+        self.method = CATALOG.get(spec.method)
 
         def resolve(path: str) -> str:  # relative to the space file; ~ and $VARS expanded
             expanded = os.path.expandvars(os.path.expanduser(path))

@@ -28,7 +28,7 @@ from evomerge.merge import kernels
 from evomerge.merge.architecture import architecture_of
 from evomerge.merge.chat_templates import NAMED_TEMPLATES
 from evomerge.merge.hub import resolve_model
-from evomerge.merge.methods import DeltaStats
+from evomerge.merge.magnitude import DeltaStats
 from evomerge.merge.plan import MergePlan, build_plan
 from evomerge.recipe import MergeRecipe
 

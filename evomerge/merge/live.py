@@ -24,6 +24,7 @@ import torch
 from evomerge.errors import ConfigError
 from evomerge.merge.hub import resolve_model
 from evomerge.merge.io import ModelReader, check_compatible, plan_for, tokenizer_dir
+from evomerge.merge.magnitude import DeltaStats, MagnitudeIndex
 from evomerge.merge.memory import (
     PLACEMENTS,
     MemoryPlan,
@@ -32,7 +33,6 @@ from evomerge.merge.memory import (
     human_bytes,
     storage_dtype,
 )
-from evomerge.merge.methods import DeltaStats, MagnitudeIndex
 from evomerge.recipe import MergeRecipe
 
 

@@ -26,7 +26,7 @@ import torch
 
 from evomerge.merge import kernels
 from evomerge.merge.io import ModelReader
-from evomerge.merge.methods import DeltaStats, MagnitudeIndex
+from evomerge.merge.magnitude import DeltaStats, MagnitudeIndex
 
 Placement = Literal["device", "host", "disk"]
 PLACEMENTS: tuple[str, ...] = ("auto", "device", "host", "disk")

@@ -17,7 +17,9 @@ import torch
 
 from evomerge.errors import ConfigError
 from evomerge.merge.architecture import Architecture
-from evomerge.merge.methods import METHODS, DeltaStats, MergeMethod, TensorInputs
+from evomerge.merge.inputs import TensorInputs
+from evomerge.merge.magnitude import DeltaStats
+from evomerge.merge.methods import METHODS, MergeMethod
 from evomerge.recipe import MergeRecipe, Slice, SliceSource
 
 

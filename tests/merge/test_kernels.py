@@ -79,7 +79,9 @@ def test_non_contiguous_outputs_are_written() -> None:
 def test_draws_are_a_function_of_the_position_not_of_the_chunking(monkeypatch) -> None:
     """DARE/DELLA draws come from a hash of (seed, entry position) inside the kernel: the same
     keep mask whatever the chunk size (CPU and GPU chunk differently), nothing kept in memory."""
-    from evomerge.merge.methods import METHODS, DeltaStats, TensorInputs
+    from evomerge.merge.inputs import TensorInputs
+    from evomerge.merge.magnitude import DeltaStats
+    from evomerge.merge.methods import METHODS
 
     generator = torch.Generator().manual_seed(0)
     base = torch.randn(64, 48, generator=generator)

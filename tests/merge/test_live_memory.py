@@ -15,8 +15,8 @@ from torch import Tensor
 
 from evomerge.merge.io import ModelReader, merge_to_directory
 from evomerge.merge.live import LiveMerger, empty_model
+from evomerge.merge.magnitude import DeltaStats
 from evomerge.merge.memory import choose_placement, plan_memory, reader_bytes
-from evomerge.merge.methods import DeltaStats
 from evomerge.recipe import MergeRecipe
 
 PLACEMENTS = ["device", "host", "disk"]
@@ -177,7 +177,8 @@ def test_magnitude_selection_keeps_exactly_the_ranks_it_defines(
     """TIES keeps exactly k = max(1, int(density * n)) entries and breadcrumbs exactly the ranks
     [n_bottom, n_bottom + int(density * n)) of (|delta|, position) ascending, ties included: the
     kept set equals a stable sort's, entry for entry."""
-    from evomerge.merge.methods import METHODS, TensorInputs
+    from evomerge.merge.inputs import TensorInputs
+    from evomerge.merge.methods import METHODS
 
     monkeypatch.setenv("EVOMERGE_COMPILE", "0")
     parent, base = _tied_pair(dtype)

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from evomerge.errors import CandidateError, ConfigError
-from evomerge.merge.methods import METHODS, DeltaStats, TensorInputs
+from evomerge.merge.inputs import TensorInputs
+from evomerge.merge.magnitude import DeltaStats
+from evomerge.merge.methods import METHODS
 
 ALL = {
     "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear",
