@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fitness"
 
 from synthetic import make_population  # noqa: E402
 
-from evomerge.fitness.calibration import Calibration, fit_calibration, read_responses_csv  # noqa: E402
-from evomerge.fitness.fidelity import FidelityRow, cross_validate, evaluate_estimators  # noqa: E402
-from evomerge.fitness.suite import FitnessSuite  # noqa: E402
+from evomerge.fitness.banks.suite import FitnessSuite  # noqa: E402
+from evomerge.fitness.irt.calibration import Calibration, fit_calibration, read_responses_csv  # noqa: E402
+from evomerge.fitness.irt.fidelity import FidelityRow, cross_validate, evaluate_estimators  # noqa: E402
 
 ESTIMATORS = ["mean", "anchor", "pirt", "gpirt", "mpirt", "gmpirt"]
 FITNESS = Path(__file__).resolve().parents[1] / "fitness"
@@ -160,8 +160,8 @@ def scorer_throughput(n_items: int, batch_size: int) -> None:
 
     import torch
 
-    from evomerge.fitness.scoring import Scorer
-    from evomerge.fitness.suite import FitnessSuite
+    from evomerge.fitness.banks.suite import FitnessSuite
+    from evomerge.fitness.scoring.scoring import Scorer
 
     torch.manual_seed(0)
     model, tokenizer = load_smollm2()

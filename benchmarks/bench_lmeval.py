@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from evomerge.fitness.items import Item, load_bank
-from evomerge.fitness.lmeval import lm_eval_items
-from evomerge.fitness.scoring import Scorer
+from evomerge.fitness.banks.items import Item, load_bank
+from evomerge.fitness.banks.lmeval import lm_eval_items
+from evomerge.fitness.scoring.scoring import Scorer
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = Path.home() / ".cache/evomerge/smollm2_skills/base"

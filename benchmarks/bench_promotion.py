@@ -45,8 +45,8 @@ from typing import Any
 import numpy as np
 
 from evomerge.experiment import Promotion
-from evomerge.fitness.estimators import interval
-from evomerge.fitness.rungs import plan_rungs
+from evomerge.fitness.irt.estimators import interval
+from evomerge.fitness.selection.rungs import plan_rungs
 from evomerge.runtime.promotion import AttrsInMemory, Promoter
 from evomerge.runtime.work import WorkerResult
 

@@ -29,7 +29,7 @@ pageable host-to-device GB/s), peak allocated and reserved device memory over th
 host memory held (RssAnon + RssShmem growth, and the CUDA pinned allocator's bytes). A profile row
 lists the kernels of one device-tier TIES candidate by device time.
 
-The scorer row: `evomerge.fitness.scoring.Scorer` as a search worker builds it (batch size 16, the
+The scorer row: `evomerge.fitness.scoring.scoring.Scorer` as a search worker builds it (batch size 16, the
 GPU token budget of `runtime.preflight`, shared prompt prefix) on `--items` synthetic 4-choice items
 (prompts 60-160 words, choices 1-6 words, seeded) with a word-level tokenizer made in-process (no
 network), scoring the device tier's live model (random weights: the speed is the point, not the
@@ -345,7 +345,7 @@ def mc_items(count: int, words: list[str], seed: int) -> list[Any]:
     """`count` 4-choice items: prompts of 60-160 words, choices of 1-6 words, seeded."""
     import random
 
-    from evomerge.fitness.items import Item
+    from evomerge.fitness.banks.items import Item
 
     rng = random.Random(seed)
 
@@ -367,7 +367,7 @@ def mc_items(count: int, words: list[str], seed: int) -> list[Any]:
 
 def score_row(rows: Rows, model: Any, args: argparse.Namespace, device: torch.device) -> float:
     """The real Scorer, as a search worker builds it, on `args.items` items: median s of 3 after a warm-up."""
-    from evomerge.fitness.scoring import Scorer
+    from evomerge.fitness.scoring.scoring import Scorer
     from evomerge.runtime.preflight import GPU_TOKEN_BUDGET
 
     vocab = model.config.vocab_size

@@ -51,7 +51,7 @@ def audit_trials(
 
     Returns each trial's accuracy per task and its 0/1 answer per item (for paired comparisons).
     """
-    from evomerge.fitness.evaluator import accuracy
+    from evomerge.fitness.scoring.evaluator import accuracy
     from evomerge.recipe import MergeRecipe
 
     if not records:
@@ -76,7 +76,7 @@ def compare_to_reference(
     suite: Any, split: str, answers: dict[int, dict[str, int]], reference: int
 ) -> dict[int, dict[str, dict[str, float | int]]]:
     """Every other trial minus the reference, per task: paired difference, SE and McNemar's p."""
-    from evomerge.fitness.paired import compare_answers
+    from evomerge.fitness.selection.paired import compare_answers
 
     ids = suite.split_ids(split)
     return {
@@ -101,8 +101,8 @@ def full_split_evaluator(suite: Any, recipe: Any, objectives: Sequence[str], dev
     Full-split scoring reads every eval item, so neither the anchors nor the estimator matter:
     the plain mean estimator is used, which needs no calibration.
     """
-    from evomerge.fitness.evaluator import FitnessEvaluator
-    from evomerge.fitness.suite import FitnessSuite
+    from evomerge.fitness.banks.suite import FitnessSuite
+    from evomerge.fitness.scoring.evaluator import FitnessEvaluator
     from evomerge.merge.io import tokenizer_dir
 
     suite = suite if isinstance(suite, FitnessSuite) else FitnessSuite.load(suite)

@@ -43,7 +43,7 @@ _LAYER = re.compile(r"\.layers\.(\d+)\.")
 
 
 def skill_items(skill: str, split: str, n: int = ITEMS_PER_SPLIT) -> list[dict[str, Any]]:
-    """Seeded multiple-choice items of one demo task (bank format, see evomerge/fitness/items.py)."""
+    """Seeded multiple-choice items of one demo task (bank format, see evomerge/fitness/banks/items.py)."""
     members, noun = SKILLS[skill]
     rng = random.Random(f"{BANK_SEED}-{skill}-{split}")
     items = []

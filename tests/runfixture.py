@@ -117,7 +117,7 @@ def _values(rng: np.random.Generator, objectives: list[str]) -> list[float]:
 def write_suite(root: Path, n_items: int = 6, n_test: int = 0) -> tuple[Path, list[str]]:
     """A two-task suite of a few real eval items (arithmetic, dates), and `n_test` test items per
     task, and its task names."""
-    from evomerge.fitness.items import load_bank, write_bank
+    from evomerge.fitness.banks.items import load_bank, write_bank
 
     fitness = Path(__file__).resolve().parents[1] / "fitness"
     root.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,7 @@ def test_audit_and_verify_report_their_split(tiny_family, tmp_path: Path) -> Non
 
 
 def test_audit_compares_trials_with_a_reference_on_the_same_items(tiny_family, tmp_path: Path) -> None:
-    from evomerge.fitness.paired import compare_answers
+    from evomerge.fitness.selection.paired import compare_answers
 
     base, parents = tiny_family
     suite, tasks = write_suite(tmp_path / "suite", n_items=2, n_test=4)

@@ -307,7 +307,7 @@ def missing_calibration(ctx: Ctx) -> list[str]:
 def calibration_for_other_items(ctx: Ctx) -> list[str]:
     import numpy as np
 
-    from evomerge.fitness.calibration import fit_calibration
+    from evomerge.fitness.irt.calibration import fit_calibration
 
     ids = [f"other/{k}" for k in range(6)]
     responses = np.random.default_rng(0).integers(0, 2, (3, 6)).astype(float)

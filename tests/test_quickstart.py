@@ -55,7 +55,7 @@ def test_readme_quotes_the_report_script() -> None:
 def _accuracies(model_dir: Path) -> dict[str, float]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from evomerge.fitness.evaluator import FitnessEvaluator
+    from evomerge.fitness.scoring.evaluator import FitnessEvaluator
 
     evaluator = FitnessEvaluator(REPO / "fitness" / "demo.yaml", AutoTokenizer.from_pretrained(model_dir))
     return evaluator.evaluate_full(AutoModelForCausalLM.from_pretrained(model_dir).eval())

@@ -23,7 +23,7 @@ def build(
     out: Path = typer.Option(Path("fitness"), help="Directory the banks are written into."),
 ) -> None:
     """Convert BIG-bench, MMLU dev and HumanEval into seeded, split JSONL banks."""
-    from evomerge.fitness.build import build_banks
+    from evomerge.fitness.banks.build import build_banks
 
     for name, count in build_banks(bigbench, lm_eval, human_eval, out).items():
         typer.echo(f"{out / name}: {count} items")
@@ -46,9 +46,9 @@ def verify(
 ) -> None:
     """Run completions with each item's unit tests in the sandbox: per item id, passed, reason."""
     from evomerge.errors import ConfigError
-    from evomerge.fitness.code import check_code_item, load_completions, run_completions
-    from evomerge.fitness.items import load_bank
-    from evomerge.fitness.sandbox import Limits, Sandbox
+    from evomerge.fitness.banks.code import check_code_item, load_completions, run_completions
+    from evomerge.fitness.banks.items import load_bank
+    from evomerge.fitness.banks.sandbox import Limits, Sandbox
 
     items = load_bank(bank)
     for item in items:
@@ -97,8 +97,8 @@ def from_lm_eval(
     ),
 ) -> None:
     """Render an lm-eval task's documents (few-shot context, choices, stops, answer regex) into a bank."""
-    from evomerge.fitness.items import write_bank
-    from evomerge.fitness.lmeval import lm_eval_items
+    from evomerge.fitness.banks.items import write_bank
+    from evomerge.fitness.banks.lmeval import lm_eval_items
 
     items = lm_eval_items(
         task, include_path=include_path, limit=limit, num_fewshot=num_fewshot, filter_name=filter_name

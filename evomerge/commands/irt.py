@@ -39,8 +39,8 @@ def fit(
     seed: int = typer.Option(0, "--seed", help="Seed of the held-out split that chooses the IRT dimension."),
 ) -> None:
     """Fit a (multidimensional) 2PL model to a response matrix."""
-    from evomerge.fitness.calibration import fit_calibration, read_responses_csv
-    from evomerge.fitness.items import file_sha256, load_bank
+    from evomerge.fitness.banks.items import file_sha256, load_bank
+    from evomerge.fitness.irt.calibration import fit_calibration, read_responses_csv
 
     subjects, item_ids, matrix = read_responses_csv(responses)
     if items is None:
@@ -84,8 +84,8 @@ def anchors(
     seed: int = typer.Option(0, "--seed", help="Seed of the clustering (or of the random draw)."),
 ) -> None:
     """Select n anchor items per task, with weights."""
-    from evomerge.fitness.anchors import cluster_anchors
-    from evomerge.fitness.calibration import Calibration
+    from evomerge.fitness.irt.anchors import cluster_anchors
+    from evomerge.fitness.irt.calibration import Calibration
 
     chosen = cluster_anchors(Calibration.load(calib), n, method, seed)
     chosen.save(out)
@@ -113,10 +113,10 @@ def estimate(
     """
     import numpy as np
 
-    from evomerge.fitness.anchors import AnchorSet
-    from evomerge.fitness.calibration import Calibration, read_responses_csv
-    from evomerge.fitness.estimators import ESTIMATORS, EstimationContext, interval
-    from evomerge.fitness.fidelity import choose_estimator
+    from evomerge.fitness.irt.anchors import AnchorSet
+    from evomerge.fitness.irt.calibration import Calibration, read_responses_csv
+    from evomerge.fitness.irt.estimators import ESTIMATORS, EstimationContext, interval
+    from evomerge.fitness.irt.fidelity import choose_estimator
 
     calibration = Calibration.load(calib)
     chosen = AnchorSet.load(anchors_path, calibration)
@@ -188,9 +188,9 @@ def calibrate(
     quiet: bool = QUIET_OPT,
 ) -> None:
     """Score every subject on the suite's full eval split, fit IRT, write the calibration."""
-    from evomerge.fitness.answer_cache import AnswerCache
+    from evomerge.fitness.banks.suite import FitnessSuite
     from evomerge.fitness.population import calibrate_suite
-    from evomerge.fitness.suite import FitnessSuite
+    from evomerge.fitness.scoring.answer_cache import AnswerCache
     from evomerge.progress import progress_bar
     from evomerge.space import SearchSpace
 

@@ -21,7 +21,7 @@ PCIE_BYTES_PER_S = 25e9  # PCIe 4.0 x16, sustained
 def plan_payload(experiment_path: Path, device: str | None, free_gib: float | None) -> dict[str, Any]:
     """The plan as data: genes, models, tensors, bytes per placement and the chosen placement."""
     from evomerge.experiment import Experiment
-    from evomerge.fitness.suite import FitnessSuite
+    from evomerge.fitness.banks.suite import FitnessSuite
     from evomerge.merge.memory import PLACEMENTS, choose_placement, free_bytes, plan_memory, storage_dtype
     from evomerge.merge.memory import reader_bytes as weigh
     from evomerge.runtime.preflight import (

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from evomerge.errors import ConfigError, ModelLoadError
-from evomerge.fitness.answer_cache import AnswerCache, answers_key
-from evomerge.fitness.calibration import DEFAULT_DIMS, Calibration, fit_calibration, subject_sha256
-from evomerge.fitness.evaluator import FitnessEvaluator
-from evomerge.fitness.suite import FitnessSuite
+from evomerge.fitness.banks.suite import FitnessSuite
+from evomerge.fitness.irt.calibration import DEFAULT_DIMS, Calibration, fit_calibration, subject_sha256
+from evomerge.fitness.scoring.answer_cache import AnswerCache, answers_key
+from evomerge.fitness.scoring.evaluator import FitnessEvaluator
 from evomerge.space import SearchSpace
 
 

@@ -148,8 +148,8 @@ class OptunaOptimizer(Optimizer):
         sampler (its random state stays where the uninterrupted run would have it)."""
         study = self._ensure_study()
         old = trial_by_number(study, candidate.id)
-        keep = getattr(self._sampler, "_get_generation_key", lambda: None)()  # NSGA-II's generation
-        system_attrs = {k: v for k, v in old.system_attrs.items() if k == keep}
+        # the sampler's own record of the trial (NSGA-II's generation, a GA's parents), as it was
+        system_attrs = dict(old.system_attrs)
         template = optuna.trial.FrozenTrial(
             number=-1,
             state=TrialState.RUNNING,

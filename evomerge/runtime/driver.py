@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.experiment import Experiment
-from evomerge.fitness.suite import FitnessSuite
+from evomerge.fitness.banks.suite import FitnessSuite
 from evomerge.runtime.cluster import actor_factory, fit_workers
 from evomerge.runtime.cluster import init_ray as _init_ray
 from evomerge.runtime.interrupt import StopRequest

@@ -3,7 +3,7 @@ checkpoint, checked against the experiment), and what a session starts with (`re
 
 A new run's optimizer is checkpointed as soon as its study exists; a run stopped before that (its
 study holds no trial yet and no checkpoint) resumes as the new run would have started. The run's
-evaluation plan (fitness/plan.py) is stored in its study; a resumed run scores on the stored one.
+evaluation plan (fitness/selection/plan.py) is stored in its study; a resumed run scores on the stored one.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from evomerge.errors import ConfigError, StorageError
 from evomerge.experiment import Experiment
-from evomerge.fitness.plan import EvaluationPlan
+from evomerge.fitness.selection.plan import EvaluationPlan
 from evomerge.optimizers import OPTIMIZERS, Optimizer, load_checkpoint, make_optimizer, optimizer_from_bytes
 from evomerge.runtime.recorder import INTERRUPTED, Checkpointer, Recorder, recipe_yaml
 from evomerge.runtime.work import Job, TrialKind
@@ -238,7 +238,7 @@ def run_plan(
     """The run's evaluation plan: the stored one, checked against the suite, calibration and rungs
     given now; a new run's (`made`, by the driver's preflight) is stored. A run from before plans
     were stored gets one made now (on its seed, as its workers made it)."""
-    from evomerge.fitness.calibration import Calibration
+    from evomerge.fitness.irt.calibration import Calibration
     from evomerge.runtime.preflight import search_plan
 
     stored = store.read_study_attr(PLAN_ATTR)

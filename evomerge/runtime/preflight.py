@@ -88,10 +88,10 @@ def check_worker_memory(experiment: Any, space: Any, device: str, free: int | No
 
 
 def search_plan(experiment: Any, suite: Any) -> Any:
-    """The run's evaluation plan (fitness/plan.py), made once by the driver for a new run: the
+    """The run's evaluation plan (fitness/selection/plan.py), made once by the driver for a new run: the
     estimator (`auto` checked on the calibration), the anchors, and the promotion rungs."""
-    from evomerge.fitness.calibration import Calibration
-    from evomerge.fitness.plan import make_plan
+    from evomerge.fitness.irt.calibration import Calibration
+    from evomerge.fitness.selection.plan import make_plan
 
     calibration = Calibration.load(experiment.calibration_path) if experiment.calibration_path else None
     promotion = experiment.spec.promotion
@@ -114,9 +114,9 @@ def search_evaluator(
 ) -> Any:
     """The fitness evaluator a search worker scores its candidates with, on the run's `plan`
     (`suite`: a FitnessSuite or its path; `tokenizer`: a tokenizer or its directory)."""
-    from evomerge.fitness.estimators import NEEDS_PARENTS, merge_endpoints
-    from evomerge.fitness.evaluator import FitnessEvaluator
-    from evomerge.fitness.suite import FitnessSuite
+    from evomerge.fitness.banks.suite import FitnessSuite
+    from evomerge.fitness.irt.estimators import NEEDS_PARENTS, merge_endpoints
+    from evomerge.fitness.scoring.evaluator import FitnessEvaluator
 
     suite = suite if isinstance(suite, FitnessSuite) else FitnessSuite.load(suite)
     return FitnessEvaluator(
@@ -134,7 +134,7 @@ def search_evaluator(
 def check_fitness(experiment: Any, space: Any, suite: Any, plan: Any) -> None:
     """Build the workers' evaluator once here, on the run's `plan`: a fault any worker would hit at
     its start is a ConfigError (one line) instead."""
-    from evomerge.fitness.evaluator import load_tokenizer
+    from evomerge.fitness.scoring.evaluator import load_tokenizer
 
     source = Path(space.base or space.parents[0])  # the workers' tokenizer: their reference model's
     if not source.is_dir():  # models only on a cluster's nodes: their workers check them at start

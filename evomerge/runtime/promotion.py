@@ -1,7 +1,7 @@
 """Promotion (multi-fidelity racing) inside the search: promising trials re-scored on more items.
 
 A completed trial has rung 0: its estimates from the search anchors. The experiment's `promotion`
-block adds rungs of the selection pool (`evomerge/fitness/rungs.py`: eval items that are no
+block adds rungs of the selection pool (`evomerge/fitness/selection/rungs.py`: eval items that are no
 anchors, nested, the same for every trial: a paired design). A trial at rung k goes up to k+1 when
 
 - it is among the best 1/eta of the trials that reached rung k (asynchronous successive halving,
@@ -28,7 +28,7 @@ paired tests that decide the pick, not to trials that could never reach them.
 
 At the top rung, a trial replaces the incumbent (the run's pick) only if a paired test on their
 per-item answers says it is better: the weighted mean of the per-task paired differences over its
-standard error (each task's from Agresti's dependent-proportions variance, `fitness/paired.py`;
+standard error (each task's from Agresti's dependent-proportions variance, `fitness/selection/paired.py`;
 with one task that is McNemar's test in its normal form) must pass the one-sided level `alpha`.
 
 Everything lives in the study's attributes (Optuna forbids changing a finished trial): the plan
@@ -48,9 +48,9 @@ import numpy as np
 from scipy.stats import norm
 
 from evomerge.errors import ConfigError
-from evomerge.fitness.estimators import interval
-from evomerge.fitness.paired import compare_answers
-from evomerge.fitness.rungs import RungPlan, rung_accuracy
+from evomerge.fitness.irt.estimators import interval
+from evomerge.fitness.selection.paired import compare_answers
+from evomerge.fitness.selection.rungs import RungPlan, rung_accuracy
 from evomerge.runtime.work import Rescore, RungKey, WorkerResult
 from evomerge.runview import INCUMBENT_ATTR, PROMOTION_ATTR, rung_key
 

@@ -27,7 +27,7 @@ class WorkerSpec:
     base: str | None
     parents: list[str]
     suite: str  # the suite file
-    plan: Any  # the run's EvaluationPlan (fitness/plan.py): estimator, anchors, seed
+    plan: Any  # the run's EvaluationPlan (fitness/selection/plan.py): estimator, anchors, seed
     calibration: str | None = None
     device: str = "cpu"
     batch_size: int = 16

@@ -27,8 +27,8 @@ sys.path.insert(0, str(HERE))
 from build_base import DEFAULT_ROOT  # noqa: E402
 from evaluate import RESULTS_DIR, SUITE  # noqa: E402
 
-from evomerge.fitness.calibration import fit_calibration, subject_sha256  # noqa: E402
-from evomerge.fitness.suite import FitnessSuite  # noqa: E402
+from evomerge.fitness.banks.suite import FitnessSuite  # noqa: E402
+from evomerge.fitness.irt.calibration import fit_calibration, subject_sha256  # noqa: E402
 
 
 def main() -> None:

@@ -24,9 +24,9 @@ sys.path.insert(0, str(HERE))
 
 from build_base import DEFAULT_ROOT  # noqa: E402
 
-from evomerge.fitness.anchors import stratified_random  # noqa: E402
-from evomerge.fitness.evaluator import FitnessEvaluator  # noqa: E402
-from evomerge.fitness.suite import FitnessSuite  # noqa: E402
+from evomerge.fitness.banks.suite import FitnessSuite  # noqa: E402
+from evomerge.fitness.irt.anchors import stratified_random  # noqa: E402
+from evomerge.fitness.scoring.evaluator import FitnessEvaluator  # noqa: E402
 
 REPO = HERE.parents[1]
 SUITE = REPO / "fitness" / "skills.yaml"

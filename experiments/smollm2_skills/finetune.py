@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from evomerge.fitness.items import Item
-from evomerge.fitness.scoring import Scorer
+from evomerge.fitness.banks.items import Item
+from evomerge.fitness.scoring.scoring import Scorer
 
 
 @dataclass(frozen=True)

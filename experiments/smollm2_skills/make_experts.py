@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE))
 from build_base import DEFAULT_ROOT, MARKER, build_base  # noqa: E402
 from finetune import TrainConfig, train  # noqa: E402
 
-from evomerge.fitness.items import items_sha256, load_bank  # noqa: E402
+from evomerge.fitness.banks.items import items_sha256, load_bank  # noqa: E402
 
 REPO = HERE.parents[1]
 RESULTS = HERE / "results" / "experts.json"

@@ -5,7 +5,7 @@ evaluate.py / baselines.py wrote (results/accuracy_test.json, responses/test/: f
 and writes results/round4_summary.json: per run the pick (promotion's incumbent), its recipe, its
 estimate (the top rung's accuracy on the selection pool), its test accuracy, and its paired
 difference on the test split against untuned TIES and task arithmetic (the mean over tasks of the
-per-task paired differences; its standard error from the per-task paired ones, fitness/paired.py),
+per-task paired differences; its standard error from the per-task paired ones, fitness/selection/paired.py),
 plus the baselines' and experts' test scores and which of the issue's goals held.
 
     python experiments/smollm2_skills/round4.py [--runs runs] [--print]
@@ -25,8 +25,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
-from evomerge.fitness.paired import compare_answers  # noqa: E402
-from evomerge.fitness.suite import FitnessSuite  # noqa: E402
+from evomerge.fitness.banks.suite import FitnessSuite  # noqa: E402
+from evomerge.fitness.selection.paired import compare_answers  # noqa: E402
 from evomerge.runview import PROMOTION_ATTR, RunView  # noqa: E402
 from evomerge.store import open_run  # noqa: E402
 

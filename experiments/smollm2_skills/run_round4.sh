@@ -44,7 +44,7 @@ for step in $steps; do
           if [ -n "${ROUND_DEADLINE:-}" ] && [ "$(date +%s)" -ge "$ROUND_DEADLINE" ]; then
             stamp "search $name: not started (past ROUND_DEADLINE)"; continue
           fi
-          if grep -q "search $name: rc=0" $HERE/logs/search_$name.out 2>/dev/null; then
+          if [ -f $RUNS/$name/run.json ] && grep -q "search $name: rc=0" $HERE/logs/search_$name.out 2>/dev/null; then
             stamp "search $name: finished before"; continue
           fi
           [ -f $RUNS/$name/run.json ] && resume=--resume || resume=

@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable
 from pathlib import Path
 
-from evomerge.fitness.suite import FitnessSuite
+from evomerge.fitness.banks.suite import FitnessSuite
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -182,8 +182,8 @@ def heldout_table(
     """Accuracy per task on the scored items that are NOT anchors of the search's suite (items the
     search never selected on), so a knee's number carries no selection bias from its own anchors.
     `calibration`: the one the search's anchors were clustered on (its IRT suites)."""
-    from evomerge.fitness.anchors import select_for_suite
-    from evomerge.fitness.calibration import Calibration
+    from evomerge.fitness.irt.anchors import select_for_suite
+    from evomerge.fitness.irt.calibration import Calibration
 
     calibrated = Calibration.load(calibration) if calibration else None
     search = FitnessSuite.load(search_suite)

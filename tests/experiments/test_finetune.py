@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from finetune import TrainConfig, answer_loss, choice_loss, encode_pairs, make_batch, train  # noqa: E402
 from tiny import make_tokenizer  # noqa: E402
 
-from evomerge.fitness.items import Item  # noqa: E402
-from evomerge.fitness.scoring import Scorer  # noqa: E402
+from evomerge.fitness.banks.items import Item  # noqa: E402
+from evomerge.fitness.scoring.scoring import Scorer  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from synthetic import Population, make_population
 
-from evomerge.fitness.calibration import Calibration, fit_calibration
+from evomerge.fitness.irt.calibration import Calibration, fit_calibration
 
 
 @pytest.fixture(scope="session")

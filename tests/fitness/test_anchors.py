@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from evomerge.errors import ConfigError
-from evomerge.fitness.anchors import AnchorSet, cluster_anchors, stratified_random
-from evomerge.fitness.calibration import Calibration
+from evomerge.fitness.irt.anchors import AnchorSet, cluster_anchors, stratified_random
+from evomerge.fitness.irt.calibration import Calibration
 
 
 @pytest.mark.parametrize("method", ["irt", "responses", "random"])

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from synthetic import make_population
 
-from evomerge.fitness.calibration import fit_calibration
-from evomerge.fitness.fidelity import AUTO_CANDIDATES, choose_estimator, evaluate_estimators
+from evomerge.fitness.irt.calibration import fit_calibration
+from evomerge.fitness.irt.fidelity import AUTO_CANDIDATES, choose_estimator, evaluate_estimators
 
 IDS = [f"q{k:03d}" for k in range(160)]
 TASKS = {"alpha": IDS[:80], "beta": IDS[80:]}
@@ -40,7 +40,7 @@ def test_auto_is_the_default_of_suites_and_of_irt_estimate():
     from typer.main import get_command
 
     from evomerge.cli import app
-    from evomerge.fitness.suite import SuiteSpec
+    from evomerge.fitness.banks.suite import SuiteSpec
 
     assert SuiteSpec.model_fields["estimator"].default == "auto"
     estimate = get_command(app).commands["irt"].commands["estimate"]

@@ -12,9 +12,9 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from evomerge.cli import app
-from evomerge.fitness.build import BIGBENCH_BANKS
-from evomerge.fitness.importers import HUMANEVAL_MEMBER, MMLU_MEMBER
-from evomerge.fitness.items import load_bank
+from evomerge.fitness.banks.build import BIGBENCH_BANKS
+from evomerge.fitness.banks.importers import HUMANEVAL_MEMBER, MMLU_MEMBER
+from evomerge.fitness.banks.items import load_bank
 
 
 def _bigbench_sdist(path: Path) -> Path:

@@ -13,13 +13,13 @@ from suites import FITNESS, write_mini_suite
 from transformers import AutoModelForCausalLM
 
 from evomerge.errors import CandidateError, ConfigError
-from evomerge.fitness.answer_cache import AnswerCache
-from evomerge.fitness.calibration import Calibration, read_responses_csv
-from evomerge.fitness.evaluator import FitnessEvaluator, FitnessResult
-from evomerge.fitness.items import load_bank, write_bank
-from evomerge.fitness.plan import make_plan
+from evomerge.fitness.banks.items import load_bank, write_bank
+from evomerge.fitness.banks.suite import FitnessSuite
+from evomerge.fitness.irt.calibration import Calibration, read_responses_csv
 from evomerge.fitness.population import calibrate_suite
-from evomerge.fitness.suite import FitnessSuite
+from evomerge.fitness.scoring.answer_cache import AnswerCache
+from evomerge.fitness.scoring.evaluator import FitnessEvaluator, FitnessResult
+from evomerge.fitness.selection.plan import make_plan
 
 
 @pytest.fixture(scope="module")

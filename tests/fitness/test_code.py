@@ -8,17 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tests.fitness.suites import FITNESS
 from tiny import make_tokenizer
 from typer.testing import CliRunner
 
 from evomerge.cli import app
 from evomerge.errors import ConfigError
-from evomerge.fitness.code import STOP_SEQUENCES, cut_at_stop, program
-from evomerge.fitness.evaluator import FitnessEvaluator
-from evomerge.fitness.items import Item, load_bank, write_bank
-from evomerge.fitness.scoring import ScoreResult
-from evomerge.fitness.suite import FitnessSuite
-from tests.fitness.suites import FITNESS
+from evomerge.fitness.banks.code import STOP_SEQUENCES, cut_at_stop, program
+from evomerge.fitness.banks.items import Item, load_bank, write_bank
+from evomerge.fitness.banks.suite import FitnessSuite
+from evomerge.fitness.scoring.evaluator import FitnessEvaluator
+from evomerge.fitness.scoring.scoring import ScoreResult
 
 N_ITEMS = 4
 

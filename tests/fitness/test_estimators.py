@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from evomerge.errors import ConfigError, EvomergeError
-from evomerge.fitness.anchors import AnchorSet, cluster_anchors
-from evomerge.fitness.calibration import Calibration, fit_calibration
-from evomerge.fitness.estimators import ESTIMATORS, EstimationContext, merge_endpoints
-from evomerge.fitness.fidelity import cross_validate, evaluate_estimators
+from evomerge.fitness.irt.anchors import AnchorSet, cluster_anchors
+from evomerge.fitness.irt.calibration import Calibration, fit_calibration
+from evomerge.fitness.irt.estimators import ESTIMATORS, EstimationContext, merge_endpoints
+from evomerge.fitness.irt.fidelity import cross_validate, evaluate_estimators
 
 ALL = ["mean", "anchor", "pirt", "gpirt", "mpirt", "gmpirt"]
 

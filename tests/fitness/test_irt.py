@@ -8,7 +8,7 @@ from scipy.stats import pearsonr
 from synthetic import make_population
 
 from evomerge.errors import ConfigError
-from evomerge.fitness.irt import IRTModel, choose_dim, estimate_ability, estimate_mixture, fit_2pl
+from evomerge.fitness.irt.model import IRTModel, choose_dim, estimate_ability, estimate_mixture, fit_2pl
 
 
 def test_unidimensional_recovery_with_missing_cells() -> None:

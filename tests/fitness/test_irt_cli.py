@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from evomerge.cli import app
 from evomerge.errors import ConfigError, EvomergeError
-from evomerge.fitness.calibration import Calibration
-from evomerge.fitness.items import Item, write_bank
+from evomerge.fitness.banks.items import Item, write_bank
+from evomerge.fitness.irt.calibration import Calibration
 
 runner = CliRunner()
 

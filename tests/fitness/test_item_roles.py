@@ -13,12 +13,12 @@ from suites import FITNESS
 from transformers import AutoModelForCausalLM
 
 from evomerge.errors import ConfigError
-from evomerge.fitness.build import BIGBENCH_BANKS, SEED, TEST_FRACTION
-from evomerge.fitness.evaluator import FitnessEvaluator
-from evomerge.fitness.importers import hold_out_test
-from evomerge.fitness.items import load_bank, write_bank
+from evomerge.fitness.banks.build import BIGBENCH_BANKS, SEED, TEST_FRACTION
+from evomerge.fitness.banks.importers import hold_out_test
+from evomerge.fitness.banks.items import load_bank, write_bank
+from evomerge.fitness.banks.suite import FitnessSuite
 from evomerge.fitness.population import calibrate_suite
-from evomerge.fitness.suite import FitnessSuite
+from evomerge.fitness.scoring.evaluator import FitnessEvaluator
 
 SHIPPED = [
     "bigbench_arithmetic.jsonl",

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 
 from evomerge.errors import ConfigError
-from evomerge.fitness.importers import (
+from evomerge.fitness.banks.importers import (
     assign_split,
     bigbench_items,
     extra_test_sample,
     mmlu_items,
     sample_per_group,
 )
-from evomerge.fitness.items import Item, load_bank, write_bank
-from evomerge.fitness.suite import FitnessSuite
+from evomerge.fitness.banks.items import Item, load_bank, write_bank
+from evomerge.fitness.banks.suite import FitnessSuite
 
 FITNESS = Path(__file__).resolve().parents[2] / "fitness"
 

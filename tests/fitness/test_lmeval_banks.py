@@ -17,15 +17,15 @@ from typer.testing import CliRunner
 
 from evomerge.cli import app
 from evomerge.errors import ConfigError
-from evomerge.fitness.items import Item, load_bank
-from evomerge.fitness.scoring import Scorer, generated_answer
+from evomerge.fitness.banks.items import Item, load_bank
+from evomerge.fitness.scoring.scoring import Scorer, generated_answer
 
 lm_eval = pytest.importorskip(
     "lm_eval", reason="LM-EVAL IS NOT INSTALLED: pip install -e '.[dev]' (or '.[lmeval]') to run these tests"
 )
 from lm_eval.tasks import TaskManager  # noqa: E402
 
-from evomerge.fitness.lmeval import FEWSHOT_SEED, lm_eval_items  # noqa: E402
+from evomerge.fitness.banks.lmeval import FEWSHOT_SEED, lm_eval_items  # noqa: E402
 
 MC_YAML = """\
 task: toy_sums
@@ -289,9 +289,9 @@ def test_cli_writes_the_bank_and_refuses_bad_input(tasks_dir: Path, tmp_path: Pa
 
 def test_a_bank_from_lm_eval_scores_in_a_suite(tiny: tuple[Any, Any, Any], tasks_dir: Path) -> None:
     """The suite's `chars` normalization and `generate` mode reach the scorer for such banks."""
-    from evomerge.fitness.evaluator import FitnessEvaluator
-    from evomerge.fitness.items import write_bank
-    from evomerge.fitness.suite import FitnessSuite
+    from evomerge.fitness.banks.items import write_bank
+    from evomerge.fitness.banks.suite import FitnessSuite
+    from evomerge.fitness.scoring.evaluator import FitnessEvaluator
 
     write_bank(lm_eval_items(str(tasks_dir / "mc.yaml")), tasks_dir / "sums.jsonl")
     write_bank(lm_eval_items(str(tasks_dir / "gen.yaml"), limit=GEN_DOCS), tasks_dir / "gen.jsonl")
@@ -330,7 +330,7 @@ def _search_on_mixed_suite(
     from searchfixture import write_experiment
 
     from evomerge.experiment import Experiment
-    from evomerge.fitness.items import write_bank
+    from evomerge.fitness.banks.items import write_bank
     from evomerge.runtime.driver import SearchDriver
     from evomerge.store import open_run
 

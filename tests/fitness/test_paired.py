@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from evomerge.errors import ConfigError
-from evomerge.fitness.paired import compare, compare_answers
+from evomerge.fitness.selection.paired import compare, compare_answers
 
 
 def test_hand_computed_values() -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from suites import FITNESS
 
-from evomerge.fitness.evaluator import FitnessEvaluator
-from evomerge.fitness.scoring import Scorer
-from evomerge.fitness.suite import FitnessSuite
+from evomerge.fitness.banks.suite import FitnessSuite
+from evomerge.fitness.scoring.evaluator import FitnessEvaluator
+from evomerge.fitness.scoring.scoring import Scorer
 
 pytestmark = pytest.mark.real_model
 

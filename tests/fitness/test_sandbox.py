@@ -13,8 +13,8 @@ import psutil
 import pytest
 
 from evomerge.errors import ConfigError
-from evomerge.fitness import sandbox
-from evomerge.fitness.sandbox import NOBODY, Limits, Sandbox
+from evomerge.fitness.banks import sandbox
+from evomerge.fitness.banks.sandbox import NOBODY, Limits, Sandbox
 
 LIMITS = Limits(timeout_s=20, cpu_s=1, memory_mb=512, nproc=16, fsize_mb=1)
 SLACK_S = 5.0  # process start-up on a loaded machine

@@ -10,8 +10,8 @@ from tiny import make_tokenizer
 from transformers import AutoModelForCausalLM
 
 from evomerge.errors import CandidateError
-from evomerge.fitness.items import Item
-from evomerge.fitness.scoring import Scorer, generated_answer, normalize_answer
+from evomerge.fitness.banks.items import Item
+from evomerge.fitness.scoring.scoring import Scorer, generated_answer, normalize_answer
 
 
 @pytest.fixture(scope="module")

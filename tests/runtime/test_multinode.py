@@ -198,26 +198,15 @@ def test_a_lost_worker_node_costs_nothing(tmp_path, tiny_family) -> None:
 
 def write_auto_experiment(root: Path, family: Any) -> Path:
     """The tiny family's search on a calibrated two-task suite whose estimator is `auto`."""
-    from evomerge.fitness.items import load_bank, write_bank
-    from evomerge.fitness.population import calibrate_suite
-    from evomerge.fitness.suite import FitnessSuite
+    from suites import write_mini_suite
 
-    fitness = Path(__file__).parents[2] / "fitness"
-    for name, bank in [("arith", "bigbench_arithmetic"), ("dates", "bigbench_date_understanding")]:
-        write_bank(
-            [i for i in load_bank(fitness / f"{bank}.jsonl") if i.split == "eval"][:10],
-            root / f"{name}.jsonl",
-        )
-    suite = {
-        "name": "mini_auto",
-        "banks": {"arith": {"path": "arith.jsonl"}, "dates": {"path": "dates.jsonl", "normalization": "sum"}},
-        "tasks": {
-            "arithmetic": {"banks": ["arith"], "anchors": 4},
-            "dates": {"banks": ["dates"], "anchors": 4},
-        },
-        "estimator": "auto",
-    }
-    (root / "suite.yaml").write_text(yaml.safe_dump(suite))
+    from evomerge.fitness.banks.suite import FitnessSuite
+    from evomerge.fitness.population import calibrate_suite
+
+    root.mkdir(parents=True)
+    suite_path = write_mini_suite(root)
+    suite = yaml.safe_load(suite_path.read_text())
+    (root / "suite.yaml").write_text(yaml.safe_dump({**suite, "estimator": "auto"}))
     base, parents = family
     calibrate_suite(FitnessSuite.load(root / "suite.yaml"), [base, *parents], dims=(1,)).save(
         root / "calib.json"

@@ -19,9 +19,9 @@ from test_resume_exact import InlineScheduler, numbers, score, stop_after
 import evomerge.runtime.scheduler
 from evomerge.errors import ConfigError
 from evomerge.experiment import Experiment
-from evomerge.fitness.plan import default_anchors
-from evomerge.fitness.rungs import plan_rungs
-from evomerge.fitness.suite import FitnessSuite
+from evomerge.fitness.banks.suite import FitnessSuite
+from evomerge.fitness.selection.plan import default_anchors
+from evomerge.fitness.selection.rungs import plan_rungs
 from evomerge.runtime.driver import SearchDriver
 from evomerge.runtime.promotion import AttrsInMemory, Promoter
 from evomerge.runtime.work import Rescore, RungKey, WorkerResult

@@ -34,8 +34,27 @@ def test_optuna_is_reached_through_the_store_alone() -> None:
                 imports.append(name)
             if isinstance(node, ast.Attribute) and node.attr in ("_storage", "_study_id"):
                 private.append(f"{name}:{node.lineno}")
+            # a sampler's or study's private members (e.g. a GA sampler's _get_generation_key)
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
+                owner = node.value
+                owner_name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+                if owner_name in ("_sampler", "sampler", "study") and node.attr != "_sampler":
+                    private.append(f"{name}:{node.lineno}")
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", "") == "getattr"
+                and len(node.args) > 1
+            ):
+                target, attribute = node.args[:2]
+                own = isinstance(target, ast.Name) and target.id == "self"  # an object's own members
+                if not own and isinstance(attribute, ast.Constant) and str(attribute.value).startswith("_"):
+                    private.append(f"{name}:{node.lineno}")
     assert imports == [], f"optuna imported outside store.py: {imports}"
-    assert private == [], f"Optuna's private storage reached outside store.py: {private}"
+    assert private == [], f"Optuna's private members reached outside store.py: {private}"
 
 
 def test_the_recorder_commits_typed_results_then_tells_the_optimizer(tmp_path, tiny_family) -> None:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from evomerge.errors import CandidateError
-from evomerge.fitness.plan import make_plan
-from evomerge.fitness.suite import FitnessSuite
+from evomerge.fitness.banks.suite import FitnessSuite
+from evomerge.fitness.selection.plan import make_plan
 from evomerge.runtime.work import Rescore, WorkerResult
 from evomerge.runtime.worker import Worker, WorkerSpec
 from evomerge.space import SearchSpace

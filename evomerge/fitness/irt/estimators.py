@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from evomerge.errors import ConfigError, EvomergeError
-from evomerge.fitness.anchors import AnchorSet
-from evomerge.fitness.irt import IRTModel, estimate_ability, estimate_mixture
+from evomerge.fitness.irt.anchors import AnchorSet
+from evomerge.fitness.irt.model import IRTModel, estimate_ability, estimate_mixture
 from evomerge.registry import Registry
 
 

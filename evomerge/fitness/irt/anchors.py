@@ -28,8 +28,8 @@ from sklearn.exceptions import ConvergenceWarning
 
 from evomerge.atomic import write_json_atomic
 from evomerge.errors import ConfigError
-from evomerge.fitness.calibration import Calibration, read_json
-from evomerge.fitness.irt import estimate_ability
+from evomerge.fitness.irt.calibration import Calibration, read_json
+from evomerge.fitness.irt.model import estimate_ability
 
 FORMAT = "evomerge-anchors/1"
 METHODS = ("irt", "responses", "random")

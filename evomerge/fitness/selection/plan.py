@@ -19,12 +19,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from evomerge.errors import ConfigError
-from evomerge.fitness.anchors import AnchorSet, select_for_suite
-from evomerge.fitness.calibration import Calibration
-from evomerge.fitness.estimators import ESTIMATORS, NEEDS_IRT
-from evomerge.fitness.fidelity import choose_estimator
-from evomerge.fitness.rungs import RungPlan, plan_rungs
-from evomerge.fitness.suite import FitnessSuite
+from evomerge.fitness.banks.suite import FitnessSuite
+from evomerge.fitness.irt.anchors import AnchorSet, select_for_suite
+from evomerge.fitness.irt.calibration import Calibration
+from evomerge.fitness.irt.estimators import ESTIMATORS, NEEDS_IRT
+from evomerge.fitness.irt.fidelity import choose_estimator
+from evomerge.fitness.selection.rungs import RungPlan, plan_rungs
 
 AUTO = "auto"
 

@@ -12,9 +12,9 @@ import numpy as np
 from scipy.stats import kendalltau
 
 from evomerge.errors import ConfigError
-from evomerge.fitness.anchors import cluster_anchors
-from evomerge.fitness.calibration import Calibration, fit_calibration
-from evomerge.fitness.estimators import ESTIMATORS, NEEDS_PARENTS, EstimationContext
+from evomerge.fitness.irt.anchors import cluster_anchors
+from evomerge.fitness.irt.calibration import Calibration, fit_calibration
+from evomerge.fitness.irt.estimators import ESTIMATORS, NEEDS_PARENTS, EstimationContext
 
 
 @dataclass(frozen=True)

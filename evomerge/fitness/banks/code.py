@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evomerge.errors import ConfigError
-from evomerge.fitness.items import Item, jsonl_records
-from evomerge.fitness.sandbox import Sandbox
+from evomerge.fitness.banks.items import Item, jsonl_records
+from evomerge.fitness.banks.sandbox import Sandbox
 
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # Chen et al. 2021, section 2.3
 

@@ -38,7 +38,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from evomerge.errors import CandidateError
-from evomerge.fitness.items import Item
+from evomerge.fitness.banks.items import Item
 
 NORMALIZATIONS = ("mean", "sum", "chars")
 DEFAULT_STOPS = ("\n",)

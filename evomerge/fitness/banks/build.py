@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from evomerge.fitness.importers import (
+from evomerge.fitness.banks.importers import (
     MMLU_MEMBER,
     assign_split,
     bigbench_items,
@@ -23,7 +23,7 @@ from evomerge.fitness.importers import (
     read_humaneval,
     sample_per_group,
 )
-from evomerge.fitness.items import Item, write_bank
+from evomerge.fitness.banks.items import Item, write_bank
 
 SEED = 20240601
 TRAIN_FRACTION = 0.5

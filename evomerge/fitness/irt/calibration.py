@@ -20,8 +20,8 @@ import numpy as np
 
 from evomerge.atomic import write_json_atomic
 from evomerge.errors import ConfigError
-from evomerge.fitness.irt import IRTModel, check_responses, choose_dim, fit_2pl
-from evomerge.fitness.items import file_sha256
+from evomerge.fitness.banks.items import file_sha256
+from evomerge.fitness.irt.model import IRTModel, check_responses, choose_dim, fit_2pl
 
 FORMAT = "evomerge-calibration/1"
 DEFAULT_DIMS = (1, 2, 3, 5)

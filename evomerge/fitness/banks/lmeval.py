@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.errors import ConfigError
-from evomerge.fitness.items import Item
+from evomerge.fitness.banks.items import Item
 
 # lm-eval's default few-shot seed (`simple_evaluate(fewshot_random_seed=1234)`), so a bank's
 # few-shot contexts are the ones an lm-eval run draws.

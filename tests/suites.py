@@ -6,9 +6,9 @@ from pathlib import Path
 
 import yaml
 
-from evomerge.fitness.items import load_bank, write_bank
+from evomerge.fitness.banks.items import load_bank, write_bank
 
-FITNESS = Path(__file__).resolve().parents[2] / "fitness"
+FITNESS = Path(__file__).resolve().parents[1] / "fitness"
 
 
 def write_mini_suite(root: Path) -> Path:

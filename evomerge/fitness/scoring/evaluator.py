@@ -1,6 +1,6 @@
 """FitnessEvaluator: what a search worker calls to turn a model into per-task estimates.
 
-What it scores and how comes from an evaluation plan (`fitness/plan.py`): a search's workers get
+What it scores and how comes from an evaluation plan (`fitness/selection/plan.py`): a search's workers get
 the driver's; made here otherwise, from the arguments. Every candidate is scored on the same
 anchors (a paired design: comparisons between candidates are much less noisy than with independent
 random subsets), and the plan's estimator turns the answers into estimates.
@@ -24,15 +24,15 @@ import numpy as np
 import torch
 
 from evomerge.errors import ConfigError
-from evomerge.fitness.anchors import AnchorSet
-from evomerge.fitness.calibration import Calibration
-from evomerge.fitness.code import STOP_SEQUENCES, cut_at_stop, run_completions
-from evomerge.fitness.estimators import ESTIMATORS, NEEDS_PARENTS, EstimationContext, interval
-from evomerge.fitness.items import Item
-from evomerge.fitness.plan import EvaluationPlan, make_plan
-from evomerge.fitness.sandbox import Sandbox
-from evomerge.fitness.scoring import Scorer, ScoreResult
-from evomerge.fitness.suite import FitnessSuite
+from evomerge.fitness.banks.code import STOP_SEQUENCES, cut_at_stop, run_completions
+from evomerge.fitness.banks.items import Item
+from evomerge.fitness.banks.sandbox import Sandbox
+from evomerge.fitness.banks.suite import FitnessSuite
+from evomerge.fitness.irt.anchors import AnchorSet
+from evomerge.fitness.irt.calibration import Calibration
+from evomerge.fitness.irt.estimators import ESTIMATORS, NEEDS_PARENTS, EstimationContext, interval
+from evomerge.fitness.scoring.scoring import Scorer, ScoreResult
+from evomerge.fitness.selection.plan import EvaluationPlan, make_plan
 
 
 @dataclass
