@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tests.fitness.suites import FITNESS
+from suites import FITNESS
 from tiny import make_tokenizer
 from typer.testing import CliRunner
 

@@ -31,9 +31,10 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictInt, ValidationError, model_validator
 
 from evomerge.atomic import write_atomic
 from evomerge.errors import ConfigError
@@ -41,158 +42,132 @@ from evomerge.errors import ConfigError
 SPLITS = ("train", "eval", "test")
 ORIGIN_KEYS = ("harness", "harness_version", "task", "task_version", "config_sha256")
 _GENERATIVE_FIELDS = ("until", "answer_regex", "answer_regex_select")
-_KNOWN_FIELDS = {
-    "id",
-    "task",
-    "group",
-    "prompt",
-    "choices",
-    "answer",
-    "target",
-    "split",
-    "meta",
-    "target_delimiter",
-    "origin",
-    *_GENERATIVE_FIELDS,
-}
+Text = Annotated[str, Strict()]
 
 
-@dataclass(frozen=True)
-class Item:
-    """One benchmark item; construct with `Item.from_dict` to get validation."""
+class Item(BaseModel):
+    """One benchmark item (the fields: this module's docstring); `Item.from_dict` validates a raw
+    bank record with errors that name its file and line."""
 
-    id: str
-    task: str
-    prompt: str
-    choices: tuple[str, ...] | None = None
-    answer: int | None = None
-    target: str | None = None
-    split: str | None = None
-    group: str | None = None
-    target_delimiter: str | None = None
-    until: tuple[str, ...] | None = None
-    answer_regex: str | None = None
-    answer_regex_select: int | None = None
-    origin: dict[str, str] | None = field(default=None, compare=False, hash=False)
-    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Annotated[Text, Field(min_length=1)]
+    task: Annotated[Text, Field(min_length=1)]
+    prompt: Text
+    choices: tuple[Text, ...] | None = None
+    answer: StrictInt | None = None
+    target: Text | None = None
+    split: Text | None = None
+    group: Text | None = None
+    target_delimiter: Text | None = None
+    until: tuple[Text, ...] | None = None
+    answer_regex: Text | None = None
+    answer_regex_select: StrictInt | None = None
+    origin: dict[str, Text] | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def is_choice(self) -> bool:
         return self.choices is not None
 
+    @model_validator(mode="after")
+    def _consistent(self) -> Item:
+        """What the types cannot say: a way to score it, an answer in range, each lm-eval field
+        only where it means something."""
+        where = f"item {self.id!r}"
+        if self.choices is None and self.target is None:
+            raise ValueError(
+                f"{where} has neither 'choices' + 'answer' (multiple choice) nor 'target' (generative); "
+                "add one of them"
+            )
+        if self.choices is not None:
+            _check_choices(self.choices, self.answer, where)
+        elif self.answer is not None:
+            raise ValueError(f"{where} has an 'answer' but no 'choices'")
+        if self.target is not None and not self.target.strip():
+            raise ValueError(f"{where}: 'target' must be a non-empty string")
+        if self.split is not None and self.split not in SPLITS:
+            raise ValueError(f"{where}: split {self.split!r} is not one of {SPLITS}")
+        _check_harness_fields(self, where)
+        return self
+
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "item") -> Item:
+    def from_dict(cls, data: Any, where: str = "item") -> Item:
         """Validate one raw item; `where` (e.g. "bank.jsonl:12") prefixes every error."""
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: an item must be a JSON object, got {type(data).__name__}")
-        unknown = set(data) - _KNOWN_FIELDS
-        if unknown:
-            raise ConfigError(
-                f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(_KNOWN_FIELDS)} "
-                "(put extra data under 'meta')"
-            )
-        for name in ("id", "task", "prompt"):
-            value = data.get(name)
-            if not isinstance(value, str) or (name != "prompt" and not value):
-                raise ConfigError(f"{where}: field {name!r} must be a non-empty string, got {value!r}")
-        item_id = data["id"]
-        choices = data.get("choices")
-        answer = data.get("answer")
-        target = data.get("target")
-        if choices is None and target is None:
-            raise ConfigError(
-                f"{where}: item {item_id!r} has neither 'choices' + 'answer' (multiple choice) "
-                "nor 'target' (generative); add one of them"
-            )
-        if choices is not None:
-            if not isinstance(choices, list) or not choices:
-                raise ConfigError(
-                    f"{where}: item {item_id!r} has empty or non-list 'choices' ({choices!r}); "
-                    "give at least two choice strings"
-                )
-            if not all(isinstance(c, str) and c for c in choices):
-                raise ConfigError(f"{where}: item {item_id!r}: every choice must be a non-empty string")
-            if len(choices) < 2:
-                raise ConfigError(f"{where}: item {item_id!r} has a single choice; give at least two")
-            if answer is None:
-                raise ConfigError(
-                    f"{where}: item {item_id!r} has 'choices' but no 'answer' field; add \"answer\": "
-                    f"the index of the correct choice (0..{len(choices) - 1})"
-                )
-            if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
-                raise ConfigError(
-                    f"{where}: item {item_id!r}: answer index {answer!r} is out of range for "
-                    f"{len(choices)} choices (use 0..{len(choices) - 1})"
-                )
-        elif answer is not None:
-            raise ConfigError(f"{where}: item {item_id!r} has an 'answer' but no 'choices'")
-        if target is not None and (not isinstance(target, str) or not target.strip()):
-            raise ConfigError(f"{where}: item {item_id!r}: 'target' must be a non-empty string")
-        split = data.get("split")
-        if split is not None and split not in SPLITS:
-            raise ConfigError(f"{where}: item {item_id!r}: split {split!r} is not one of {SPLITS}")
-        group = data.get("group")
-        if group is not None and not isinstance(group, str):
-            raise ConfigError(f"{where}: item {item_id!r}: 'group' must be a string")
-        meta = data.get("meta") or {}
-        if not isinstance(meta, dict):
-            raise ConfigError(f"{where}: item {item_id!r}: 'meta' must be an object")
-        _check_harness_fields(data, f"{where}: item {item_id!r}")
-        until = data.get("until")
-        return cls(
-            id=item_id,
-            task=data["task"],
-            prompt=data["prompt"],
-            choices=tuple(choices) if choices is not None else None,
-            answer=answer,
-            target=target,
-            split=split,
-            group=group,
-            target_delimiter=data.get("target_delimiter"),
-            until=tuple(until) if until is not None else None,
-            answer_regex=data.get("answer_regex"),
-            answer_regex_select=data.get("answer_regex_select"),
-            origin=data.get("origin"),
-            meta=meta,
-        )
+        try:
+            return cls.model_validate({**data, "meta": data.get("meta") or {}})
+        except ValidationError as error:
+            raise ConfigError(f"{where}: {_describe(error, data)}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = self.model_dump()
         for name in ("choices", "until"):
             if data[name] is not None:
                 data[name] = list(data[name])
         return {key: value for key, value in data.items() if value not in (None, {})}
 
 
-def _check_harness_fields(data: dict[str, Any], where: str) -> None:
-    """The optional fields an lm-eval task brings: types, and each only where it means something."""
-    delimiter = data.get("target_delimiter")
-    if delimiter is not None and (not isinstance(delimiter, str) or data.get("choices") is None):
-        raise ConfigError(f"{where}: 'target_delimiter' must be a string, on an item with 'choices'")
-    present = [name for name in _GENERATIVE_FIELDS if data.get(name) is not None]
-    if present and data.get("target") is None:
-        raise ConfigError(f"{where}: {present} apply to generative items only; add a 'target'")
-    until = data.get("until")
-    if until is not None and (
-        not isinstance(until, list) or not until or not all(isinstance(s, str) and s for s in until)
-    ):
-        raise ConfigError(f"{where}: 'until' must be a non-empty list of stop strings, not {until!r}")
-    pattern = data.get("answer_regex")
-    if pattern is not None:
+def _check_choices(choices: tuple[str, ...], answer: int | None, where: str) -> None:
+    if not choices:
+        raise ValueError(
+            f"{where} has empty or non-list 'choices' ({list(choices)!r}); give at least two choice strings"
+        )
+    if not all(choices):
+        raise ValueError(f"{where}: every choice must be a non-empty string")
+    if len(choices) < 2:
+        raise ValueError(f"{where} has a single choice; give at least two")
+    if answer is None:
+        raise ValueError(
+            f"{where} has 'choices' but no 'answer' field; add \"answer\": the index of the correct "
+            f"choice (0..{len(choices) - 1})"
+        )
+    if not 0 <= answer < len(choices):
+        raise ValueError(
+            f"{where}: answer index {answer!r} is out of range for {len(choices)} choices "
+            f"(use 0..{len(choices) - 1})"
+        )
+
+
+def _check_harness_fields(item: Item, where: str) -> None:
+    """The optional fields an lm-eval task brings, each only where it means something."""
+    if item.target_delimiter is not None and item.choices is None:
+        raise ValueError(f"{where}: 'target_delimiter' must be a string, on an item with 'choices'")
+    present = [name for name in _GENERATIVE_FIELDS if getattr(item, name) is not None]
+    if present and item.target is None:
+        raise ValueError(f"{where}: {present} apply to generative items only; add a 'target'")
+    if item.until is not None and (not item.until or not all(item.until)):
+        raise ValueError(
+            f"{where}: 'until' must be a non-empty list of stop strings, not {list(item.until)!r}"
+        )
+    if item.answer_regex is not None:
         try:
-            re.compile(pattern)
-        except (re.error, TypeError) as error:
-            raise ConfigError(f"{where}: 'answer_regex' {pattern!r} is not a valid regex ({error})") from None
-    select = data.get("answer_regex_select")
-    if select is not None and (isinstance(select, bool) or not isinstance(select, int) or pattern is None):
-        raise ConfigError(f"{where}: 'answer_regex_select' must be an integer, with an 'answer_regex'")
-    origin = data.get("origin")
-    if origin is not None and (
-        not isinstance(origin, dict)
-        or set(origin) != set(ORIGIN_KEYS)
-        or not all(isinstance(value, str) and value for value in origin.values())
-    ):
-        raise ConfigError(f"{where}: 'origin' must be an object of non-empty strings with keys {ORIGIN_KEYS}")
+            re.compile(item.answer_regex)
+        except re.error as error:
+            raise ValueError(
+                f"{where}: 'answer_regex' {item.answer_regex!r} is not a valid regex ({error})"
+            ) from None
+    if item.answer_regex_select is not None and item.answer_regex is None:
+        raise ValueError(f"{where}: 'answer_regex_select' must be an integer, with an 'answer_regex'")
+    origin = item.origin
+    if origin is not None and (set(origin) != set(ORIGIN_KEYS) or not all(origin.values())):
+        raise ValueError(f"{where}: 'origin' must be an object of non-empty strings with keys {ORIGIN_KEYS}")
+
+
+def _describe(error: ValidationError, data: dict[str, Any]) -> str:
+    """The first problem, in the bank's terms: an unknown field, a rule of ours, or a field's type."""
+    problems = error.errors()
+    unknown = sorted(str(p["loc"][0]) for p in problems if p["type"] == "extra_forbidden")
+    if unknown:
+        return (
+            f"unknown field(s) {unknown}; allowed: {sorted(Item.model_fields)} (put extra data under 'meta')"
+        )
+    first = problems[0]
+    if first["type"] == "value_error":  # one of `_consistent`'s rules
+        return str(first["msg"]).removeprefix("Value error, ")
+    field = ".".join(str(part) for part in first["loc"])
+    return f"item {data.get('id')!r}: field {field!r}: {first['msg'].lower()}, got {first.get('input')!r}"
 
 
 def check_unique(items: Iterable[Item], where: str) -> None:
